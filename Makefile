@@ -1,0 +1,68 @@
+# spotline's front door. `make demo` and `make test` set themselves up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+SAM_VENV := .venv-sam
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SAM_STAMP := $(SAM_VENV)/.installed
+
+# sam build targets python3.13 (arm64, no Docker): pyenv must expose python3.13 beside 3.11.
+ifneq ($(shell command -v pyenv 2>/dev/null),)
+export PYENV_VERSION ?= 3.11.7:3.13.0
+endif
+
+.PHONY: help demo test test-unit test-e2e lint format validate build cfn-lint clean
+
+help:
+	@echo "make demo      run the whole pipeline locally (moto server, real worker, real handlers)"
+	@echo "make test      run the test suite (unit + end-to-end) and cfn-lint"
+	@echo "make lint      ruff check, ruff format --check, hadolint"
+	@echo "make validate  sam validate --lint"
+	@echo "make build     sam build"
+
+$(STAMP): requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+$(SAM_STAMP): requirements-sam.txt
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install --quiet -r requirements-sam.txt
+	touch $(SAM_STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m devstack demo
+
+test: $(STAMP) cfn-lint
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+test-e2e: $(STAMP)
+	$(BIN)/python -m pytest tests/e2e
+
+cfn-lint: $(STAMP)
+	$(BIN)/cfn-lint template.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/hadolint gpu_worker/Dockerfile
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+validate: $(SAM_STAMP)
+	$(SAM_VENV)/bin/sam validate --lint --region us-east-1
+
+build: $(SAM_STAMP)
+	$(SAM_VENV)/bin/sam build --region us-east-1
+
+clean:
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .ruff_cache .mypy_cache

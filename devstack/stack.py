@@ -1,0 +1,153 @@
+"""One local spotline: moto server, the template's resources, the real handlers, workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+
+from devstack.cfn import Stack, provision
+from devstack.lambdas import LambdaContext, http_event, load_handler_module
+from devstack.motoserver import MotoServer
+from devstack.workers import WorkerProcess, worker_env
+from pipeline.jobstore import JobRecord, JobStore
+from pipeline.queue import JobQueue
+
+
+class Devstack:
+    def __init__(
+        self,
+        *,
+        parameters: dict[str, Any] | None = None,
+        workdir: Path | None = None,
+        server: MotoServer | None = None,
+        handler_env: dict[str, str] | None = None,
+    ) -> None:
+        self.handler_env = handler_env or {}
+        self.parameters = parameters or {}
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="spotline-devstack-"))
+        self._own_server = server is None
+        self.server = server or MotoServer()
+        self.stack: Stack | None = None
+        self.workers: list[WorkerProcess] = []
+        self._saved_env: dict[str, str | None] = {}
+        self._enqueue: ModuleType | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, stack_name: str = "spotline-dev") -> Devstack:
+        if self._own_server:
+            self.server.start()
+        self._set_env(self.server.env())
+        session = boto3.Session(region_name="us-east-1")
+        self.session = session
+        self.stack = provision(session, stack_name=stack_name, parameters=self.parameters)
+        return self
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop(timeout_s=15)
+        self.workers.clear()
+        if self._own_server:
+            self.server.stop()
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
+
+    def __enter__(self) -> Devstack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _set_env(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    # -- AWS views -----------------------------------------------------------------------------
+
+    def client(self, service: str) -> Any:
+        return self.session.client(service, endpoint_url=self.server.endpoint_url)
+
+    @property
+    def require_stack(self) -> Stack:
+        assert self.stack is not None, "start() first"
+        return self.stack
+
+    @property
+    def store(self) -> JobStore:
+        return JobStore(self.client("dynamodb"), self.require_stack.ref("JobsTable"))
+
+    @property
+    def queue(self) -> JobQueue:
+        return JobQueue(self.client("sqs"), self.require_stack.ref("JobsQueue"))
+
+    @property
+    def dlq(self) -> JobQueue:
+        return JobQueue(self.client("sqs"), self.require_stack.ref("JobsDeadLetterQueue"))
+
+    @property
+    def bucket(self) -> str:
+        return self.require_stack.ref("DataBucket")
+
+    def job(self, job_id: str) -> JobRecord | None:
+        return self.store.get(job_id)
+
+    def read_result(self, uri: str) -> Any:
+        key = uri.split(f"s3://{self.bucket}/", 1)[1]
+        body = self.client("s3").get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return json.loads(body)
+
+    def queue_depths(self) -> dict[str, tuple[int, int]]:
+        return {"jobs": self.queue.approximate_counts(), "dlq": self.dlq.approximate_counts()}
+
+    # -- the enqueue function ------------------------------------------------------------------
+
+    @property
+    def enqueue(self) -> ModuleType:
+        if self._enqueue is None:
+            self._enqueue = load_handler_module(
+                "enqueue.app", self.require_stack, "EnqueueFunction", self.handler_env
+            )
+        return self._enqueue
+
+    def call_api(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        path_parameters = None
+        if method == "GET" and path.startswith("/jobs/"):
+            path_parameters = {"job_id": path.removeprefix("/jobs/")}
+        event = http_event(
+            method, path, body=body, headers=headers, path_parameters=path_parameters
+        )
+        response = self.enqueue.handler(event, LambdaContext(function_name="EnqueueFunction"))
+        return int(response["statusCode"]), json.loads(response.get("body") or "{}")
+
+    def submit(
+        self, request: Any, *, idempotency_key: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        headers = {"idempotency-key": idempotency_key} if idempotency_key else None
+        return self.call_api("POST", "/jobs", body=request, headers=headers)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def start_worker(self, name: str | None = None, **env_overrides: str) -> WorkerProcess:
+        name = name or f"worker-{len(self.workers) + 1}"
+        env = worker_env(self.require_stack, self.server.env(), **env_overrides)
+        worker = WorkerProcess(env, self.workdir / f"{name}.log", name=name).start()
+        self.workers.append(worker)
+        return worker

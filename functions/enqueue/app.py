@@ -1,0 +1,140 @@
+"""HTTP API: POST /jobs queues a job, GET /jobs/{job_id} reports it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from pipeline import submission
+from pipeline.contract import InvalidJob, SchemaViolation, is_job_id, parse_request
+from pipeline.jobstore import JobStore, JobStoreError
+from pipeline.queue import JobQueue, QueueError
+from pipeline.settings import Settings
+
+settings = Settings.from_env()
+logger = Logger()
+metrics = Metrics()
+app = APIGatewayHttpResolver()
+
+
+@functools.cache
+def job_store() -> JobStore:
+    return JobStore(boto3.client("dynamodb"), settings.jobs_table)
+
+
+@functools.cache
+def job_queue() -> JobQueue:
+    return JobQueue(boto3.client("sqs"), settings.jobs_queue_url)
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        status_code=status,
+        content_type="application/json",
+        body=json.dumps(body, separators=(",", ":")),
+        headers=headers,
+    )
+
+
+def _request_body() -> str:
+    event = app.current_event
+    raw = event.body or ""
+    if len(raw) > 2 * settings.max_message_bytes:  # reject before decoding anything huge
+        raise submission.PayloadTooLarge(f"request body exceeds {settings.max_message_bytes} bytes")
+    if event.is_base64_encoded:
+        try:
+            decoded = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidJob(
+                "request body is not valid base64",
+                [SchemaViolation("$", "invalid base64 body")],
+            ) from exc
+        try:
+            raw = decoded.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidJob(
+                "request body is not UTF-8 text", [SchemaViolation("$", "invalid UTF-8")]
+            ) from exc
+    if len(raw.encode("utf-8")) > settings.max_message_bytes:
+        raise submission.PayloadTooLarge(f"request body exceeds {settings.max_message_bytes} bytes")
+    return raw
+
+
+def _status_url(job_id: str) -> str:
+    domain = app.current_event.request_context.domain_name
+    return f"https://{domain}/jobs/{job_id}" if domain else f"/jobs/{job_id}"
+
+
+@app.post("/jobs")
+def submit_job() -> Response:
+    request = parse_request(_request_body())
+    key = app.current_event.headers.get("idempotency-key")
+    job = submission.submit(
+        request,
+        store=job_store(),
+        queue=job_queue(),
+        max_message_bytes=settings.max_message_bytes,
+        idempotency_key=key,
+    )
+    logger.info("job queued", extra={"job_id": job.job_id, "analyzer": request["analyzer"]})
+    metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
+    return _json(
+        202,
+        {"job_id": job.job_id, "status": str(job.status), "status_url": _status_url(job.job_id)},
+    )
+
+
+@app.get("/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    record = job_store().get(job_id) if is_job_id(job_id) else None
+    if record is None:
+        return _json(404, {"message": f"no job {job_id[:64]!r}"})
+    return _json(200, record.to_public())
+
+
+@app.exception_handler(InvalidJob)
+def invalid_job(error: InvalidJob) -> Response:
+    return _json(400, {"message": str(error), "errors": [v.to_dict() for v in error.violations]})
+
+
+@app.exception_handler(submission.InvalidIdempotencyKey)
+def invalid_key(error: submission.InvalidIdempotencyKey) -> Response:
+    return _json(400, {"message": str(error), "errors": []})
+
+
+@app.exception_handler(submission.PayloadTooLarge)
+def too_large(error: submission.PayloadTooLarge) -> Response:
+    return _json(413, {"message": str(error)})
+
+
+@app.exception_handler(submission.IdempotencyConflict)
+def conflict(error: submission.IdempotencyConflict) -> Response:
+    return _json(409, {"message": str(error)})
+
+
+@app.exception_handler(JobStoreError)
+@app.exception_handler(QueueError)
+def unavailable(error: Exception) -> Response:
+    # An AWS dependency failed: the client may retry (with the same Idempotency-Key).
+    logger.exception("dependency failed")
+    return _json(503, {"message": "temporarily unavailable, retry"}, {"Retry-After": "2"})
+
+
+@app.not_found
+def not_found(_: Exception) -> Response:
+    return _json(404, {"message": "no such route"})
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

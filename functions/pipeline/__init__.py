@@ -1,0 +1,1 @@
+"""spotline's shared domain code: the job contract, the job store, queues, settings."""

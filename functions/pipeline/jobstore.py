@@ -1,0 +1,413 @@
+"""The job record in DynamoDB, with the status machine enforced by conditional writes.
+
+Every write names the statuses it may come from (derived from ``contract.TRANSITIONS``), so two
+writers racing can never move a job backwards: ``SUCCEEDED`` can never become ``RUNNING``
+again, and only the holder of the current ownership token may record an outcome.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from pipeline.contract import TRANSITIONS, ErrorKind, JobStatus
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JobStoreError(RuntimeError):
+    """A DynamoDB call failed for a reason other than the status machine."""
+
+
+class TransitionRefused(RuntimeError):
+    """The conditional write was refused: the job is not in a status (or owner) that allows it."""
+
+    def __init__(self, job_id: str, target: JobStatus, current: JobRecord | None) -> None:
+        status = current.status if current else "missing"
+        super().__init__(f"job {job_id}: {status} -> {target} refused")
+        self.job_id = job_id
+        self.target = target
+        self.current = current
+
+
+@dataclass(frozen=True)
+class JobError:
+    kind: ErrorKind
+    message: str
+    peak_memory_bytes: int | None = None
+    limit_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": str(self.kind), "message": self.message[:2000]}
+        if self.peak_memory_bytes is not None:
+            data["peak_memory_bytes"] = int(self.peak_memory_bytes)
+        if self.limit_bytes is not None:
+            data["limit_bytes"] = int(self.limit_bytes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobError:
+        kind = data.get("kind", ErrorKind.UNKNOWN)
+        return cls(
+            kind=ErrorKind(kind) if kind in ErrorKind.__members__ else ErrorKind.UNKNOWN,
+            message=str(data.get("message", "")),
+            peak_memory_bytes=_opt_int(data.get("peak_memory_bytes")),
+            limit_bytes=_opt_int(data.get("limit_bytes")),
+        )
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    status: JobStatus
+    request: dict[str, Any]
+    attempts: int = 0
+    interruptions: int = 0
+    last_error: JobError | None = None
+    worker: str | None = None
+    owner_token: str | None = None
+    result_uri: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    sent: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_public(self) -> dict[str, Any]:
+        """What GET /jobs/{job_id} returns: no request payload, no ownership token."""
+        return {
+            "job_id": self.job_id,
+            "status": str(self.status),
+            "analyzer": self.request.get("analyzer"),
+            "attempts": self.attempts,
+            "interruptions": self.interruptions,
+            "last_error": self.last_error.to_dict() if self.last_error else None,
+            "result_uri": self.result_uri,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+_KNOWN = {
+    "job_id",
+    "status",
+    "request",
+    "attempts",
+    "interruptions",
+    "last_error",
+    "worker",
+    "owner_token",
+    "result_uri",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "sent",
+}
+
+
+def _to_dynamo(value: Any) -> dict[str, Any]:
+    def convert(v: Any) -> Any:
+        if isinstance(v, float):
+            return Decimal(str(v))
+        if isinstance(v, dict):
+            return {k: convert(x) for k, x in v.items() if x is not None}
+        if isinstance(v, list):
+            return [convert(x) for x in v]
+        return v
+
+    return _serializer.serialize(convert(value))
+
+
+def _from_dynamo(value: dict[str, Any]) -> Any:
+    def convert(v: Any) -> Any:
+        if isinstance(v, Decimal):
+            return int(v) if v == v.to_integral_value() else float(v)
+        if isinstance(v, dict):
+            return {k: convert(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [convert(x) for x in v]
+        return v
+
+    return convert(_deserializer.deserialize(value))
+
+
+def _record(item: dict[str, Any]) -> JobRecord:
+    data = {k: _from_dynamo(v) for k, v in item.items()}
+    last_error = data.get("last_error")
+    return JobRecord(
+        job_id=data["job_id"],
+        status=JobStatus(data["status"]),
+        # The request is kept as a JSON string: DynamoDB has no floats and no empty-key maps.
+        request=json.loads(data.get("request", "{}")),
+        attempts=int(data.get("attempts", 0)),
+        interruptions=int(data.get("interruptions", 0)),
+        last_error=JobError.from_dict(last_error) if isinstance(last_error, dict) else None,
+        worker=data.get("worker"),
+        owner_token=data.get("owner_token"),
+        result_uri=data.get("result_uri"),
+        created_at=data.get("created_at"),
+        updated_at=data.get("updated_at"),
+        started_at=data.get("started_at"),
+        finished_at=data.get("finished_at"),
+        sent=bool(data.get("sent", False)),
+        extra={k: v for k, v in data.items() if k not in _KNOWN},
+    )
+
+
+def predecessors(target: JobStatus) -> list[JobStatus]:
+    return [status for status, nexts in TRANSITIONS.items() if target in nexts]
+
+
+class JobStore:
+    """Job records keyed by ``job_id``. Takes its DynamoDB client so tests can pass moto's."""
+
+    def __init__(self, client: Any, table_name: str) -> None:
+        self._client = client
+        self._table = table_name
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        try:
+            response = self._client.get_item(
+                TableName=self._table, Key={"job_id": {"S": job_id}}, ConsistentRead=True
+            )
+        except ClientError as exc:
+            raise JobStoreError(f"get_item failed for job {job_id}: {exc}") from exc
+        item = response.get("Item")
+        return _record(item) if item else None
+
+    # -- creation ------------------------------------------------------------------------------
+
+    def create(self, job_id: str, request: dict[str, Any]) -> tuple[JobRecord, bool]:
+        """Store a new QUEUED job; if the id exists already, return it and ``False``."""
+        now = utc_now()
+        item = {
+            "job_id": job_id,
+            "status": str(JobStatus.QUEUED),
+            "request": json.dumps(request, separators=(",", ":"), sort_keys=True),
+            "attempts": 0,
+            "interruptions": 0,
+            "sent": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={k: _to_dynamo(v) for k, v in item.items()},
+                ConditionExpression="attribute_not_exists(job_id)",
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                existing = self.get(job_id)
+                if existing is None:  # deleted between the two calls: vanishingly rare
+                    raise JobStoreError(f"job {job_id} exists but could not be read") from exc
+                return existing, False
+            raise JobStoreError(f"put_item failed for job {job_id}: {exc}") from exc
+        return _record({k: _to_dynamo(v) for k, v in item.items()}), True
+
+    def mark_sent(self, job_id: str) -> None:
+        self._update(job_id, set_values={"sent": True}, condition="attribute_exists(job_id)")
+
+    # -- transitions -----------------------------------------------------------------------
+
+    def transition(
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        expect_owner: str | None = None,
+        set_values: dict[str, Any] | None = None,
+        remove: tuple[str, ...] = (),
+        increment: dict[str, int] | None = None,
+    ) -> JobRecord:
+        """Move a job to ``target`` if the status machine allows it from its current status.
+
+        ``expect_owner`` additionally requires that the current ownership token matches: only
+        the holder of a RUNNING job may record its outcome.
+        """
+        allowed = predecessors(target)
+        if not allowed:
+            raise ValueError(f"nothing may move to {target}")
+        names = {"#status": "status"}
+        values: dict[str, Any] = {}
+        placeholders = []
+        for index, status in enumerate(allowed):
+            values[f":from{index}"] = str(status)
+            placeholders.append(f":from{index}")
+        condition = f"#status IN ({', '.join(placeholders)})"
+        if expect_owner is not None:
+            names["#owner"] = "owner_token"
+            values[":owner"] = expect_owner
+            condition += " AND #owner = :owner"
+        updates = {"status": str(target), **(set_values or {})}
+        return self._update(
+            job_id,
+            set_values=updates,
+            remove=remove,
+            increment=increment,
+            condition=condition,
+            names=names,
+            values=values,
+            target=target,
+        )
+
+    def claim(self, job_id: str, owner: str, worker: str, expect_owner: str | None) -> JobRecord:
+        """Take a QUEUED job, or take over a RUNNING one whose holder is presumed dead.
+
+        ``expect_owner`` is the token read just before: the takeover succeeds only if nobody
+        else took the job in between.
+        """
+        now = utc_now()
+        values = {"owner_token": owner, "worker": worker, "started_at": now}
+        current = self.get(job_id)
+        if current is None:
+            raise TransitionRefused(job_id, JobStatus.RUNNING, None)
+        if current.status == JobStatus.QUEUED:
+            names = {"#status": "status"}
+            return self._update(
+                job_id,
+                set_values={"status": str(JobStatus.RUNNING), **values},
+                condition="#status = :queued",
+                names=names,
+                values={":queued": str(JobStatus.QUEUED)},
+                target=JobStatus.RUNNING,
+            )
+        if current.status == JobStatus.RUNNING:
+            return self.transition(
+                job_id,
+                JobStatus.RUNNING,
+                expect_owner=expect_owner if expect_owner is not None else current.owner_token,
+                set_values=values,
+            )
+        raise TransitionRefused(job_id, JobStatus.RUNNING, current)
+
+    def complete(self, job_id: str, owner: str, result_uri: str) -> JobRecord:
+        return self.transition(
+            job_id,
+            JobStatus.SUCCEEDED,
+            expect_owner=owner,
+            set_values={"result_uri": result_uri, "finished_at": utc_now()},
+        )
+
+    def release(
+        self,
+        job_id: str,
+        owner: str,
+        error: JobError,
+        *,
+        interrupted: bool = False,
+    ) -> JobRecord:
+        """RUNNING -> QUEUED after a retryable failure (attempts+1) or an interruption."""
+        return self.transition(
+            job_id,
+            JobStatus.QUEUED,
+            expect_owner=owner,
+            set_values={"last_error": error.to_dict()},
+            remove=("owner_token",),
+            increment={"interruptions" if interrupted else "attempts": 1},
+        )
+
+    def dead_letter(
+        self, job_id: str, error: JobError, *, expect_owner: str | None = None
+    ) -> JobRecord:
+        """Mark a job DEAD_LETTERED; doing it twice is harmless (returns the record)."""
+        try:
+            return self.transition(
+                job_id,
+                JobStatus.DEAD_LETTERED,
+                expect_owner=expect_owner,
+                set_values={"last_error": error.to_dict(), "finished_at": utc_now()},
+                remove=("owner_token",),
+            )
+        except TransitionRefused as refused:
+            if refused.current is not None and refused.current.status == JobStatus.DEAD_LETTERED:
+                return refused.current
+            raise
+
+    def redrive(self, job_id: str, *, reset_attempts: bool = False) -> JobRecord:
+        """Operator action: DEAD_LETTERED -> QUEUED so the job can be sent again."""
+        values: dict[str, Any] = {"sent": False}
+        if reset_attempts:
+            values["attempts"] = 0
+            values["interruptions"] = 0
+        return self.transition(job_id, JobStatus.QUEUED, set_values=values, remove=("finished_at",))
+
+    def set_fields(self, job_id: str, values: dict[str, Any]) -> JobRecord:
+        """Update bookkeeping fields (not the status) of an existing job."""
+        if "status" in values:
+            raise ValueError("use transition() to change a status")
+        return self._update(job_id, set_values=values, condition="attribute_exists(job_id)")
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _update(
+        self,
+        job_id: str,
+        *,
+        set_values: dict[str, Any],
+        condition: str,
+        remove: tuple[str, ...] = (),
+        increment: dict[str, int] | None = None,
+        names: dict[str, str] | None = None,
+        values: dict[str, Any] | None = None,
+        target: JobStatus | None = None,
+    ) -> JobRecord:
+        names = dict(names or {})
+        values = dict(values or {})
+        set_values = {**set_values, "updated_at": utc_now()}
+        set_parts = []
+        for index, (key, value) in enumerate(set_values.items()):
+            names[f"#s{index}"] = key
+            values[f":s{index}"] = value
+            set_parts.append(f"#s{index} = :s{index}")
+        expression = "SET " + ", ".join(set_parts)
+        if increment:
+            add_parts = []
+            for index, (key, amount) in enumerate(increment.items()):
+                names[f"#a{index}"] = key
+                values[f":a{index}"] = amount
+                add_parts.append(f"#a{index} :a{index}")
+            expression += " ADD " + ", ".join(add_parts)
+        if remove:
+            for index, key in enumerate(remove):
+                names[f"#r{index}"] = key
+            expression += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(remove)))
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": {"S": job_id}},
+                UpdateExpression=expression,
+                ConditionExpression=f"attribute_exists(job_id) AND ({condition})",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={k: _to_dynamo(v) for k, v in values.items()},
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                raise TransitionRefused(
+                    job_id, target or JobStatus.QUEUED, self.get(job_id)
+                ) from exc
+            raise JobStoreError(f"update_item failed for job {job_id}: {exc}") from exc
+        return _record(response["Attributes"])
+
+
+def _is_conditional_failure(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"

@@ -1,0 +1,1 @@
+"""spotline's GPU worker: receive -> supervise -> decide."""

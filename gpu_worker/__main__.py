@@ -1,0 +1,44 @@
+"""``python -m gpu_worker``: run one worker until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import sys
+
+import boto3
+from botocore.config import Config
+
+from gpu_worker.config import WorkerConfig
+from gpu_worker.consumer import Worker, logger
+from pipeline.settings import MissingSetting
+
+
+def main() -> int:
+    try:
+        config = WorkerConfig.from_env()
+    except MissingSetting as exc:
+        print(f"gpu_worker: {exc}", file=sys.stderr)
+        return 2
+    # The long poll waits up to 20 s; the read timeout must outlast it. Connections are reused.
+    client_config = Config(
+        connect_timeout=5,
+        read_timeout=config.wait_s + 10,
+        retries={"max_attempts": 5, "mode": "adaptive"},
+        max_pool_connections=10,
+    )
+    worker = Worker(
+        config,
+        sqs=boto3.client("sqs", config=client_config),
+        dynamodb=boto3.client("dynamodb", config=client_config),
+        s3=boto3.client("s3", config=client_config),
+    )
+    worker.install_signal_handlers()
+    try:
+        worker.run()
+    except Exception:  # noqa: BLE001 - log it structured, exit non-zero for the init to see
+        logger.exception("worker failed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Analyzer plug-ins: a small protocol (``load()``, ``analyze(job, ctx)``) and a registry by name.
+
+An analyzer runs inside the analysis child process. It is loaded once per child (so a model is
+loaded once, not per job) and then called for each job. It reports how a job failed by the
+exception it raises: ``PermanentError`` (retrying cannot help), ``InvalidInput`` (the input is
+unusable), ``Interrupted`` (it checkpointed because ``ctx.should_stop()`` said so); any other
+exception is a retryable analyzer error, and ``MemoryError`` or a GPU out-of-memory error is OOM.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class PermanentError(Exception):
+    """The job can never succeed: dead-letter at once."""
+
+
+class InvalidInput(PermanentError):
+    """The job's input is unusable (INVALID_INPUT)."""
+
+
+class RetryableError(Exception):
+    """A transient failure: retry with backoff."""
+
+
+class Interrupted(Exception):
+    """The analyzer stopped early after ``ctx.should_stop()``; its checkpoint is saved."""
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    analyzer: str
+    input: Any
+    params: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+    interruptions: int = 0
+
+
+class AnalysisContext(Protocol):
+    """What an analyzer may ask of the worker while it runs."""
+
+    def should_stop(self) -> bool:
+        """True once the worker wants the job to checkpoint and stop (preemption, shutdown)."""
+        ...
+
+    def checkpoint(self, state: Any) -> None:
+        """Persist ``state`` (bytes or JSON-able) so a later attempt can resume from it."""
+        ...
+
+    def restore(self) -> Any | None:
+        """The last checkpoint of this job, or None."""
+        ...
+
+    def progress(self, **fields: Any) -> None:
+        """Report progress (e.g. ``step=3``); kept for health and drills, never required."""
+        ...
+
+
+class Analyzer(Protocol):
+    name: str
+
+    def load(self) -> None: ...
+
+    def analyze(self, job: Job, ctx: AnalysisContext) -> Any: ...
+
+
+_FACTORIES: dict[str, Callable[[], Analyzer]] = {}
+# Built-ins live in these modules; importing one registers its analyzers.
+_BUILTIN_MODULES = {
+    "echo": "gpu_worker.analyzers.builtin",
+    "sleep": "gpu_worker.analyzers.builtin",
+}
+
+
+def register(name: str) -> Callable[[Callable[[], Analyzer]], Callable[[], Analyzer]]:
+    def decorate(factory: Callable[[], Analyzer]) -> Callable[[], Analyzer]:
+        _FACTORIES[name] = factory
+        return factory
+
+    return decorate
+
+
+class UnknownAnalyzer(InvalidInput):
+    pass
+
+
+def create(name: str) -> Analyzer:
+    if name not in _FACTORIES and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
+    try:
+        factory = _FACTORIES[name]
+    except KeyError:
+        raise UnknownAnalyzer(f"no analyzer named {name!r} in this worker") from None
+    return factory()
+
+
+def registered_names() -> list[str]:
+    for module in set(_BUILTIN_MODULES.values()):
+        importlib.import_module(module)
+    return sorted(_FACTORIES)

@@ -1,0 +1,60 @@
+"""Built-in analyzers for tests and drills."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gpu_worker.analyzers import AnalysisContext, Interrupted, Job, register
+
+
+@register("echo")
+class Echo:
+    """Returns its input unchanged."""
+
+    name = "echo"
+
+    def load(self) -> None:
+        return None
+
+    def analyze(self, job: Job, ctx: AnalysisContext) -> Any:
+        return job.input
+
+
+@register("sleep")
+class Sleep:
+    """A progress counter: ``params.seconds`` of work in steps of ``params.step_s``.
+
+    It resumes from its last checkpoint, checkpoints every ``params.checkpoint_every_s`` and
+    when asked to stop, and returns which steps this attempt ran, so tests can prove that no
+    step past a checkpoint is done twice.
+    """
+
+    name = "sleep"
+
+    def load(self) -> None:
+        return None
+
+    def analyze(self, job: Job, ctx: AnalysisContext) -> Any:
+        params = job.params or {}
+        seconds = float(params.get("seconds", 1.0))
+        step_s = float(params.get("step_s", 0.1))
+        steps = max(1, round(seconds / step_s)) if seconds > 0 else 0
+        every_s = params.get("checkpoint_every_s")
+        state = ctx.restore() or {}
+        done = int(state.get("steps_done", 0)) if isinstance(state, dict) else 0
+        ran: list[int] = list(state.get("ran", [])) if isinstance(state, dict) else []
+        resumed_from = done
+        last_checkpoint = time.monotonic()
+        while done < steps:
+            if ctx.should_stop():
+                ctx.checkpoint({"steps_done": done, "ran": ran})
+                raise Interrupted(f"stopped at step {done} of {steps}")
+            time.sleep(step_s)
+            ran.append(done)
+            done += 1
+            ctx.progress(step=done, of=steps)
+            if every_s and time.monotonic() - last_checkpoint >= float(every_s):
+                ctx.checkpoint({"steps_done": done, "ran": ran})
+                last_checkpoint = time.monotonic()
+        return {"steps": steps, "resumed_from": resumed_from, "ran": ran, "input": job.input}

@@ -1,0 +1,102 @@
+"""The analysis child process: loads each analyzer once, then runs jobs sent over a pipe.
+
+Messages from the supervisor: ``("run", job_dict, restored_state)`` and ``("shutdown",)``.
+Messages to the supervisor: ``("ready",)``, ``("checkpoint", state)``, ``("progress", fields)``,
+``("result", output_json)`` and ``("error", kind, message, permanent)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+from typing import Any
+
+from gpu_worker import analyzers
+from gpu_worker.analyzers import Interrupted, InvalidInput, Job, PermanentError
+from pipeline.contract import ErrorKind
+
+# Raised by frameworks when the GPU runs out of memory; matched by name so torch is optional.
+_OOM_TYPE_NAMES = {"OutOfMemoryError", "OutOfMemory", "CUDAOutOfMemoryError"}
+
+
+def classify(exc: BaseException) -> tuple[ErrorKind, bool]:
+    """(error kind, permanent?) for an exception raised by an analyzer."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ in _OOM_TYPE_NAMES:
+        return ErrorKind.OOM, False
+    if "out of memory" in str(exc).lower() and "cuda" in str(exc).lower():
+        return ErrorKind.OOM, False
+    if isinstance(exc, Interrupted):
+        return ErrorKind.INTERRUPTED, False
+    if isinstance(exc, InvalidInput):
+        return ErrorKind.INVALID_INPUT, True
+    if isinstance(exc, PermanentError):
+        return ErrorKind.ANALYZER_ERROR, True
+    return ErrorKind.ANALYZER_ERROR, False
+
+
+class ChildContext:
+    """The ``AnalysisContext`` an analyzer sees inside the child."""
+
+    def __init__(self, conn: Connection, stop_event: Event, restored: Any | None) -> None:
+        self._conn = conn
+        self._stop_event = stop_event
+        self._restored = restored
+
+    def should_stop(self) -> bool:
+        return self._stop_event.is_set()
+
+    def checkpoint(self, state: Any) -> None:
+        if not isinstance(state, bytes | bytearray):
+            json.dumps(state)  # fail here, in the analyzer's frame, if it is not JSON-able
+        self._conn.send(("checkpoint", state))
+        self._restored = state
+
+    def restore(self) -> Any | None:
+        return self._restored
+
+    def progress(self, **fields: Any) -> None:
+        self._conn.send(("progress", fields))
+
+
+def main(conn: Connection, stop_event: Event) -> None:
+    # The supervisor decides about shutdown; a Ctrl-C in the terminal must not kill the child
+    # mid-checkpoint. SIGTERM keeps its default so the supervisor can always stop us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loaded: dict[str, analyzers.Analyzer] = {}
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message[0] == "shutdown":
+            return
+        _, job_data, restored = message
+        job = Job(**job_data)
+        try:
+            analyzer = loaded.get(job.analyzer)
+            if analyzer is None:
+                analyzer = analyzers.create(job.analyzer)
+                analyzer.load()
+                loaded[job.analyzer] = analyzer
+            output = analyzer.analyze(job, ChildContext(conn, stop_event, restored))
+            try:
+                encoded = json.dumps(output, separators=(",", ":"))
+            except (TypeError, ValueError) as exc:
+                raise PermanentError(f"analyzer output is not JSON: {exc}") from exc
+            conn.send(("result", encoded))
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported, then we go on
+            kind, permanent = classify(exc)
+            detail = f"{type(exc).__name__}: {exc}"
+            if kind == ErrorKind.ANALYZER_ERROR and not permanent:
+                detail += "\n" + "".join(traceback.format_exception(exc)[-3:])
+            try:
+                conn.send(("error", str(kind), detail[:4000], permanent))
+            except (BrokenPipeError, OSError):
+                return
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                return

@@ -1,0 +1,76 @@
+"""Worker configuration from environment variables (documented in the README)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, fields
+
+from pipeline.settings import MissingSetting, require_env
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise MissingSetting(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _int(name: str, default: int) -> int:
+    value = _float(name, float(default))
+    if value != int(value):
+        raise MissingSetting(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    queue_url: str
+    dlq_url: str
+    table_name: str
+    bucket: str
+    worker_id: str
+    visibility_window_s: int = 120
+    wait_s: int = 20
+    max_attempts: int = 3
+    backoff_base_s: float = 10.0
+    backoff_max_s: float = 900.0
+    max_interruptions: int = 10
+    checkpoint_grace_s: float = 20.0
+    tick_s: float = 0.1
+    max_input_bytes: int = 64 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls) -> WorkerConfig:
+        config = cls(
+            queue_url=require_env("WORKER_QUEUE_URL"),
+            dlq_url=require_env("WORKER_DLQ_URL"),
+            table_name=require_env("WORKER_TABLE_NAME"),
+            bucket=require_env("WORKER_BUCKET"),
+            worker_id=os.environ.get("WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
+            visibility_window_s=_int("WORKER_VISIBILITY_WINDOW_S", 120),
+            wait_s=_int("WORKER_WAIT_S", 20),
+            max_attempts=_int("WORKER_MAX_ATTEMPTS", 3),
+            backoff_base_s=_float("WORKER_BACKOFF_BASE_S", 10.0),
+            backoff_max_s=_float("WORKER_BACKOFF_MAX_S", 900.0),
+            max_interruptions=_int("WORKER_MAX_INTERRUPTIONS", 10),
+            checkpoint_grace_s=_float("WORKER_CHECKPOINT_GRACE_S", 20.0),
+            tick_s=_float("WORKER_TICK_S", 0.1),
+            max_input_bytes=_int("WORKER_MAX_INPUT_BYTES", 64 * 1024 * 1024),
+        )
+        config.check()
+        return config
+
+    def check(self) -> None:
+        if not 3 <= self.visibility_window_s <= 43200:
+            raise MissingSetting("WORKER_VISIBILITY_WINDOW_S must be between 3 and 43200")
+        if not 0 <= self.wait_s <= 20:
+            raise MissingSetting("WORKER_WAIT_S must be between 0 and 20 (SQS long-poll limit)")
+        if self.max_attempts < 1:
+            raise MissingSetting("WORKER_MAX_ATTEMPTS must be at least 1")
+
+    def describe(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

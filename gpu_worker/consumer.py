@@ -1,0 +1,352 @@
+"""The worker's story: receive a job message -> supervise its analysis -> decide its fate."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from types import FrameType
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from gpu_worker.analyzers import Job
+from gpu_worker.checkpoint import CheckpointStore, InputError, ResultStore
+from gpu_worker.config import WorkerConfig
+from gpu_worker.decisions import Action, Decision, decide
+from gpu_worker.supervisor import Outcome, Supervisor
+from pipeline.contract import (
+    ErrorKind,
+    InvalidJob,
+    JobMessage,
+    JobStatus,
+    MessageAttribute,
+    job_id_from_body,
+    validate_request,
+)
+from pipeline.jobstore import JobError, JobRecord, JobStore, TransitionRefused
+from pipeline.queue import JobQueue, QueueError, ReceivedMessage
+
+logger = Logger(service="spotline-worker")
+
+
+class ShutdownRequested(BaseException):
+    """Raised by the signal handler to cut an idle long poll short (BaseException: botocore
+    must not treat it as a retryable connection error)."""
+
+
+class Heartbeat:
+    """Keeps a received message invisible while its job runs: extends every third of the window."""
+
+    def __init__(self, queue: JobQueue, receipt_handle: str, window_s: int) -> None:
+        self._queue = queue
+        self._receipt = receipt_handle
+        self._window_s = window_s
+        self._last = time.monotonic()
+        self.extensions = 0
+
+    def tick(self) -> None:
+        if time.monotonic() - self._last < self._window_s / 3:
+            return
+        self._last = time.monotonic()
+        try:
+            self._queue.change_visibility(self._receipt, self._window_s)
+            self.extensions += 1
+        except QueueError:
+            # The next tick tries again; if the receipt is gone, the job's outcome write will
+            # be refused by the ownership check, so nothing is recorded twice.
+            logger.warning("visibility extension failed", exc_info=True)
+
+
+class Worker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        sqs: Any,
+        dynamodb: Any,
+        s3: Any,
+    ) -> None:
+        self.config = config
+        self.queue = JobQueue(sqs, config.queue_url)
+        self.dlq = JobQueue(sqs, config.dlq_url)
+        self.store = JobStore(dynamodb, config.table_name)
+        self.results = ResultStore(s3, config.bucket)
+        self.checkpoints = CheckpointStore(s3, config.bucket)
+        self.supervisor = Supervisor(on_checkpoint=self.checkpoints.save, tick_s=config.tick_s)
+        self.stopping = threading.Event()
+        self._receiving = False
+        self.jobs_handled = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        first = not self.stopping.is_set()
+        self.request_stop(f"signal {signal.Signals(signum).name}")
+        if first and self._receiving:
+            raise ShutdownRequested
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stopping.is_set():
+            logger.info("stopping", extra={"reason": reason})
+        self.stopping.set()
+        self.supervisor.request_stop()
+
+    def run(self) -> None:
+        logger.info("worker starting", extra={"config": self.config.describe()})
+        self.supervisor.ensure_child()
+        try:
+            while not self.stopping.is_set():
+                self.poll_once()
+        except ShutdownRequested:
+            pass
+        finally:
+            self.supervisor.close()
+            logger.info("worker stopped", extra={"jobs_handled": self.jobs_handled})
+
+    def poll_once(self) -> None:
+        self._receiving = True
+        try:
+            messages = self.queue.receive(
+                max_messages=1,
+                wait_s=self.config.wait_s,
+                visibility_s=self.config.visibility_window_s,
+            )
+        except QueueError:
+            logger.exception("receive failed; backing off")
+            self.stopping.wait(2.0)
+            return
+        finally:
+            self._receiving = False
+        for message in messages:
+            if self.stopping.is_set():
+                # Received but not started: give it back at once, not after a window.
+                self._release_unstarted(message)
+                continue
+            self.handle(message)
+
+    def _release_unstarted(self, message: ReceivedMessage) -> None:
+        try:
+            self.queue.change_visibility(message.receipt_handle, 0)
+        except QueueError:
+            logger.warning("could not release unstarted message", exc_info=True)
+
+    # -- one message -------------------------------------------------------------------------
+
+    def handle(self, message: ReceivedMessage) -> None:
+        job_id = job_id_from_body(message.body)
+        logger.append_keys(job_id=job_id, message_id=message.message_id)
+        try:
+            self._handle(message)
+        finally:
+            self.jobs_handled += 1
+            logger.remove_keys(["job_id", "message_id", "attempt", "analyzer"])
+
+    def _handle(self, message: ReceivedMessage) -> None:
+        try:
+            job_message = JobMessage.from_json(message.body)
+        except InvalidJob as exc:
+            self._dead_letter_unknown(message, str(exc))
+            return
+        record = self.store.get(job_message.job_id)
+        if record is None:
+            self._dead_letter_unknown(message, "no job record for this job_id")
+            return
+        if record.status == JobStatus.SUCCEEDED:
+            logger.info("duplicate delivery of a succeeded job; acknowledged")
+            self.queue.delete(message.receipt_handle)
+            return
+        if record.status == JobStatus.DEAD_LETTERED:
+            # A previous holder died between dead-lettering steps: finish them.
+            self._finish_dead_letter(message, record)
+            return
+        try:
+            request = validate_request(job_message.request)
+        except InvalidJob as exc:
+            details = "; ".join(f"{v.path}: {v.message}" for v in exc.violations)
+            self._dead_letter(
+                message, record, JobError(ErrorKind.INVALID_INPUT, f"{exc}: {details}"), None
+            )
+            return
+        token = f"{self.config.worker_id}/{message.message_id}/{uuid.uuid4().hex[:12]}"
+        try:
+            record = self.store.claim(
+                record.job_id, token, self.config.worker_id, expect_owner=record.owner_token
+            )
+        except TransitionRefused as refused:
+            current = refused.current
+            if current is not None and current.status == JobStatus.SUCCEEDED:
+                self.queue.delete(message.receipt_handle)
+            logger.info(
+                "job taken by another holder; leaving this copy",
+                extra={"status": str(current.status) if current else None},
+            )
+            return
+        attempt = record.attempts + 1
+        logger.append_keys(attempt=attempt, analyzer=request["analyzer"])
+        logger.info("job started", extra={"receive_count": message.receive_count})
+        self._run(message, record, request, token, job_message)
+
+    def _run(
+        self,
+        message: ReceivedMessage,
+        record: JobRecord,
+        request: dict[str, Any],
+        token: str,
+        job_message: JobMessage,
+    ) -> None:
+        try:
+            job_input = request.get("input")
+            if "input_uri" in request:
+                job_input = self.results.load_input(
+                    request["input_uri"], self.config.max_input_bytes
+                )
+            restored = self.checkpoints.load(record.job_id)
+        except InputError as exc:
+            self._dead_letter(message, record, JobError(ErrorKind.INVALID_INPUT, str(exc)), token)
+            return
+        job = Job(
+            job_id=record.job_id,
+            analyzer=request["analyzer"],
+            input=job_input,
+            params=request.get("params") or {},
+            attempt=record.attempts + 1,
+            interruptions=record.interruptions,
+        )
+        heartbeat = Heartbeat(self.queue, message.receipt_handle, self.config.visibility_window_s)
+        outcome = self.supervisor.run(
+            job, restored, max_runtime_s=request.get("max_runtime_s"), on_tick=heartbeat.tick
+        )
+        decision = decide(
+            outcome.error,
+            permanent=outcome.permanent,
+            attempts=record.attempts,
+            interruptions=record.interruptions,
+            max_attempts=self.config.max_attempts,
+            max_interruptions=self.config.max_interruptions,
+            backoff_base_s=self.config.backoff_base_s,
+            backoff_max_s=self.config.backoff_max_s,
+        )
+        logger.info(
+            "job finished",
+            extra={
+                "action": str(decision.action),
+                "reason": decision.reason,
+                "duration_s": round(outcome.duration_s, 3),
+                "error_kind": str(outcome.error.kind) if outcome.error else None,
+                "heartbeats": heartbeat.extensions,
+            },
+        )
+        self.apply(decision, outcome, message, record, token, job_message)
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def apply(
+        self,
+        decision: Decision,
+        outcome: Outcome,
+        message: ReceivedMessage,
+        record: JobRecord,
+        token: str,
+        job_message: JobMessage,
+    ) -> None:
+        try:
+            if decision.action is Action.ACK:
+                self._acknowledge(message, record, token, outcome)
+            elif decision.action is Action.RETRY:
+                assert outcome.error is not None
+                self.store.release(record.job_id, token, outcome.error)
+                self.queue.change_visibility(message.receipt_handle, int(decision.backoff_s))
+            elif decision.action is Action.REQUEUE:
+                assert outcome.error is not None
+                self._requeue(message, record, token, outcome.error, job_message)
+            else:
+                assert outcome.error is not None
+                error = outcome.error
+                if error.kind == ErrorKind.INTERRUPTED:
+                    error = JobError(ErrorKind.INTERRUPTED, decision.reason)
+                self._dead_letter(message, record, error, token)
+        except TransitionRefused as refused:
+            # We were presumed dead and someone else owns the job now: drop our outcome.
+            logger.warning(
+                "outcome refused: ownership lost",
+                extra={"status": str(refused.current.status) if refused.current else None},
+            )
+
+    def _acknowledge(
+        self, message: ReceivedMessage, record: JobRecord, token: str, outcome: Outcome
+    ) -> None:
+        assert outcome.output_json is not None
+        uri = self.results.put(record.job_id, outcome.output_json)
+        self.store.complete(record.job_id, token, uri)
+        self.queue.delete(message.receipt_handle)
+        try:
+            self.checkpoints.delete(record.job_id)
+        except Exception:
+            logger.warning("checkpoint cleanup failed", exc_info=True)
+
+    def _requeue(
+        self,
+        message: ReceivedMessage,
+        record: JobRecord,
+        token: str,
+        error: JobError,
+        job_message: JobMessage,
+    ) -> None:
+        """Interruption: a fresh copy restarts ApproximateReceiveCount, so preemptions never
+        push a job toward the queue's maxReceiveCount redrive."""
+        updated = self.store.release(record.job_id, token, error, interrupted=True)
+        self.queue.send(job_message.with_interruptions(updated.interruptions))
+        self.queue.delete(message.receipt_handle)
+
+    def _dead_letter(
+        self,
+        message: ReceivedMessage,
+        record: JobRecord,
+        error: JobError,
+        token: str | None,
+    ) -> None:
+        """Record first, then DLQ, then delete: a crash between any two steps loses nothing
+        (the redelivered copy finds the job DEAD_LETTERED and finishes the remaining steps)."""
+        record = self.store.dead_letter(record.job_id, error, expect_owner=token)
+        self._finish_dead_letter(message, record)
+
+    def _finish_dead_letter(self, message: ReceivedMessage, record: JobRecord) -> None:
+        if not record.extra.get("dlq_sent"):
+            error = record.last_error or JobError(ErrorKind.UNKNOWN, "dead-lettered")
+            self.dlq.send_body(
+                message.body,
+                attributes={
+                    MessageAttribute.JOB_ID: record.job_id,
+                    MessageAttribute.ERROR_KIND: str(error.kind),
+                    MessageAttribute.ERROR_MESSAGE: error.message[:512],
+                    MessageAttribute.ATTEMPTS: record.attempts,
+                    MessageAttribute.PEAK_MEMORY_BYTES: error.peak_memory_bytes,
+                },
+            )
+            self.store.set_fields(record.job_id, {"dlq_sent": True})
+        self.queue.delete(message.receipt_handle)
+        logger.warning(
+            "job dead-lettered",
+            extra={"error_kind": str(record.last_error.kind) if record.last_error else None},
+        )
+
+    def _dead_letter_unknown(self, message: ReceivedMessage, reason: str) -> None:
+        """A message that is not a job we know: to the DLQ as INVALID_INPUT, then delete."""
+        job_id = job_id_from_body(message.body)
+        self.dlq.send_body(
+            message.body,
+            attributes={
+                MessageAttribute.JOB_ID: job_id,
+                MessageAttribute.ERROR_KIND: str(ErrorKind.INVALID_INPUT),
+                MessageAttribute.ERROR_MESSAGE: reason,
+                MessageAttribute.ATTEMPTS: 0,
+            },
+        )
+        self.queue.delete(message.receipt_handle)
+        logger.warning("invalid message dead-lettered", extra={"reason": reason})

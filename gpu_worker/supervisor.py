@@ -1,0 +1,207 @@
+"""Supervise the long-lived analysis child: dispatch a job, watch it on every tick, collect it.
+
+The shape follows rq's worker: prepare -> spawn child -> monitor child. The monitor waits on the
+pipe with a timeout and does its periodic duties on each tick (extend the message's visibility,
+check the runtime limit, run the watchers such as the memory guard). If the child dies, the
+supervisor records why and starts a fresh one for the next job; it never dies of a job itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from gpu_worker import child
+from gpu_worker.analyzers import Job
+from pipeline.contract import ErrorKind
+from pipeline.jobstore import JobError
+
+# A watcher looks at the running child (by pid) on each tick; returning an error kills it.
+Watcher = Callable[[int], JobError | None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    succeeded: bool
+    output_json: str | None = None
+    error: JobError | None = None
+    permanent: bool = False
+    duration_s: float = 0.0
+    checkpoints: int = 0
+
+
+class ChildStartError(RuntimeError):
+    pass
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "analysis child vanished"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"analysis child killed by {name}"
+    return f"analysis child exited with code {exitcode}"
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        on_checkpoint: Callable[[str, Any], None],
+        tick_s: float = 0.5,
+        start_timeout_s: float = 120.0,
+        watchers: list[Watcher] | None = None,
+    ) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        self._on_checkpoint = on_checkpoint
+        self._tick_s = tick_s
+        self._start_timeout_s = start_timeout_s
+        self.watchers: list[Watcher] = list(watchers or [])
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._stop_event = self._context.Event()
+        self._stopping = False
+        self.restarts = 0
+        self.progress: dict[str, Any] = {}
+        self.current_job: Job | None = None
+        self.job_started_at: float | None = None
+
+    # -- child lifecycle ---------------------------------------------------------------------
+
+    @property
+    def child_pid(self) -> int | None:
+        return self._process.pid if self._process is not None and self._process.is_alive() else None
+
+    def ensure_child(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            return
+        self._discard_child()
+        parent_conn, child_conn = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=child.main, args=(child_conn, self._stop_event), name="analysis", daemon=True
+        )
+        process.start()
+        child_conn.close()
+        if not parent_conn.poll(self._start_timeout_s):
+            process.kill()
+            raise ChildStartError("analysis child did not start in time")
+        parent_conn.recv()  # ("ready", pid)
+        self._process, self._conn = process, parent_conn
+
+    def _discard_child(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._process is not None:
+            if self._process.is_alive():
+                self._process.kill()
+            self._process.join(timeout=10)
+        self._process, self._conn = None, None
+
+    def kill_child(self) -> None:
+        self._discard_child()
+        self.restarts += 1
+
+    def request_stop(self) -> None:
+        """Ask the running analyzer to checkpoint and stop (``ctx.should_stop()`` turns true)."""
+        self._stopping = True
+        self._stop_event.set()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        if self._conn is not None and self._process is not None and self._process.is_alive():
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._conn.send(("shutdown",))
+            self._process.join(timeout=timeout_s)
+        self._discard_child()
+
+    # -- one job -------------------------------------------------------------------------------
+
+    def run(
+        self,
+        job: Job,
+        restored: Any | None,
+        *,
+        max_runtime_s: float | None,
+        on_tick: Callable[[], None],
+    ) -> Outcome:
+        self.ensure_child()
+        assert self._conn is not None and self._process is not None
+        if not self._stopping:
+            self._stop_event.clear()
+        started = time.monotonic()
+        self.current_job, self.job_started_at, self.progress = job, started, {}
+        checkpoints = 0
+        try:
+            self._conn.send(("run", asdict(job), restored))
+            while True:
+                try:
+                    ready = self._conn.poll(self._tick_s)
+                    message = self._conn.recv() if ready else None
+                except (EOFError, OSError):
+                    message = None
+                    ready = True
+                elapsed = time.monotonic() - started
+                if message is not None:
+                    kind = message[0]
+                    if kind == "checkpoint":
+                        self._on_checkpoint(job.job_id, message[1])
+                        checkpoints += 1
+                    elif kind == "progress":
+                        self.progress = dict(message[1])
+                    elif kind == "result":
+                        return Outcome(
+                            True,
+                            output_json=message[1],
+                            duration_s=elapsed,
+                            checkpoints=checkpoints,
+                        )
+                    elif kind == "error":
+                        _, error_kind, text, permanent = message
+                        return Outcome(
+                            False,
+                            error=JobError(ErrorKind(error_kind), text),
+                            permanent=bool(permanent),
+                            duration_s=elapsed,
+                            checkpoints=checkpoints,
+                        )
+                elif ready or not self._process.is_alive():
+                    # The pipe closed or the child is gone without a word: it died.
+                    self._process.join(timeout=5)
+                    exitcode = self._process.exitcode
+                    self.kill_child()
+                    return Outcome(
+                        False,
+                        error=JobError(ErrorKind.UNKNOWN, describe_exit(exitcode)),
+                        duration_s=elapsed,
+                        checkpoints=checkpoints,
+                    )
+                if max_runtime_s is not None and elapsed > max_runtime_s:
+                    self.kill_child()
+                    return Outcome(
+                        False,
+                        error=JobError(
+                            ErrorKind.TIMEOUT,
+                            f"job ran longer than max_runtime_s={max_runtime_s:g}",
+                        ),
+                        duration_s=elapsed,
+                        checkpoints=checkpoints,
+                    )
+                pid = self._process.pid
+                for watcher in self.watchers:
+                    verdict = watcher(pid) if pid is not None else None
+                    if verdict is not None:
+                        self.kill_child()
+                        return Outcome(
+                            False, error=verdict, duration_s=elapsed, checkpoints=checkpoints
+                        )
+                on_tick()  # throttles itself: it may be called far more often than needed
+        finally:
+            self.current_job, self.job_started_at = None, None

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from pipeline.contract import TRANSITIONS, ErrorKind, JobStatus
+from pipeline.jobstore import JobError, JobStore, TransitionRefused
+
+REQUEST = {"analyzer": "echo", "input": {"x": 1.5}}
+ERROR = JobError(ErrorKind.OOM, "too big", peak_memory_bytes=123, limit_bytes=100)
+
+
+def put_in_status(store: JobStore, job_id: str, status: JobStatus) -> None:
+    """Drive a new job to ``status`` through allowed transitions only."""
+    store.create(job_id, REQUEST)
+    if status in (JobStatus.RUNNING, JobStatus.SUCCEEDED):
+        store.claim(job_id, "owner-1", "w1", expect_owner=None)
+    if status == JobStatus.SUCCEEDED:
+        store.complete(job_id, "owner-1", "s3://b/results/x.json")
+    if status == JobStatus.DEAD_LETTERED:
+        store.dead_letter(job_id, ERROR)
+
+
+def test_create_is_queued_and_create_twice_returns_the_first(job_store: JobStore) -> None:
+    record, created = job_store.create("j1", REQUEST)
+    again, created_again = job_store.create("j1", {"analyzer": "echo", "input": 2})
+    assert (record.status, created, created_again) == (JobStatus.QUEUED, True, False)
+    assert again.request == REQUEST
+
+
+@pytest.mark.parametrize(
+    ("current", "target"), list(itertools.product(list(JobStatus), list(JobStatus)))
+)
+def test_every_transition_is_allowed_or_refused_by_the_table(
+    job_store: JobStore, current: JobStatus, target: JobStatus
+) -> None:
+    job_id = f"job-{current}-{target}"
+    put_in_status(job_store, job_id, current)
+    allowed = target in TRANSITIONS[current]
+    if allowed:
+        record = job_store.transition(job_id, target)
+        assert record.status == target
+    else:
+        with pytest.raises(TransitionRefused):
+            job_store.transition(job_id, target)
+        assert job_store.get(job_id).status == current
+
+
+def test_succeeded_can_never_go_back_to_running(job_store: JobStore) -> None:
+    put_in_status(job_store, "done", JobStatus.SUCCEEDED)
+    with pytest.raises(TransitionRefused):
+        job_store.claim("done", "owner-2", "w2", expect_owner="owner-1")
+    with pytest.raises(TransitionRefused):
+        job_store.transition("done", JobStatus.RUNNING)
+    assert job_store.get("done").status == JobStatus.SUCCEEDED
+
+
+def test_only_the_current_owner_records_the_outcome(job_store: JobStore) -> None:
+    job_store.create("j", REQUEST)
+    job_store.claim("j", "old", "w1", expect_owner=None)
+    job_store.claim("j", "new", "w2", expect_owner="old")  # takeover of a presumed-dead holder
+    with pytest.raises(TransitionRefused):
+        job_store.complete("j", "old", "s3://b/r")
+    record = job_store.complete("j", "new", "s3://b/r")
+    assert (record.status, record.worker) == (JobStatus.SUCCEEDED, "w2")
+
+
+def test_takeover_needs_the_token_that_was_read(job_store: JobStore) -> None:
+    job_store.create("j", REQUEST)
+    job_store.claim("j", "a", "w1", expect_owner=None)
+    with pytest.raises(TransitionRefused):
+        job_store.claim("j", "c", "w3", expect_owner="stale")
+
+
+def test_release_counts_attempts_and_interruptions_apart(job_store: JobStore) -> None:
+    job_store.create("j", REQUEST)
+    job_store.claim("j", "a", "w1", expect_owner=None)
+    record = job_store.release("j", "a", ERROR)
+    assert (record.status, record.attempts, record.interruptions) == (JobStatus.QUEUED, 1, 0)
+    assert record.last_error == ERROR
+    job_store.claim("j", "b", "w1", expect_owner=None)
+    record = job_store.release("j", "b", JobError(ErrorKind.INTERRUPTED, "spot"), interrupted=True)
+    assert (record.attempts, record.interruptions) == (1, 1)
+
+
+def test_dead_letter_twice_is_harmless_and_redrive_requeues(job_store: JobStore) -> None:
+    job_store.create("j", REQUEST)
+    job_store.dead_letter("j", ERROR)
+    assert job_store.dead_letter("j", ERROR).status == JobStatus.DEAD_LETTERED
+    record = job_store.redrive("j", reset_attempts=True)
+    assert (record.status, record.attempts, record.sent) == (JobStatus.QUEUED, 0, False)
+
+
+def test_public_view_hides_request_and_token(job_store: JobStore) -> None:
+    job_store.create("j", REQUEST)
+    public = job_store.claim("j", "secret-token", "w1", expect_owner=None).to_public()
+    assert "secret-token" not in str(public) and "request" not in public
