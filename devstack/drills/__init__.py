@@ -1,0 +1,15 @@
+"""The demo's drills: each one submits jobs, may inject faults while they run, and checks results.
+
+A new drill is one module with a ``Drill`` subclass, added to ``DRILLS`` below.
+"""
+
+from __future__ import annotations
+
+from devstack.drills.base import Check, Drill, Expectation
+from devstack.drills.basic import BasicJobs
+
+DRILLS: list[type[Drill]] = [
+    BasicJobs,
+]
+
+__all__ = ["DRILLS", "Check", "Drill", "Expectation"]
