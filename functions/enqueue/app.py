@@ -84,6 +84,7 @@ def submit_job() -> Response:
         queue=job_queue(),
         max_message_bytes=settings.max_message_bytes,
         idempotency_key=key,
+        input_bucket=settings.data_bucket,
     )
     logger.info("job queued", extra={"job_id": job.job_id, "analyzer": request["analyzer"]})
     metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.contract import JobMessage, job_id_for_idempotency_key, new_job_id
+from pipeline.contract import (
+    InvalidJob,
+    JobMessage,
+    SchemaViolation,
+    job_id_for_idempotency_key,
+    new_job_id,
+)
 from pipeline.jobstore import JobRecord, JobStore
 from pipeline.queue import JobQueue
 
@@ -30,6 +36,7 @@ def submit(
     queue: JobQueue,
     max_message_bytes: int,
     idempotency_key: str | None = None,
+    input_bucket: str | None = None,
 ) -> JobRecord:
     """Store the job as QUEUED, then send its message; return the job record.
 
@@ -38,6 +45,13 @@ def submit(
     a retry with the same Idempotency-Key sends it (a duplicate message is harmless: the
     worker's conditional writes give exactly-once effect).
     """
+    uri = request.get("input_uri")
+    in_bucket = isinstance(uri, str) and uri.startswith(f"s3://{input_bucket}/")
+    if input_bucket is not None and uri is not None and not in_bucket:
+        raise InvalidJob(
+            "input_uri must point into the stack's input bucket",
+            [SchemaViolation("$.input_uri", f"expected s3://{input_bucket}/...")],
+        )
     if idempotency_key is not None:
         key = idempotency_key.strip()
         if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:

@@ -154,3 +154,13 @@ def test_get_job_reports_status_and_unknown_is_404(enqueue: ModuleType) -> None:
     assert call(enqueue, load_event("enqueue_get_job"))[0] == 404
     event["rawPath"] = event["requestContext"]["http"]["path"] = "/jobs/not-a-uuid"
     assert call(enqueue, event)[0] == 404
+
+
+def test_input_uri_outside_the_stack_bucket_gets_400(enqueue: ModuleType, queue: JobQueue) -> None:
+    request = {"analyzer": "echo", "input_uri": "s3://someone-elses-bucket/data.json"}
+    status, body = call(enqueue, submit_event(request))
+    assert status == 400
+    assert [e["path"] for e in body["errors"]] == ["$.input_uri"]
+    inside = {"analyzer": "echo", "input_uri": f"s3://{enqueue.settings.data_bucket}/in/a.json"}
+    assert call(enqueue, submit_event(inside))[0] == 202
+    assert len(messages(queue)) == 1
