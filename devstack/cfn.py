@@ -317,12 +317,92 @@ def provision_topic(session: Any, stack: Stack, logical_id: str, props: dict[str
     return Physical("AWS::SNS::Topic", arn, {"TopicArn": arn, "TopicName": name})
 
 
+def provision_key(session: Any, stack: Stack, logical_id: str, props: dict[str, Any]) -> Physical:
+    kms = session.client("kms")
+    kwargs: dict[str, Any] = {"Description": props.get("Description", logical_id)}
+    if "KeyPolicy" in props:
+        kwargs["Policy"] = json.dumps(props["KeyPolicy"])
+    meta = kms.create_key(**kwargs)["KeyMetadata"]
+    return Physical("AWS::KMS::Key", meta["KeyId"], {"Arn": meta["Arn"], "KeyId": meta["KeyId"]})
+
+
+_ALARM_KEYS = [
+    "AlarmDescription",
+    "ActionsEnabled",
+    "OKActions",
+    "AlarmActions",
+    "InsufficientDataActions",
+    "MetricName",
+    "Namespace",
+    "Statistic",
+    "ExtendedStatistic",
+    "Dimensions",
+    "Unit",
+    "ComparisonOperator",
+    "TreatMissingData",
+    "EvaluateLowSampleCountPercentile",
+    "ThresholdMetricId",
+    "Tags",
+]
+
+
+def _metric_query(query: dict[str, Any]) -> dict[str, Any]:
+    out = dict(query)
+    if "MetricStat" in out:
+        out["MetricStat"] = {**out["MetricStat"], "Period": int(out["MetricStat"]["Period"])}
+    return out
+
+
+def provision_alarm(session: Any, stack: Stack, logical_id: str, props: dict[str, Any]) -> Physical:
+    """A metric alarm with the template's own name, metric, threshold and actions (moto stores
+    it and lets devstack set its state; it never evaluates it or fires its actions)."""
+    cloudwatch = session.client("cloudwatch")
+    name = props.get("AlarmName") or _physical_name(stack, logical_id)
+    kwargs: dict[str, Any] = {k: props[k] for k in _ALARM_KEYS if k in props}
+    for key in ("Period", "EvaluationPeriods", "DatapointsToAlarm"):
+        if key in props:
+            kwargs[key] = int(props[key])
+    if "Threshold" in props:
+        kwargs["Threshold"] = float(props["Threshold"])
+    if "Metrics" in props:
+        kwargs["Metrics"] = [_metric_query(q) for q in props["Metrics"]]
+    cloudwatch.put_metric_alarm(AlarmName=name, **kwargs)
+    arn = cloudwatch.describe_alarms(AlarmNames=[name])["MetricAlarms"][0]["AlarmArn"]
+    return Physical("AWS::CloudWatch::Alarm", name, {"Arn": arn})
+
+
 PROVISIONERS: dict[str, Provisioner] = {
     "AWS::SQS::Queue": provision_queue,
     "AWS::DynamoDB::Table": provision_table,
     "AWS::S3::Bucket": provision_bucket,
     "AWS::SNS::Topic": provision_topic,
+    "AWS::KMS::Key": provision_key,
+    "AWS::CloudWatch::Alarm": provision_alarm,
 }
+
+
+def _references(value: Any) -> set[str]:
+    """Logical ids a resource's properties refer to (Ref, GetAtt, ${X} / ${X.Attr} in Sub)."""
+    found: set[str] = set()
+    if isinstance(value, list):
+        for item in value:
+            found |= _references(item)
+    elif isinstance(value, dict):
+        for key, arg in value.items():
+            if key == "Ref" and isinstance(arg, str):
+                found.add(arg)
+            elif key == "Fn::GetAtt":
+                found.add(arg[0] if isinstance(arg, list) else str(arg).split(".")[0])
+            elif key == "Fn::Sub":
+                text = arg if isinstance(arg, str) else arg[0]
+                names = re.findall(r"\$\{([^!}][^}.]*)", text)
+                local = set(arg[1]) if isinstance(arg, list) else set()
+                found |= {n for n in names if n not in local}
+                if isinstance(arg, list):
+                    found |= _references(arg[1])
+            else:
+                found |= _references(arg)
+    return found
 
 
 def provision(
@@ -344,6 +424,21 @@ def provision(
         and (types is None or resource["Type"] in types)
         and ("Condition" not in resource or stack.condition(resource["Condition"]))
     }
+    # A resource that refers to one devstack never creates (a function, an Auto Scaling group:
+    # e.g. a function's errors alarm) is left out rather than failing the whole stack.
+    while True:
+        missing = {
+            logical_id
+            for logical_id, resource in pending.items()
+            if any(
+                ref not in pending and ref not in stack.parameters and not ref.startswith("AWS::")
+                for ref in _references(resource.get("Properties", {}))
+            )
+        }
+        if not missing:
+            break
+        for logical_id in missing:
+            del pending[logical_id]
     while pending:
         progressed = False
         for logical_id, resource in list(pending.items()):

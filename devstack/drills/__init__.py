@@ -5,11 +5,13 @@ A new drill is one module with a ``Drill`` subclass, added to ``DRILLS`` below.
 
 from __future__ import annotations
 
+from devstack.drills.alarms import AlarmDrill
 from devstack.drills.base import Check, Drill, Expectation
 from devstack.drills.basic import BasicJobs
 
 DRILLS: list[type[Drill]] = [
     BasicJobs,
+    AlarmDrill,
 ]
 
 __all__ = ["DRILLS", "Check", "Drill", "Expectation"]

@@ -1,4 +1,4 @@
-"""CloudWatch alarms (SNS notification or EventBridge state change) → Slack, Discord, webhook, email."""
+"""CloudWatch alarms (SNS notification or EventBridge state change) → chat, webhook, email."""
 
 from __future__ import annotations
 

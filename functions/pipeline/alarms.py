@@ -455,7 +455,7 @@ def unreadable_alert(message: Unreadable) -> Alert:
         excerpt += " …"
     return Alert(
         title="Unreadable alarm notification",
-        text=f"```{excerpt.replace('```', "'''")}```",
+        text="```" + excerpt.replace("```", "'''") + "```",
         severity=Severity.WARNING,
         fields=(("Problem", message.problem), ("Message id", message.ref or "-")),
         dedupe_key=message.transition_key,
@@ -521,7 +521,8 @@ class DeliveryLedger:
                     "expires_at": {"N": str(now + self.retain_s)},
                 },
                 ConditionExpression=(
-                    "attribute_not_exists(pk) OR #s = :failed OR (#s = :sending AND lease_until < :now)"
+                    "attribute_not_exists(pk) OR #s = :failed"
+                    " OR (#s = :sending AND lease_until < :now)"
                 ),
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues={
