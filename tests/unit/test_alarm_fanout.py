@@ -340,8 +340,7 @@ def test_one_channel_500_and_one_timing_out_never_block_the_other(
     sink.script = {"/slack": [500]}
     urls = {"slack": sink.url + "/slack", "discord": silent_server, "webhook": sink.url + "/hook"}
     sender = AlertSender(
-        [Channel("slack", "slack", "slack"), Channel("discord", "discord", "discord")]
-        + [Channel("webhook", "webhook", "webhook")],
+        [Channel(name, name, name) for name in ("slack", "discord", "webhook")],
         client=WebhookClient(read_timeout_s=0.3, max_attempts=2, backoff_s=0),
         resolve=urls.__getitem__,
     )
