@@ -12,13 +12,14 @@ ifneq ($(shell command -v pyenv 2>/dev/null),)
 export PYENV_VERSION ?= 3.11.7:3.13.0
 endif
 
-.PHONY: help demo test test-unit test-e2e lint format validate build cfn-lint clean
+.PHONY: help demo test test-unit test-e2e lint format validate build cfn-lint doctor clean
 
 help:
 	@echo "make demo      run the whole pipeline locally (moto server, real worker, real handlers)"
 	@echo "make test      run the test suite (unit + end-to-end) and cfn-lint"
 	@echo "make lint      ruff check, ruff format --check, hadolint"
 	@echo "make validate  sam validate --lint"
+	@echo "make doctor    check template.yaml for misconfigurations (python -m pipeline.doctor)"
 	@echo "make build     sam build"
 
 $(STAMP): requirements-dev.txt pyproject.toml
@@ -37,7 +38,7 @@ $(SAM_STAMP): requirements-sam.txt
 demo: $(STAMP)
 	$(BIN)/python -m devstack demo
 
-test: $(STAMP) cfn-lint
+test: $(STAMP) cfn-lint doctor
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
@@ -48,6 +49,9 @@ test-e2e: $(STAMP)
 
 cfn-lint: $(STAMP)
 	$(BIN)/cfn-lint template.yaml
+
+doctor: $(STAMP)
+	$(BIN)/python -m pipeline.doctor template.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
