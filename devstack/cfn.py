@@ -191,12 +191,21 @@ _SQS_ATTRIBUTES = [
 ]
 
 
+def _client(session: Any, service: str) -> Any:
+    """One client per session and service: creating a boto3 client costs tens of ms, and a
+    stack has dozens of resources."""
+    cache = session.__dict__.setdefault("_devstack_clients", {})
+    if service not in cache:
+        cache[service] = session.client(service)
+    return cache[service]
+
+
 def _physical_name(stack: Stack, logical_id: str) -> str:
     return f"{stack.name}-{logical_id}"
 
 
 def provision_queue(session: Any, stack: Stack, logical_id: str, props: dict[str, Any]) -> Physical:
-    sqs = session.client("sqs")
+    sqs = _client(session, "sqs")
     attributes = {k: _attr(props[k]) for k in _SQS_ATTRIBUTES if k in props}
     if "RedrivePolicy" in props:
         attributes["RedrivePolicy"] = json.dumps(props["RedrivePolicy"])
@@ -213,7 +222,7 @@ def _attr(value: Any) -> str:
 
 
 def provision_table(session: Any, stack: Stack, logical_id: str, props: dict[str, Any]) -> Physical:
-    dynamodb = session.client("dynamodb")
+    dynamodb = _client(session, "dynamodb")
     name = props.get("TableName") or _physical_name(stack, logical_id)
     kwargs: dict[str, Any] = {
         "TableName": name,
@@ -265,7 +274,7 @@ def _lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
 def provision_bucket(
     session: Any, stack: Stack, logical_id: str, props: dict[str, Any]
 ) -> Physical:
-    s3 = session.client("s3")
+    s3 = _client(session, "s3")
     name = props.get("BucketName") or _physical_name(stack, logical_id).lower()
     if stack.region == "us-east-1":
         s3.create_bucket(Bucket=name)
@@ -310,7 +319,7 @@ def provision_bucket(
 
 
 def provision_topic(session: Any, stack: Stack, logical_id: str, props: dict[str, Any]) -> Physical:
-    sns = session.client("sns")
+    sns = _client(session, "sns")
     name = props.get("TopicName") or _physical_name(stack, logical_id)
     attributes = {"KmsMasterKeyId": props["KmsMasterKeyId"]} if "KmsMasterKeyId" in props else {}
     arn = sns.create_topic(Name=name, Attributes=attributes)["TopicArn"]
@@ -318,7 +327,7 @@ def provision_topic(session: Any, stack: Stack, logical_id: str, props: dict[str
 
 
 def provision_key(session: Any, stack: Stack, logical_id: str, props: dict[str, Any]) -> Physical:
-    kms = session.client("kms")
+    kms = _client(session, "kms")
     kwargs: dict[str, Any] = {"Description": props.get("Description", logical_id)}
     if "KeyPolicy" in props:
         kwargs["Policy"] = json.dumps(props["KeyPolicy"])
@@ -356,7 +365,7 @@ def _metric_query(query: dict[str, Any]) -> dict[str, Any]:
 def provision_alarm(session: Any, stack: Stack, logical_id: str, props: dict[str, Any]) -> Physical:
     """A metric alarm with the template's own name, metric, threshold and actions (moto stores
     it and lets devstack set its state; it never evaluates it or fires its actions)."""
-    cloudwatch = session.client("cloudwatch")
+    cloudwatch = _client(session, "cloudwatch")
     name = props.get("AlarmName") or _physical_name(stack, logical_id)
     kwargs: dict[str, Any] = {k: props[k] for k in _ALARM_KEYS if k in props}
     for key in ("Period", "EvaluationPeriods", "DatapointsToAlarm"):

@@ -45,6 +45,10 @@ class MalformedAlarm(ValueError):
     """The message is not a CloudWatch alarm notification we can read."""
 
 
+# A field of an unexpected type anywhere in a notification is unreadable, never a crash.
+_UNREADABLE = (MalformedAlarm, TypeError, ValueError, AttributeError, KeyError, IndexError)
+
+
 # -- the alarm model -------------------------------------------------------------------------
 
 _OPERATORS = {
@@ -225,7 +229,8 @@ def parse_eventbridge_alarm(event: Mapping[str, Any]) -> AlarmNotice:
     if rule:
         metric = f"composite: {rule}"
     else:
-        metrics = [m for m in configuration.get("metrics") or [] if isinstance(m, Mapping)]
+        listed = configuration.get("metrics")
+        metrics = [m for m in listed if isinstance(m, Mapping)] if isinstance(listed, list) else []
         shown = next((m for m in metrics if m.get("returnData", True)), None)
         if shown is not None and shown.get("expression"):
             metric = f"expression: {shown['expression']}"
@@ -276,7 +281,7 @@ def notices_from_event(event: Any) -> list[AlarmNotice | Unreadable]:
     if isinstance(event, Mapping) and event.get("detail-type") == ALARM_STATE_CHANGE:
         try:
             return [parse_eventbridge_alarm(event)]
-        except MalformedAlarm as exc:
+        except _UNREADABLE as exc:
             return [Unreadable(_dump(event), str(event.get("id") or ""), str(exc))]
     problem = "neither an SNS notification nor a CloudWatch Alarm State Change event"
     ref = str(event.get("id") or "") if isinstance(event, Mapping) else ""
@@ -298,7 +303,7 @@ def _from_sns_record(record: Any) -> AlarmNotice | Unreadable:
         return Unreadable(raw, ref, "message is not a JSON object")
     try:
         return parse_sns_alarm(data, topic_arn=str(sns.get("TopicArn") or ""))
-    except MalformedAlarm as exc:
+    except _UNREADABLE as exc:
         return Unreadable(raw, ref, str(exc))
 
 

@@ -524,3 +524,47 @@ def test_events_of_no_known_shape_never_crash(
 ) -> None:
     assert invoke(fanout_app, event)["notices"] == 1
     assert len(posts(sink, "slack")) == 1
+
+
+def _leaf_mutations(value: Any) -> Iterator[Any]:
+    """``value`` with each leaf (and each container) replaced by values of other types."""
+    replacements: list[Any] = [None, 7, "x", [], {}, [1], {"a": 1}]
+    if isinstance(value, dict):
+        for key in value:
+            for mutated in _leaf_mutations(value[key]):
+                yield {**value, key: mutated}
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            for mutated in _leaf_mutations(item):
+                yield [*value[:index], mutated, *value[index + 1 :]]
+    yield from replacements
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "alarm_sns_alarm",
+        "alarm_sns_ok",
+        "alarm_composite",
+        "alarm_eventbridge_state_change",
+        "alarm_malformed",
+    ],
+)
+def test_mutated_events_are_read_or_unreadable_never_an_exception(name: str) -> None:
+    event = load_event(name)
+    variants = list(_leaf_mutations(event))
+    if "Records" in event:  # the alarm JSON inside the SNS message too
+        record = event["Records"][0]
+        try:
+            message = json.loads(record["Sns"]["Message"])
+        except ValueError:
+            message = None
+        if message is not None:
+            for mutated in _leaf_mutations(message):
+                sns = {**record["Sns"], "Message": json.dumps(mutated)}
+                variants.append({"Records": [{**record, "Sns": sns}]})
+    text = json.dumps(event)
+    variants += [text[:cut] for cut in range(0, len(text), max(1, len(text) // 40))]
+    for variant in variants:
+        notices = notices_from_event(variant)
+        assert len(notices) >= 1 or variant.get("Records") == []
