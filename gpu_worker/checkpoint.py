@@ -1,8 +1,18 @@
-"""Checkpoints and results in S3, keyed by job id (a second writer can never leave two)."""
+"""Checkpoints and results in S3, keyed by job id (a second writer can never leave two).
+
+Checkpoints may instead live in a directory (``WORKER_CHECKPOINT_DIR``, e.g. an EFS mount shared
+by the fleet): each is written to a temporary file and renamed over the old one, so a reader
+never sees half a checkpoint, even when the writer's host vanishes mid-write.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import tempfile
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -31,10 +41,8 @@ class CheckpointStore:
         return f"{CHECKPOINT_PREFIX}{job_id}"
 
     def save(self, job_id: str, state: Any) -> None:
-        if isinstance(state, bytes | bytearray):
-            body, content_type = bytes(state), "application/octet-stream"
-        else:
-            body, content_type = json.dumps(state).encode("utf-8"), "application/json"
+        body, raw = _encode(state)
+        content_type = "application/octet-stream" if raw else "application/json"
         self._s3.put_object(
             Bucket=self._bucket, Key=self.key(job_id), Body=body, ContentType=content_type
         )
@@ -53,6 +61,69 @@ class CheckpointStore:
 
     def delete(self, job_id: str) -> None:
         self._s3.delete_object(Bucket=self._bucket, Key=self.key(job_id))
+
+
+def _encode(state: Any) -> tuple[bytes, bool]:
+    """(body, is_raw_bytes)."""
+    if isinstance(state, bytes | bytearray):
+        return bytes(state), True
+    return json.dumps(state).encode("utf-8"), False
+
+
+_SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class FileCheckpointStore:
+    """``{directory}/{job_id}.ckpt``: one byte saying JSON (``J``) or raw bytes (``B``), then
+    the state. Same interface as CheckpointStore."""
+
+    SUFFIX = ".ckpt"
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, job_id: str) -> Path:
+        if not _SAFE_JOB_ID.match(job_id):
+            raise ValueError(f"job id {job_id!r} cannot name a checkpoint file")
+        return self.directory / f"{job_id}{self.SUFFIX}"
+
+    def save(self, job_id: str, state: Any) -> None:
+        target = self.path(job_id)
+        body, raw = _encode(state)
+        fd, temp_name = tempfile.mkstemp(prefix=f".{job_id}.", suffix=".tmp", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(b"B" if raw else b"J")
+                handle.write(body)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp_name, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp_name)
+            raise
+        # The rename itself must survive a crash too: sync the directory entry.
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def load(self, job_id: str) -> Any | None:
+        try:
+            data = self.path(job_id).read_bytes()
+        except FileNotFoundError:
+            return None
+        kind, body = data[:1], data[1:]
+        if kind == b"B":
+            return body
+        return json.loads(body)
+
+    def delete(self, job_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(job_id).unlink()
 
 
 class ResultStore:

@@ -19,6 +19,15 @@ def _float(name: str, default: float) -> float:
         raise MissingSetting(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _text(name: str, default: str) -> str:
+    """A string setting; ``off`` or ``none`` turn an endpoint off."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    raw = raw.strip()
+    return "" if raw.lower() in {"off", "none", "false"} else raw
+
+
 def _int(name: str, default: int) -> int:
     value = _float(name, float(default))
     if value != int(value):
@@ -42,6 +51,13 @@ class WorkerConfig:
     checkpoint_grace_s: float = 20.0
     tick_s: float = 0.1
     max_input_bytes: int = 64 * 1024 * 1024
+    # Preemption (see gpu_worker/interruption.py): where notices come from, how to react.
+    imds_endpoint: str = "http://169.254.169.254"
+    imds_poll_s: float = 2.0
+    imds_token_ttl_s: int = 21600
+    gcp_metadata_endpoint: str = ""
+    rebalance_action: str = "drain"
+    checkpoint_dir: str = ""
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -60,6 +76,12 @@ class WorkerConfig:
             checkpoint_grace_s=_float("WORKER_CHECKPOINT_GRACE_S", 20.0),
             tick_s=_float("WORKER_TICK_S", 0.1),
             max_input_bytes=_int("WORKER_MAX_INPUT_BYTES", 64 * 1024 * 1024),
+            imds_endpoint=_text("WORKER_IMDS_ENDPOINT", "http://169.254.169.254"),
+            imds_poll_s=_float("WORKER_IMDS_POLL_S", 2.0),
+            imds_token_ttl_s=_int("WORKER_IMDS_TOKEN_TTL_S", 21600),
+            gcp_metadata_endpoint=_text("WORKER_GCP_METADATA_ENDPOINT", ""),
+            rebalance_action=_text("WORKER_REBALANCE_ACTION", "drain").lower(),
+            checkpoint_dir=_text("WORKER_CHECKPOINT_DIR", ""),
         )
         config.check()
         return config
@@ -71,6 +93,14 @@ class WorkerConfig:
             raise MissingSetting("WORKER_WAIT_S must be between 0 and 20 (SQS long-poll limit)")
         if self.max_attempts < 1:
             raise MissingSetting("WORKER_MAX_ATTEMPTS must be at least 1")
+        if self.imds_poll_s <= 0:
+            raise MissingSetting("WORKER_IMDS_POLL_S must be above 0")
+        if not 1 <= self.imds_token_ttl_s <= 21600:
+            raise MissingSetting("WORKER_IMDS_TOKEN_TTL_S must be between 1 and 21600")
+        if self.rebalance_action not in {"drain", "checkpoint"}:
+            raise MissingSetting("WORKER_REBALANCE_ACTION must be drain or checkpoint")
+        if self.checkpoint_grace_s < 0:
+            raise MissingSetting("WORKER_CHECKPOINT_GRACE_S must not be negative")
 
     def describe(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -12,9 +12,15 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from gpu_worker.analyzers import Job
-from gpu_worker.checkpoint import CheckpointStore, InputError, ResultStore
+from gpu_worker.checkpoint import CheckpointStore, FileCheckpointStore, InputError, ResultStore
 from gpu_worker.config import WorkerConfig
 from gpu_worker.decisions import Action, Decision, decide
+from gpu_worker.interruption import (
+    Interruption,
+    InterruptionWatch,
+    monitors_from_settings,
+    signal_interruption,
+)
 from gpu_worker.supervisor import Outcome, Supervisor
 from pipeline.contract import (
     ErrorKind,
@@ -29,6 +35,12 @@ from pipeline.jobstore import JobError, JobRecord, JobStore, TransitionRefused
 from pipeline.queue import JobQueue, QueueError, ReceivedMessage
 
 logger = Logger(service="spotline-worker")
+
+
+# Time kept back from a notice's deadline for releasing the job and exiting after the grace.
+EXIT_RESERVE_S = 5.0
+# Sent by the interruption watch to the main thread to cut an idle long poll short.
+WAKE_SIGNAL = signal.SIGUSR1
 
 
 class ShutdownRequested(BaseException):
@@ -73,9 +85,25 @@ class Worker:
         self.dlq = JobQueue(sqs, config.dlq_url)
         self.store = JobStore(dynamodb, config.table_name)
         self.results = ResultStore(s3, config.bucket)
-        self.checkpoints = CheckpointStore(s3, config.bucket)
+        self.checkpoints: CheckpointStore | FileCheckpointStore = (
+            FileCheckpointStore(config.checkpoint_dir)
+            if config.checkpoint_dir
+            else CheckpointStore(s3, config.bucket)
+        )
         self.supervisor = Supervisor(on_checkpoint=self.checkpoints.save, tick_s=config.tick_s)
         self.stopping = threading.Event()
+        self.draining = threading.Event()  # take no new job (rebalance recommendation)
+        self.interruption: Interruption | None = None
+        self.watch = InterruptionWatch(
+            monitors_from_settings(
+                imds_endpoint=config.imds_endpoint,
+                imds_poll_s=config.imds_poll_s,
+                imds_token_ttl_s=config.imds_token_ttl_s,
+                gcp_endpoint=config.gcp_metadata_endpoint,
+            ),
+            self.on_interruption,
+        )
+        self._wake_installed = False
         self._receiving = False
         self.jobs_handled = 0
 
@@ -84,30 +112,88 @@ class Worker:
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(WAKE_SIGNAL, self._on_wake)
+        self._wake_installed = True
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        first = not self.stopping.is_set()
-        self.request_stop(f"signal {signal.Signals(signum).name}")
-        if first and self._receiving:
+        name = signal.Signals(signum).name
+        if self.stopping.is_set():
+            # rq's rule: the second signal means now. The job is released as interrupted.
+            logger.warning("second signal: stopping the analysis at once", extra={"signal": name})
+            self.supervisor.request_stop(grace_s=0)
+        else:
+            self.watch.emit(signal_interruption(name))
+        if self._receiving:
             raise ShutdownRequested
 
-    def request_stop(self, reason: str) -> None:
+    def _on_wake(self, signum: int, frame: FrameType | None) -> None:
+        if self._receiving and (self.stopping.is_set() or self.draining.is_set()):
+            raise ShutdownRequested
+
+    def _wake_main_thread(self) -> None:
+        """Cut the main thread's idle long poll short (it may wait up to 20 s otherwise)."""
+        main = threading.main_thread()
+        if self._wake_installed and self._receiving and threading.current_thread() is not main:
+            assert main.ident is not None
+            signal.pthread_kill(main.ident, WAKE_SIGNAL)
+
+    def on_interruption(self, event: Interruption) -> None:
+        """The one consumer of every interruption source (called on the watch thread, or in
+        the signal handler). A rebalance recommendation only drains, unless configured to
+        checkpoint; anything else stops receiving and asks the running analyzer to checkpoint
+        within the grace, which the notice's deadline may shorten."""
+        seconds_left = event.seconds_left()
+        logger.warning(
+            "interruption",
+            extra={
+                "source": event.source,
+                "action": str(event.action),
+                "detail": event.detail,
+                "seconds_left": round(seconds_left, 1) if seconds_left is not None else None,
+            },
+        )
+        if event.advisory and self.config.rebalance_action == "drain":
+            self.draining.set()
+            self._wake_main_thread()
+            return
+        if self.interruption is None:
+            self.interruption = event
+        grace_s = self.config.checkpoint_grace_s
+        if seconds_left is not None:
+            grace_s = max(0.0, min(grace_s, seconds_left - EXIT_RESERVE_S))
+        self.request_stop(event.describe(), grace_s=grace_s)
+        self._wake_main_thread()
+
+    def request_stop(self, reason: str, grace_s: float | None = None) -> None:
         if not self.stopping.is_set():
             logger.info("stopping", extra={"reason": reason})
         self.stopping.set()
-        self.supervisor.request_stop()
+        self.supervisor.request_stop(self.config.checkpoint_grace_s if grace_s is None else grace_s)
 
     def run(self) -> None:
         logger.info("worker starting", extra={"config": self.config.describe()})
         self.supervisor.ensure_child()
+        self.watch.start()
         try:
             while not self.stopping.is_set():
-                self.poll_once()
-        except ShutdownRequested:
-            pass
+                if self.draining.is_set():
+                    # Drained: no new jobs; wait for the notice (or a signal) that ends us.
+                    self.stopping.wait(1.0)
+                    continue
+                try:
+                    self.poll_once()
+                except ShutdownRequested:
+                    continue
         finally:
+            self.watch.stop()
             self.supervisor.close()
-            logger.info("worker stopped", extra={"jobs_handled": self.jobs_handled})
+            logger.info(
+                "worker stopped",
+                extra={
+                    "jobs_handled": self.jobs_handled,
+                    "interruption": self.interruption.describe() if self.interruption else None,
+                },
+            )
 
     def poll_once(self) -> None:
         self._receiving = True
@@ -124,7 +210,7 @@ class Worker:
         finally:
             self._receiving = False
         for message in messages:
-            if self.stopping.is_set():
+            if self.stopping.is_set() or self.draining.is_set():
                 # Received but not started: give it back at once, not after a window.
                 self._release_unstarted(message)
                 continue
@@ -300,6 +386,8 @@ class Worker:
     ) -> None:
         """Interruption: a fresh copy restarts ApproximateReceiveCount, so preemptions never
         push a job toward the queue's maxReceiveCount redrive."""
+        if self.interruption is not None:
+            error = JobError(error.kind, f"{self.interruption.describe()}: {error.message}")
         updated = self.store.release(record.job_id, token, error, interrupted=True)
         self.queue.send(job_message.with_interruptions(updated.interruptions))
         self.queue.delete(message.receipt_handle)

@@ -70,6 +70,7 @@ class Supervisor:
         self._conn: Connection | None = None
         self._stop_event = self._context.Event()
         self._stopping = False
+        self._kill_at: float | None = None  # monotonic time: an ignored stop request ends here
         self.restarts = 0
         self.progress: dict[str, Any] = {}
         self.current_job: Job | None = None
@@ -110,10 +111,18 @@ class Supervisor:
         self._discard_child()
         self.restarts += 1
 
-    def request_stop(self) -> None:
-        """Ask the running analyzer to checkpoint and stop (``ctx.should_stop()`` turns true)."""
+    def request_stop(self, grace_s: float | None = None) -> None:
+        """Ask the running analyzer to checkpoint and stop (``ctx.should_stop()`` turns true).
+
+        With ``grace_s``, an analyzer still running that much later is killed and the job
+        reported INTERRUPTED (it resumes from its last checkpoint). Safe from any thread.
+        """
         self._stopping = True
         self._stop_event.set()
+        if grace_s is not None:
+            kill_at = time.monotonic() + max(0.0, grace_s)
+            if self._kill_at is None or kill_at < self._kill_at:
+                self._kill_at = kill_at
 
     def close(self, timeout_s: float = 5.0) -> None:
         if self._conn is not None and self._process is not None and self._process.is_alive():
@@ -190,6 +199,19 @@ class Supervisor:
                         error=JobError(
                             ErrorKind.TIMEOUT,
                             f"job ran longer than max_runtime_s={max_runtime_s:g}",
+                        ),
+                        duration_s=elapsed,
+                        checkpoints=checkpoints,
+                    )
+                if self._kill_at is not None and time.monotonic() >= self._kill_at:
+                    # The analyzer ignored should_stop() past its grace: the notice's deadline
+                    # wins. Its last checkpoint is what the next holder resumes from.
+                    self.kill_child()
+                    return Outcome(
+                        False,
+                        error=JobError(
+                            ErrorKind.INTERRUPTED,
+                            "analyzer did not stop within the checkpoint grace; killed",
                         ),
                         duration_s=elapsed,
                         checkpoints=checkpoints,

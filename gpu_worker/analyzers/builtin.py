@@ -27,7 +27,8 @@ class Sleep:
 
     It resumes from its last checkpoint, checkpoints every ``params.checkpoint_every_s`` and
     when asked to stop, and returns which steps this attempt ran, so tests can prove that no
-    step past a checkpoint is done twice.
+    step past a checkpoint is done twice. ``params.ignore_stop`` makes it deaf to
+    ``ctx.should_stop()`` (an uncooperative analyzer, killed after the checkpoint grace).
     """
 
     name = "sleep"
@@ -41,13 +42,14 @@ class Sleep:
         step_s = float(params.get("step_s", 0.1))
         steps = max(1, round(seconds / step_s)) if seconds > 0 else 0
         every_s = params.get("checkpoint_every_s")
+        ignore_stop = bool(params.get("ignore_stop", False))
         state = ctx.restore() or {}
         done = int(state.get("steps_done", 0)) if isinstance(state, dict) else 0
         ran: list[int] = list(state.get("ran", [])) if isinstance(state, dict) else []
         resumed_from = done
         last_checkpoint = time.monotonic()
         while done < steps:
-            if ctx.should_stop():
+            if not ignore_stop and ctx.should_stop():
                 ctx.checkpoint({"steps_done": done, "ran": ran})
                 raise Interrupted(f"stopped at step {done} of {steps}")
             time.sleep(step_s)
