@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
+from devstack.cfn import Stack
 from devstack.imds import GCP_PREEMPTED_PATH, REBALANCE_PATH, SPOT_PATH, TOKEN_PATH, ImdsMock
 from devstack.motoserver import free_port, wait_until
 from gpu_worker import interruption
@@ -29,6 +30,7 @@ from gpu_worker.interruption import (
     monitors_from_settings,
     signal_interruption,
 )
+from pipeline.queue import JobQueue
 from pipeline.settings import MissingSetting
 
 
@@ -378,3 +380,31 @@ def test_imds_endpoint_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> Non
     config = WorkerConfig.from_env()
     assert config.imds_endpoint == "http://169.254.169.254"
     assert json.dumps(config.describe())
+
+
+# -- prefetched messages on shutdown --------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["stopping", "draining"])
+def test_messages_received_while_stopping_or_draining_are_released_at_once(
+    stack: Stack, flag: str
+) -> None:
+    config = WorkerConfig(
+        queue_url=stack.ref("JobsQueue"),
+        dlq_url=stack.ref("JobsDeadLetterQueue"),
+        table_name=stack.ref("JobsTable"),
+        bucket=stack.ref("DataBucket"),
+        worker_id="unit",
+        imds_endpoint="",
+        wait_s=0,
+        visibility_window_s=120,
+    )
+    sqs = boto3.client("sqs")
+    worker = Worker(config, sqs=sqs, dynamodb=boto3.client("dynamodb"), s3=boto3.client("s3"))
+    queue = JobQueue(sqs, config.queue_url)
+    queue.send_body('{"job_id": "j"}')
+    getattr(worker, flag).set()
+    worker.poll_once()
+    (message,) = queue.receive(wait_s=0, visibility_s=30)
+    assert message.receive_count == 2, "visible again at once, not after the 120 s window"
+    assert worker.jobs_handled == 0
