@@ -8,10 +8,13 @@ from __future__ import annotations
 from devstack.drills.alarms import AlarmDrill
 from devstack.drills.base import Check, Drill, Expectation
 from devstack.drills.basic import BasicJobs
+from devstack.drills.spot import HardCrash, SpotNotice
 
 DRILLS: list[type[Drill]] = [
     BasicJobs,
     AlarmDrill,
+    SpotNotice,
+    HardCrash,
 ]
 
 __all__ = ["DRILLS", "Check", "Drill", "Expectation"]
