@@ -94,11 +94,23 @@ def test_sigterm_mid_job_checkpoints_requeues_and_another_worker_finishes(
 ) -> None:
     first = devstack.start_worker("first")
     _, body = devstack.submit(
-        {"analyzer": "sleep", "input": None, "params": {"seconds": 6, "step_s": 0.2}}
+        {
+            "analyzer": "sleep",
+            "input": None,
+            "params": {"seconds": 6, "step_s": 0.2, "checkpoint_every_s": 0.4},
+        }
     )
     job_id = body["job_id"]
     wait_until(lambda: started_count(devstack, job_id) == 1, timeout=20, what="job start")
     wait_until(lambda: devstack.job(job_id).status == JobStatus.RUNNING, timeout=10)
+    # Progress first (a periodic checkpoint), so there is work for the resume to keep.
+    s3 = devstack.client("s3")
+    wait_until(
+        lambda: s3.list_objects_v2(Bucket=devstack.bucket, Prefix=f"checkpoints/{job_id}")[
+            "KeyCount"
+        ],
+        timeout=10,
+    )
     first.signal(signal.SIGTERM)
     assert first.process.wait(timeout=30) == 0
     record = devstack.job(job_id)
