@@ -104,6 +104,7 @@ class Worker:
             self.on_interruption,
         )
         self._wake_installed = False
+        self._signals = 0
         self._receiving = False
         self.jobs_handled = 0
 
@@ -117,7 +118,8 @@ class Worker:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if self.stopping.is_set():
+        self._signals += 1
+        if self._signals > 1:
             # rq's rule: the second signal means now. The job is released as interrupted.
             logger.warning("second signal: stopping the analysis at once", extra={"signal": name})
             self.supervisor.request_stop(grace_s=0)

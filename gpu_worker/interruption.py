@@ -15,6 +15,11 @@ A monitor is anything with::
 and should return None for "nothing now" and for trouble it has already logged; an exception
 is logged by the watch and counts as None. Each distinct (source, action) is delivered once.
 Push sources (signals) call ``InterruptionWatch.emit`` directly instead of being polled.
+
+To add a source (e.g. an ASG lifecycle hook): write such a class, give it a ``Source`` name,
+and append it in ``monitors_from_settings``. Return ``Interruption(..., deadline=...)`` when
+the source knows when the machine goes away (the worker fits its checkpoint grace inside it);
+``Action.REBALANCE`` means "at risk, not leaving yet" and only drains the worker.
 """
 
 from __future__ import annotations

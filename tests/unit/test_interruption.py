@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -408,3 +409,14 @@ def test_messages_received_while_stopping_or_draining_are_released_at_once(
     (message,) = queue.receive(wait_s=0, visibility_s=30)
     assert message.receive_count == 2, "visible again at once, not after the 120 s window"
     assert worker.jobs_handled == 0
+
+
+def test_sigterm_after_a_notice_keeps_the_grace_but_a_second_sigterm_ends_it(
+    worker: Worker,
+) -> None:
+    now = time.time()
+    worker.on_interruption(Interruption("imds-spot", Action.TERMINATE, now, now + 120))
+    worker._on_signal(signal.SIGTERM, None)  # the OS shutting down inside the notice window
+    assert worker.supervisor._kill_at == pytest.approx(time.monotonic() + 20, abs=0.5)
+    worker._on_signal(signal.SIGTERM, None)  # docker stop's impatience: now
+    assert worker.supervisor._kill_at <= time.monotonic()
