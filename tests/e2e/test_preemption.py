@@ -9,6 +9,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -318,3 +319,21 @@ def test_rebalance_drains_the_worker_without_interrupting_its_job(
     assert worker.process.wait(timeout=15) == 0
     assert status_of(devstack, waiting) == JobStatus.QUEUED
     assert devstack.job(waiting).attempts == 0
+
+
+def test_checkpoints_in_a_shared_directory_carry_the_job_across_workers(
+    devstack: Devstack, tmp_path: Path
+) -> None:
+    shared = tmp_path / "efs"  # an EFS mount both hosts see
+    first = plain_worker(devstack, "dir-a", WORKER_CHECKPOINT_DIR=str(shared))
+    job_id = submit_sleep(devstack, seconds=3, step_s=0.1, checkpoint_every_s=0.3)
+    checkpoint_file = shared / f"{job_id}.ckpt"
+    wait_until(checkpoint_file.exists, timeout=20, what="checkpoint file")
+    first.signal(signal.SIGTERM)
+    assert first.process is not None and first.process.wait(timeout=15) == 0
+    assert not checkpoint_exists(devstack, job_id), "nothing went to S3"
+    plain_worker(devstack, "dir-b", WORKER_CHECKPOINT_DIR=str(shared))
+    wait_until(lambda: status_of(devstack, job_id) == JobStatus.SUCCEEDED, timeout=20)
+    result = devstack.read_result(devstack.job(job_id).result_uri)
+    assert result["resumed_from"] > 0 and sorted(result["ran"]) == list(range(30))
+    assert list(shared.iterdir()) == [], "deleted on success, no temp files left"
