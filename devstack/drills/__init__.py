@@ -8,6 +8,7 @@ from __future__ import annotations
 from devstack.drills.alarms import AlarmDrill
 from devstack.drills.base import Check, Drill, Expectation
 from devstack.drills.basic import BasicJobs
+from devstack.drills.deadletter import DeadLetterDrill
 from devstack.drills.spot import HardCrash, SpotNotice
 
 DRILLS: list[type[Drill]] = [
@@ -15,6 +16,7 @@ DRILLS: list[type[Drill]] = [
     AlarmDrill,
     SpotNotice,
     HardCrash,
+    DeadLetterDrill,
 ]
 
 __all__ = ["DRILLS", "Check", "Drill", "Expectation"]

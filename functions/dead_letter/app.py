@@ -1,0 +1,62 @@
+"""DLQ -> job DEAD_LETTERED, operator alert (Slack/Discord), signed user notice.
+
+Lambda's SQS event source delivers batches; a record whose alert or notice failed raises, is
+reported in ``batchItemFailures`` and comes back (ReportBatchItemFailures).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from pipeline.alerts import AlertSender
+from pipeline.callbacks import CallbackSender
+from pipeline.dead_letters import DeadLetter, DeadLetterConfig, DeadLetterService, MessageLedger
+from pipeline.jobstore import JobStore
+from pipeline.settings import Settings
+
+settings = Settings.from_env()
+config = DeadLetterConfig.from_env()
+logger = Logger()
+metrics = Metrics()
+# An all-failed batch is reported record by record, like any other partial failure.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
+@functools.cache
+def service() -> DeadLetterService:
+    dynamodb = boto3.client("dynamodb")
+    return DeadLetterService(
+        store=JobStore(dynamodb, settings.jobs_table),
+        ledger=MessageLedger(dynamodb, settings.jobs_table),
+        alerts=AlertSender(config.channels),
+        callbacks=CallbackSender(
+            signing_secret_ref=config.callback_secret_ref, test_mode=config.callback_test_mode
+        ),
+        stack_name=config.stack_name,
+        logger=logger,
+    )
+
+
+def record_handler(record: SQSRecord) -> None:
+    outcome = service().handle(DeadLetter.from_event_record(record.raw_event))
+    metrics.add_metric(name=f"DeadLetters_{outcome.kind}", unit=MetricUnit.Count, value=1)
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )
