@@ -122,9 +122,9 @@ def address_refusal(ip: IPAddress) -> str | None:
         (ip.is_loopback, "loopback address"),
         (ip.is_link_local, "link-local address (cloud metadata lives at 169.254.169.254)"),
         (ip.is_multicast, "multicast address"),
+        (ip.is_reserved, "reserved address"),
         (ip.is_private, "private address"),
         (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local, "site-local address"),
-        (ip.is_reserved, "reserved address"),
         (not ip.is_global, "non-public address"),
     )
     for refused, reason in checks:

@@ -1,0 +1,250 @@
+"""User notices: SSRF guard, address pinning, signatures (verified with the README's recipe)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from devstack.sink import WebhookSink
+from pipeline.callbacks import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    CallbackRefused,
+    CallbackSender,
+    PinnedHostAdapter,
+    address_refusal,
+    build_notice,
+    check_callback_url,
+    sign,
+    verify,
+)
+from pipeline.contract import ErrorKind
+from pipeline.webhooks import WebhookClient
+
+KEY = "whsec-test-key"
+
+
+def resolver_for(*addresses: str) -> Any:
+    calls: list[str] = []
+
+    def resolve(host: str, port: int, **kwargs: Any) -> list[tuple[Any, ...]]:
+        calls.append(host)
+        return [
+            (
+                socket.AF_INET6 if ":" in a else socket.AF_INET,
+                socket.SOCK_STREAM,
+                6,
+                "",
+                (a, port),
+            )
+            for a in addresses
+        ]
+
+    resolve.calls = calls  # type: ignore[attr-defined]
+    return resolve
+
+
+@pytest.fixture
+def sink() -> Iterator[WebhookSink]:
+    with WebhookSink() as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("10.0.0.7", "private"),
+        ("172.16.5.4", "private"),
+        ("192.168.1.1", "private"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1", "link-local"),
+        ("fd00:ec2::254", "private"),
+        ("224.0.0.251", "multicast"),
+        ("ff02::1", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("100.64.0.1", "non-public"),
+        ("::ffff:10.0.0.1", "IPv4-mapped private"),
+        ("::ffff:169.254.169.254", "IPv4-mapped link-local"),
+        ("::ffff:127.0.0.1", "IPv4-mapped loopback"),
+        ("2002:a9fe:a9fe::1", "embeds link-local"),
+    ],
+)
+def test_non_public_addresses_are_refused(address: str, reason: str) -> None:
+    refusal = address_refusal(ipaddress.ip_address(address))
+    assert refusal is not None and refusal.startswith(reason)
+
+
+@pytest.mark.parametrize("address", ["93.184.215.14", "2606:4700::1111", "::ffff:8.8.8.8"])
+def test_public_addresses_pass(address: str) -> None:
+    assert address_refusal(ipaddress.ip_address(address)) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://hooks.example.com/x", "must use https"),
+        ("ftp://hooks.example.com/x", "must use https"),
+        ("https://user:pw@hooks.example.com/x", "credentials"),
+        ("https:///x", "no host"),
+        ("https://[::1]/x", "loopback"),
+        ("https://169.254.169.254/latest/meta-data/", "link-local"),
+        ("https://hooks.example.com:99999/x", "malformed"),
+    ],
+)
+def test_bad_urls_are_refused(url: str, why: str) -> None:
+    with pytest.raises(CallbackRefused, match=why):
+        check_callback_url(url, resolver=resolver_for("93.184.215.14"))
+
+
+def test_a_host_with_any_private_address_is_refused() -> None:
+    resolve = resolver_for("93.184.215.14", "10.1.2.3")
+    with pytest.raises(CallbackRefused, match=r"resolves to a private address 10\.1\.2\.3"):
+        check_callback_url("https://hooks.example.com/x", resolver=resolve)
+
+
+def test_a_host_that_does_not_resolve_is_refused() -> None:
+    def fail(host: str, port: int, **kwargs: Any) -> list[tuple[Any, ...]]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with pytest.raises(CallbackRefused, match="does not resolve"):
+        check_callback_url("https://nowhere.example/x", resolver=fail)
+
+
+def test_a_public_host_is_pinned_to_its_checked_address() -> None:
+    target = check_callback_url(
+        "https://hooks.example.com:8443/cb?x=1", resolver=resolver_for("2606:4700::1111")
+    )
+    assert target.url == "https://[2606:4700::1111]:8443/cb?x=1"
+    assert target.host_header == "hooks.example.com:8443"
+
+
+def test_test_mode_allows_only_127_0_0_1_and_is_off_by_default() -> None:
+    with pytest.raises(CallbackRefused):
+        check_callback_url("http://127.0.0.1:8000/cb")
+    with pytest.raises(CallbackRefused, match="loopback"):
+        check_callback_url("https://127.0.0.1:8000/cb")
+    target = check_callback_url("https://127.0.0.1:8000/cb", test_mode=True)
+    assert target.url == "http://127.0.0.1:8000/cb"
+    with pytest.raises(CallbackRefused, match="private"):
+        check_callback_url("https://10.0.0.1/cb", test_mode=True, resolver=resolver_for())
+    with pytest.raises(CallbackRefused, match="must use https"):
+        check_callback_url("http://localhost:8000/cb", test_mode=True)
+
+
+def test_tls_names_the_host_while_the_connection_goes_to_the_checked_address() -> None:
+    request = requests.Request(
+        "POST", "https://93.184.215.14/cb", headers={"Host": "hooks.example.com"}, data=b"{}"
+    ).prepare()
+    host_params, pool_kwargs = PinnedHostAdapter().build_connection_pool_key_attributes(
+        request, True
+    )
+    assert host_params["host"] == "93.184.215.14"
+    assert pool_kwargs["server_hostname"] == "hooks.example.com"
+    assert pool_kwargs["assert_hostname"] == "hooks.example.com"
+
+
+class RecordingSession:
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        self.calls.append({"url": url, **kwargs})
+        response = requests.Response()
+        response.status_code = 204
+        return response
+
+
+def test_dns_rebinding_cannot_redirect_the_connection() -> None:
+    # First answer public, every later one private: the check and the connection use the first.
+    answers = iter([["93.184.215.14"]] + [["10.0.0.5"]] * 5)
+    calls = []
+
+    def rebinding(host: str, port: int, **kwargs: Any) -> list[tuple[Any, ...]]:
+        calls.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in next(answers)]
+
+    session = RecordingSession()
+    sender = CallbackSender(
+        signing_secret_ref="secretsmanager:k",
+        client=WebhookClient(session=session),  # type: ignore[arg-type]
+        resolver=rebinding,
+        resolve=lambda ref: KEY,
+    )
+    delivery = sender.send("https://hooks.example.com/cb", {"job_id": "j"})
+    assert delivery.ok
+    (call,) = session.calls
+    assert call["url"] == "https://93.184.215.14/cb"
+    assert call["headers"]["Host"] == "hooks.example.com"
+    assert call["allow_redirects"] is False
+    assert calls == ["hooks.example.com"]  # resolved once: nothing left for a rebinding to change
+
+
+def test_notice_is_signed_and_verifiable_with_the_documented_recipe(sink: WebhookSink) -> None:
+    sender = CallbackSender(
+        signing_secret_ref="secretsmanager:k", resolve=lambda ref: KEY, test_mode=True
+    )
+    notice = build_notice("job-1", ErrorKind.OOM, attempts=3, dead_lettered_at="2026-01-01T00:00Z")
+    assert sender.send(sink.url + "/cb", notice).ok
+    (received,) = sink.on("/cb")
+    timestamp = received.headers[TIMESTAMP_HEADER]
+    signature = received.headers[SIGNATURE_HEADER]
+    # README, "Verifying a user notice", Python:
+    expected = hmac.new(
+        KEY.encode(), timestamp.encode() + b"." + received.body, hashlib.sha256
+    ).hexdigest()
+    assert hmac.compare_digest(signature, "sha256=" + expected)
+    assert verify(KEY, timestamp, received.body, signature)
+    assert received.json()["reason"] == "the input needed more memory than the analyzer allows"
+    if shutil.which("openssl"):
+        # README, shell: printf '%s.%s' "$TIMESTAMP" "$BODY" | openssl dgst -sha256 -hmac "$KEY"
+        digest = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-hmac", KEY],
+            input=timestamp.encode() + b"." + received.body,
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+        assert digest.strip().split()[-1] == expected
+
+
+def test_verify_rejects_tampering_and_stale_timestamps() -> None:
+    body = b'{"job_id":"j"}'
+    signature = sign(KEY, "1000", body)
+    assert verify(KEY, "1000", body, signature, now=1000)
+    assert not verify(KEY, "1000", body + b" ", signature, now=1000)
+    assert not verify("other", "1000", body, signature, now=1000)
+    assert not verify(KEY, "1000", body, signature, now=1000 + 301)
+    assert not verify(KEY, "soon", body, signature, now=1000)
+
+
+def test_notice_never_carries_the_internal_error_message() -> None:
+    notice = build_notice("j", ErrorKind.ANALYZER_ERROR, attempts=3, dead_lettered_at=None)
+    keys = {"job_id", "status", "reason", "error_kind", "attempts", "dead_lettered_at"}
+    assert set(notice) == keys
+    assert build_notice("j", "NEW_KIND", attempts=0, dead_lettered_at=None)["reason"].startswith(
+        "the analysis could not be completed"
+    )
+
+
+def test_missing_signing_key_is_a_failed_delivery_not_an_unsigned_notice(
+    sink: WebhookSink,
+) -> None:
+    def missing(ref: str) -> str:
+        raise KeyError(ref)
+
+    sender = CallbackSender(signing_secret_ref="secretsmanager:k", resolve=missing, test_mode=True)
+    delivery = sender.send(sink.url + "/cb", {"job_id": "j"})
+    assert not delivery.ok and "signing key unavailable" in (delivery.error or "")
+    assert sink.received == []
