@@ -24,6 +24,7 @@ from pipeline.callbacks import (
     address_refusal,
     build_notice,
     check_callback_url,
+    pinned_session,
     sign,
     verify,
 )
@@ -248,3 +249,91 @@ def test_missing_signing_key_is_a_failed_delivery_not_an_unsigned_notice(
     delivery = sender.send(sink.url + "/cb", {"job_id": "j"})
     assert not delivery.ok and "signing key unavailable" in (delivery.error or "")
     assert sink.received == []
+
+
+@pytest.fixture
+def tls_sink(tmp_path: Any) -> Iterator[tuple[str, str]]:
+    """An https server on 127.0.0.1 whose certificate (from a test CA) names hooks.test only."""
+    import datetime
+    import http.server
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("spotline test CA"))
+        .issuer_name(name("spotline test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("hooks.test"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.test")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    seen_sni: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    context.sni_callback = lambda sock, server_name, ctx: seen_sni.append(server_name)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/cb", str(ca_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not seen_sni or set(seen_sni) <= {"hooks.test", "evil.test"}
+
+
+def test_pinned_connection_verifies_tls_for_the_host_name_not_the_address(
+    tls_sink: tuple[str, str],
+) -> None:
+    url, ca_path = tls_sink
+    session = pinned_session()
+    ok = session.post(url, data=b"{}", headers={"Host": "hooks.test"}, verify=ca_path, timeout=5)
+    assert ok.status_code == 204
+    with pytest.raises(requests.exceptions.SSLError):
+        session.post(url, data=b"{}", headers={"Host": "evil.test"}, verify=ca_path, timeout=5)
