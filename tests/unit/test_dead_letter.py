@@ -13,12 +13,13 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
-from devstack.cfn import Stack
+from devstack.cfn import Stack, function_environment
+from devstack.deadletters import event_record
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from devstack.sink import Received, WebhookSink
 from pipeline.callbacks import SIGNATURE_HEADER, TEST_MODE_ENV, TIMESTAMP_HEADER, verify
 from pipeline.contract import ErrorKind, JobStatus
-from pipeline.dead_letters import CALLBACK, DeadLetter, delivered_for
+from pipeline.dead_letters import CALLBACK, DeadLetter, DeadLetterConfig, delivered_for
 from pipeline.jobstore import JobError, JobStore
 from pipeline.webhooks import WebhookClient
 
@@ -412,3 +413,46 @@ def test_dead_letter_parses_attributes_from_the_event_shape() -> None:
     redrive = DeadLetter.from_event_record(load_event("dead_letter_redrive")["Records"][0])
     assert not redrive.from_worker and redrive.receive_count == 4
     assert redrive.job_id == REDRIVE_JOB and redrive.attribute_error() is None
+
+
+def test_config_reads_channels_and_keeps_test_mode_off_by_default() -> None:
+    env = {
+        "ALERT_CHANNELS": "slack,discord",
+        "SLACK_WEBHOOK_SECRET": "ssm:/s",
+        "DISCORD_WEBHOOK_SECRET": "ssm:/d",
+        "CALLBACK_SIGNING_SECRET": "secretsmanager:k",
+        "STACK_NAME": "prod",
+    }
+    config = DeadLetterConfig.from_env(env)
+    assert [c.name for c in config.channels] == ["slack", "discord"]
+    assert config.callback_secret_ref == "secretsmanager:k" and config.stack_name == "prod"
+    assert config.callback_test_mode is False
+    assert DeadLetterConfig.from_env({**env, TEST_MODE_ENV: "true"}).callback_test_mode
+    with pytest.raises(ValueError, match="DISCORD_WEBHOOK_SECRET"):
+        DeadLetterConfig.from_env({**env, "DISCORD_WEBHOOK_SECRET": ""})
+
+
+def test_the_template_never_enables_callback_test_mode(stack: Stack) -> None:
+    env = function_environment(stack, "DeadLetterFunction")
+    assert TEST_MODE_ENV not in env
+    assert env["CALLBACK_SIGNING_SECRET"] == "secretsmanager:spotline/callback-signing-key"
+    assert env["SLACK_WEBHOOK_SECRET"] == "ssm:/spotline/alerts/slack-webhook-url"
+
+
+def test_devstack_builds_event_records_in_the_shape_of_the_sample_events(stack: Stack) -> None:
+    sqs = boto3.client("sqs")
+    url = stack.ref("JobsDeadLetterQueue")
+    sqs.send_message(
+        QueueUrl=url,
+        MessageBody="{}",
+        MessageAttributes={"job_id": {"DataType": "String", "StringValue": WORKER_JOB}},
+    )
+    (message,) = sqs.receive_message(
+        QueueUrl=url, MessageSystemAttributeNames=["All"], MessageAttributeNames=["All"]
+    )["Messages"]
+    built = event_record(message, stack.attr("JobsDeadLetterQueue", "Arn"), "us-east-1")
+    sample = load_event("dead_letter_worker")["Records"][0]
+    assert built.keys() == sample.keys()
+    attribute = sample["messageAttributes"]["job_id"]
+    assert built["messageAttributes"]["job_id"].keys() == attribute.keys()
+    assert {"ApproximateReceiveCount", "SentTimestamp"} <= built["attributes"].keys()
