@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -182,21 +183,30 @@ class DeadLetterRouter:
                 self._stop.wait(0.5)
 
 
-def configure_notifications(dev: Devstack, sink_url: str, signing_key: str) -> dict[str, str]:
-    """Put the sink's URLs where the template says the function reads them (SSM SecureString
-    parameters for Slack and Discord, a Secrets Manager secret for the signing key), and return
-    the handler environment that lets callbacks reach the local sink."""
-    parameters_ = dev.require_stack.parameters
-    ssm = dev.client("ssm")
-    for name, path in (
-        (parameters_["DeadLetterSlackWebhookParameter"], "/slack"),
-        (parameters_["DeadLetterDiscordWebhookParameter"], "/discord"),
-    ):
-        ssm.put_parameter(Name=name, Value=sink_url + path, Type="SecureString", Overwrite=True)
-    secrets = dev.client("secretsmanager")
-    secret_name = parameters_["CallbackSigningSecretName"]
+def store_secret(client_for: Callable[[str], Any], reference: str, value: str) -> None:
+    """Put ``value`` where a reference (``ssm:/path`` or ``secretsmanager:name``) points."""
+    source, _, name = reference.partition(":")
+    if source == "ssm":
+        client_for("ssm").put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
+        return
+    if source != "secretsmanager":
+        raise ValueError(f"not a secret reference: {reference!r}")
+    secrets = client_for("secretsmanager")
     try:
-        secrets.create_secret(Name=secret_name, SecretString=signing_key)
+        secrets.create_secret(Name=name, SecretString=value)
     except secrets.exceptions.ResourceExistsException:
-        secrets.put_secret_value(SecretId=secret_name, SecretString=signing_key)
+        secrets.put_secret_value(SecretId=name, SecretString=value)
+
+
+def configure_notifications(
+    dev: Devstack, sink_url: str, signing_key: str, client_for: Callable[[str], Any] | None = None
+) -> dict[str, str]:
+    """Put the sink's URLs and the signing key where the template's parameters say the function
+    reads them (SSM SecureString / Secrets Manager), and return the handler environment that
+    lets callbacks reach the local sink."""
+    parameters_ = dev.require_stack.parameters
+    client_for = client_for or dev.client
+    store_secret(client_for, parameters_["DeadLetterSlackWebhookSecret"], sink_url + "/slack")
+    store_secret(client_for, parameters_["DeadLetterDiscordWebhookSecret"], sink_url + "/discord")
+    store_secret(client_for, parameters_["CallbackSigningSecret"], signing_key)
     return {TEST_MODE_ENV: "true"}

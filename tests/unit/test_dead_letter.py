@@ -14,7 +14,7 @@ import pytest
 from aws_lambda_powertools.utilities import parameters
 
 from devstack.cfn import Stack, function_environment
-from devstack.deadletters import event_record
+from devstack.deadletters import event_record, store_secret
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from devstack.sink import Received, WebhookSink
 from pipeline.callbacks import SIGNATURE_HEADER, TEST_MODE_ENV, TIMESTAMP_HEADER, verify
@@ -40,15 +40,9 @@ def dead_letter(
 ) -> Iterator[ModuleType]:
     """The real handler module, its webhook URLs and signing key in moto SSM/Secrets Manager."""
     names = stack.parameters
-    ssm = boto3.client("ssm")
-    for name, path in (
-        (names["DeadLetterSlackWebhookParameter"], "/slack"),
-        (names["DeadLetterDiscordWebhookParameter"], "/discord"),
-    ):
-        ssm.put_parameter(Name=name, Value=sink.url + path, Type="SecureString")
-    boto3.client("secretsmanager").create_secret(
-        Name=names["CallbackSigningSecretName"], SecretString=SIGNING_KEY
-    )
+    store_secret(boto3.client, names["DeadLetterSlackWebhookSecret"], sink.url + "/slack")
+    store_secret(boto3.client, names["DeadLetterDiscordWebhookSecret"], sink.url + "/discord")
+    store_secret(boto3.client, names["CallbackSigningSecret"], SIGNING_KEY)
     parameters.clear_caches()  # a fresh container: no URL cached from another test
     monkeypatch.setenv(TEST_MODE_ENV, "true")
     module = load_handler_module("dead_letter.app", stack, "DeadLetterFunction")
@@ -435,8 +429,8 @@ def test_config_reads_channels_and_keeps_test_mode_off_by_default() -> None:
 def test_the_template_never_enables_callback_test_mode(stack: Stack) -> None:
     env = function_environment(stack, "DeadLetterFunction")
     assert TEST_MODE_ENV not in env
-    assert env["CALLBACK_SIGNING_SECRET"] == "secretsmanager:spotline/callback-signing-key"
-    assert env["SLACK_WEBHOOK_SECRET"] == "ssm:/spotline/alerts/slack-webhook-url"
+    assert env["CALLBACK_SIGNING_SECRET"].startswith("secretsmanager:spotline/dead-letters/")
+    assert env["SLACK_WEBHOOK_SECRET"].startswith("ssm:/spotline/dead-letters/")
 
 
 def test_devstack_builds_event_records_in_the_shape_of_the_sample_events(stack: Stack) -> None:

@@ -135,6 +135,7 @@ def test_alarm_without_actions_is_an_error_and_without_ok_actions_a_warning(
 
 def test_a_dlq_nobody_consumes_or_watches_is_an_error(template: dict[str, Any]) -> None:
     del template["Resources"]["JobsDeadLetterQueueAlarm"]
+    template["Resources"].pop("DeadLetterEventSource", None)  # the dead-letter function's
     (finding,) = errors(template, "dlq-consumer")
     assert finding.resource == "JobsDeadLetterQueue" and "redrive of JobsQueue" in finding.message
 
