@@ -128,6 +128,6 @@ def test_a_metric_nothing_emits_is_found(row: str, problem: str) -> None:
 
 def test_a_function_missing_from_the_dashboard_is_found() -> None:
     template = copy.deepcopy(TEMPLATE)
-    template["Resources"]["DeadLetterFunction"] = {"Type": "AWS::Serverless::Function"}
+    template["Resources"]["UnlistedFunction"] = {"Type": "AWS::Serverless::Function"}
     (finding,) = check_dashboards(View(template))
-    assert finding.message == "DeadLetterFunction's errors are not on the dashboard"
+    assert finding.message == "UnlistedFunction's errors are not on the dashboard"
