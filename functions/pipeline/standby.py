@@ -224,8 +224,12 @@ class Fleet:
         self.ec2 = ec2
         self.stack_name = stack_name
 
-    def _describe(self, filters: list[dict[str, Any]], ids: list[str] | None = None) -> list[Any]:
-        kwargs: dict[str, Any] = {"Filters": [{"Name": f"tag:{STACK_TAG}", "Values": [self.stack_name]}, *filters]}
+    def _describe(
+        self, filters: list[dict[str, Any]], ids: list[str] | None = None
+    ) -> list[Instance]:
+        kwargs: dict[str, Any] = {
+            "Filters": [{"Name": f"tag:{STACK_TAG}", "Values": [self.stack_name]}, *filters]
+        }
         if ids:
             kwargs["InstanceIds"] = ids
         found = []

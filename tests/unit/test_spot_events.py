@@ -519,7 +519,10 @@ def test_malformed_events_are_logged_and_ignored(
 # -- least privilege --------------------------------------------------------------------------
 
 # Calls that imply a permission on another service.
-IMPLIED = {("scheduler", "CreateSchedule"): "iam:PassRole", ("scheduler", "UpdateSchedule"): "iam:PassRole"}
+IMPLIED = {
+    ("scheduler", "CreateSchedule"): "iam:PassRole",
+    ("scheduler", "UpdateSchedule"): "iam:PassRole",
+}
 
 
 def _policy_actions() -> set[str]:
