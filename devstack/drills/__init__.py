@@ -9,12 +9,14 @@ from devstack.drills.alarms import AlarmDrill
 from devstack.drills.base import Check, Drill, Expectation
 from devstack.drills.basic import BasicJobs
 from devstack.drills.spot import HardCrash, SpotNotice
+from devstack.drills.standby import StandbyDrill
 
 DRILLS: list[type[Drill]] = [
     BasicJobs,
     AlarmDrill,
     SpotNotice,
     HardCrash,
+    StandbyDrill,
 ]
 
 __all__ = ["DRILLS", "Check", "Drill", "Expectation"]

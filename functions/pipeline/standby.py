@@ -185,7 +185,7 @@ class StandbyConfig:
     stack_name: str
     schedule_group: str
     scheduler_role_arn: str
-    cooldown_minutes: int = 10
+    cooldown_s: int = 600
     min_spot_workers: int = 1
     start_on_rebalance: bool = True
     start_wait_s: int = 20
@@ -203,7 +203,8 @@ class StandbyConfig:
             stack_name=require_env("STACK_NAME"),
             schedule_group=require_env("STANDBY_SCHEDULE_GROUP"),
             scheduler_role_arn=require_env("STANDBY_SCHEDULER_ROLE_ARN"),
-            cooldown_minutes=env_int("STANDBY_COOLDOWN_MINUTES", 10),
+            # STANDBY_COOLDOWN_S overrides the minutes (devstack's drill uses seconds).
+            cooldown_s=env_int("STANDBY_COOLDOWN_S", 60 * env_int("STANDBY_COOLDOWN_MINUTES", 10)),
             min_spot_workers=env_int("STANDBY_MIN_SPOT_WORKERS", 1),
             start_on_rebalance=rebalance == "true",
             start_wait_s=env_int("STANDBY_START_WAIT_S", 20),
@@ -211,7 +212,7 @@ class StandbyConfig:
 
     @property
     def cooldown(self) -> timedelta:
-        return timedelta(minutes=self.cooldown_minutes)
+        return timedelta(seconds=self.cooldown_s)
 
 
 # -- AWS edges --------------------------------------------------------------------------------
