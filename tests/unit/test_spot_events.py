@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from pipeline.contract import JobStatus
 from pipeline.jobstore import JobStore
 from pipeline.standby import INTERRUPTED_TAG, ROLE_TAG, STACK_TAG, StandbyNotReady
 
-STACK = "unit"
+TEMPLATE = load_template()  # parsed once; each test provisions its own stack from it
 AMI_ID = "ami-12c6146b"  # one of moto's built-in images (listing them all takes seconds)
 CONTEXT = LambdaContext(function_name="SpotEventsFunction")
 
@@ -34,6 +35,7 @@ class Fleet:
     """The moto instances of one test: spot workers, the standby, a stranger."""
 
     ec2: Any
+    stack_name: str
     workers: list[str]
     standby: str
     stranger: str
@@ -47,7 +49,7 @@ class Fleet:
         return {t["Key"]: t["Value"] for t in reservations[0]["Instances"][0].get("Tags", [])}
 
     def launch_worker(self) -> str:
-        return _launch(self.ec2, {STACK_TAG: STACK, ROLE_TAG: "worker"}, spot=True)
+        return _launch(self.ec2, {STACK_TAG: self.stack_name, ROLE_TAG: "worker"}, spot=True)
 
     def force_state(self, instance_id: str, name: str) -> None:
         # moto moves stop/start instantly; `stopping` only exists if a test puts it there.
@@ -108,24 +110,34 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     return recording
 
 
-@pytest.fixture
-def fleet_stack() -> Iterator[Stack]:
+@pytest.fixture(scope="module")
+def moto() -> Iterator[None]:
+    # One moto for the module (resetting every backend per test costs seconds); each test gets
+    # its own stack, and the handler only ever sees instances tagged with its stack's name.
     with mock_aws():
-        yield provision(
-            boto3.Session(region_name="us-east-1"),
-            stack_name=STACK,
-            parameters={"WorkersEnabled": "true"},
-        )
+        yield
+
+
+@pytest.fixture
+def fleet_stack(moto: None, request: pytest.FixtureRequest) -> Stack:
+    name = f"unit-{zlib.crc32(request.node.nodeid.encode()):08x}"
+    return provision(
+        boto3.Session(region_name="us-east-1"),
+        stack_name=name,
+        parameters={"WorkersEnabled": "true"},
+        template=TEMPLATE,
+    )
 
 
 @pytest.fixture
 def fleet(fleet_stack: Stack) -> Fleet:
     ec2 = boto3.client("ec2", region_name="us-east-1")
-    workers = [_launch(ec2, {STACK_TAG: STACK, ROLE_TAG: "worker"}, spot=True) for _ in range(2)]
-    standby = _launch(ec2, {STACK_TAG: STACK, ROLE_TAG: "standby"})
+    tags = {STACK_TAG: fleet_stack.name, ROLE_TAG: "worker"}
+    workers = [_launch(ec2, tags, spot=True) for _ in range(2)]
+    standby = _launch(ec2, {**tags, ROLE_TAG: "standby"})
     ec2.stop_instances(InstanceIds=[standby])
-    stranger = _launch(ec2, {"team": "someone-else"}, spot=True)
-    return Fleet(ec2, workers, standby, stranger)
+    stranger = _launch(ec2, {STACK_TAG: "someone-else", ROLE_TAG: "worker"}, spot=True)
+    return Fleet(ec2, fleet_stack.name, workers, standby, stranger)
 
 
 @pytest.fixture
@@ -159,7 +171,10 @@ def app(load_app: HandlerFactory) -> ModuleType:
 @pytest.fixture
 def alerting_app(load_app: HandlerFactory, sink: WebhookSink) -> ModuleType:
     boto3.client("ssm").put_parameter(
-        Name="/spotline/alerts/webhook", Value=f"{sink.url}/spot", Type="SecureString"
+        Name="/spotline/alerts/webhook",
+        Value=f"{sink.url}/spot",
+        Type="SecureString",
+        Overwrite=True,
     )
     return load_app(ALERT_CHANNELS="webhook")
 
@@ -172,10 +187,11 @@ def ec2_event(name: str, instance_id: str, **detail: Any) -> dict[str, Any]:
     return event
 
 
-def schedules() -> list[dict[str, Any]]:
+def schedules(stack: Stack) -> list[dict[str, Any]]:
     client = boto3.client("scheduler")
     found = []
-    for summary in client.list_schedules()["Schedules"]:
+    group = stack.ref("StandbyScheduleGroup")
+    for summary in client.list_schedules(GroupName=group)["Schedules"]:
         found.append(client.get_schedule(GroupName=summary["GroupName"], Name=summary["Name"]))
     return found
 
@@ -306,7 +322,7 @@ def test_new_worker_schedules_the_standby_stop_after_the_cooldown(
     set_clock(app, now)
     outcome = invoke(app, ec2_event(name, fleet.launch_worker()))
     assert outcome["action"] == "stop-scheduled"
-    (schedule,) = schedules()
+    (schedule,) = schedules(fleet_stack)
     assert schedule["GroupName"] == fleet_stack.ref("StandbyScheduleGroup")
     assert schedule["ScheduleExpression"] == "at(2026-11-23T05:13:00)"
     assert schedule["ScheduleExpressionTimezone"] == "UTC"
@@ -319,29 +335,33 @@ def test_new_worker_schedules_the_standby_stop_after_the_cooldown(
     }
 
 
-def test_a_later_healthy_event_replaces_the_schedule(app: ModuleType, fleet: Fleet) -> None:
+def test_a_later_healthy_event_replaces_the_schedule(
+    app: ModuleType, fleet: Fleet, fleet_stack: Stack
+) -> None:
     fleet.ec2.start_instances(InstanceIds=[fleet.standby])
     worker = fleet.launch_worker()
     set_clock(app, datetime(2026, 11, 23, 5, 3, tzinfo=UTC))
     invoke(app, ec2_event("spot_request_fulfillment", worker))
     set_clock(app, datetime(2026, 11, 23, 5, 4, tzinfo=UTC))
     invoke(app, ec2_event("instance_state_running", worker))
-    (schedule,) = schedules()
+    (schedule,) = schedules(fleet_stack)
     assert schedule["ScheduleExpression"] == "at(2026-11-23T05:14:00)"
 
 
 def test_new_worker_with_the_standby_stopped_schedules_nothing(
-    app: ModuleType, fleet: Fleet
+    app: ModuleType, fleet: Fleet, fleet_stack: Stack
 ) -> None:
     outcome = invoke(app, ec2_event("spot_request_fulfillment", fleet.launch_worker()))
     assert outcome["action"] == "nothing-to-stop"
-    assert schedules() == []
+    assert schedules(fleet_stack) == []
 
 
-def test_state_change_other_than_running_is_ignored(app: ModuleType, fleet: Fleet) -> None:
+def test_state_change_other_than_running_is_ignored(
+    app: ModuleType, fleet: Fleet, fleet_stack: Stack
+) -> None:
     event = ec2_event("instance_state_running", fleet.workers[0], state="stopping")
     assert invoke(app, event)["action"] == "ignored"
-    assert schedules() == []
+    assert schedules(fleet_stack) == []
 
 
 # -- stop-standby -----------------------------------------------------------------------------
@@ -358,7 +378,7 @@ def test_stop_standby_stops_an_idle_standby_of_a_healthy_fleet(
 
 
 def test_stop_is_refused_while_the_fleet_is_short_then_done_later(
-    app: ModuleType, fleet: Fleet
+    app: ModuleType, fleet: Fleet, fleet_stack: Stack
 ) -> None:
     fleet.ec2.start_instances(InstanceIds=[fleet.standby])
     fleet.ec2.terminate_instances(InstanceIds=fleet.workers)
@@ -368,7 +388,7 @@ def test_stop_is_refused_while_the_fleet_is_short_then_done_later(
     assert outcome["action"] == "rescheduled"
     assert "0 healthy spot worker(s) < 1" in outcome["reasons"]
     assert fleet.state(fleet.standby) == "running"
-    (schedule,) = schedules()
+    (schedule,) = schedules(fleet_stack)
     assert schedule["ScheduleExpression"] == "at(2026-11-23T05:23:00)"
     # The replacement arrives; the re-scheduled stop fires.
     fleet.launch_worker()
@@ -504,7 +524,7 @@ MALFORMED = {
 
 
 def test_malformed_events_are_logged_and_ignored(
-    app: ModuleType, fleet: Fleet, caplog: pytest.LogCaptureFixture
+    app: ModuleType, fleet: Fleet, caplog: pytest.LogCaptureFixture, fleet_stack: Stack
 ) -> None:
     # One fleet for all cases: each case is a handler call that must neither raise nor act.
     for name, event in MALFORMED.items():
@@ -513,7 +533,7 @@ def test_malformed_events_are_logged_and_ignored(
         assert outcome["action"] == "ignored", name
         assert "malformed event ignored" in caplog.messages, name
     assert fleet.state(fleet.standby) == "stopped"
-    assert schedules() == []
+    assert schedules(fleet_stack) == []
 
 
 # -- least privilege --------------------------------------------------------------------------
