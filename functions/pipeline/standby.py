@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -193,8 +194,6 @@ class StandbyConfig:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> StandbyConfig:
-        import os
-
         env = os.environ if environ is None else environ
         rebalance = env.get("STANDBY_START_ON_REBALANCE", "true").strip().lower()
         if rebalance not in {"true", "false"}:
@@ -476,6 +475,8 @@ class StandbyController:
                         )
                     )
                     return Outcome("started", ("fleet short with backlog",), tuple(started))
+                if any(s.state == "stopping" for s in standbys):
+                    return Outcome("pending-start", ("standby still stopping: next reconcile",))
                 return Outcome("steady", ("fleet short, standby up",))
             return Outcome("steady", ("fleet short, no backlog",))
         active = [s for s in standbys if s.state in _ACTIVE]

@@ -455,6 +455,18 @@ def test_reconcile_repairs_a_missed_warning(
     assert invoke(alerting_app, load_event("reconcile"))["action"] == "steady"
 
 
+def test_reconcile_starts_a_standby_that_was_stopping_on_its_next_run(
+    app: ModuleType, fleet: Fleet, fleet_stack: Stack
+) -> None:
+    fleet.ec2.terminate_instances(InstanceIds=fleet.workers)
+    boto3.client("sqs").send_message(QueueUrl=fleet_stack.ref("JobsQueue"), MessageBody="{}")
+    fleet.force_state(fleet.standby, "stopping")
+    assert invoke(app, load_event("reconcile"))["action"] == "pending-start"  # never raises
+    fleet.force_state(fleet.standby, "stopped")
+    assert invoke(app, load_event("reconcile"))["action"] == "started"
+    assert fleet.state(fleet.standby) == "running"
+
+
 def test_reconcile_leaves_the_standby_stopped_without_a_backlog(
     app: ModuleType, fleet: Fleet
 ) -> None:
