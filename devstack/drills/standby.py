@@ -46,13 +46,13 @@ class StandbyDrill(Drill):
 
     def setup(self, dev: Devstack) -> None:
         base = dev.require_stack
-        # The fleet half is behind WorkersEnabled (off in the demo): create the two resources the
+        # The fleet half is behind DeployWorkers (off in the demo): create the two resources the
         # function needs, from the template, beside the demo's queue and table.
         fleet = Stack(
             base.name,
             base.region,
             base.template,
-            {**base.parameters, "WorkersEnabled": "true"},
+            {**base.parameters, "DeployWorkers": "true"},
             dict(base.resources),
         )
         for logical_id in ("StandbyScheduleGroup", "StandbySchedulerRole"):

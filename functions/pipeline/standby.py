@@ -412,6 +412,10 @@ class StandbyController:
             "started" if started else "already-running",
             (f"{event.kind} for {worker.instance_id}",),
             tuple(started or [s.instance_id for s in standbys]),
+            {
+                "first_notice": first_notice and event.kind is EventKind.INTERRUPTION,
+                "standby_running": True,
+            },
         )
 
     def on_worker_up(self, event: SpotEvent, worker: Instance, *, target_arn: str) -> Outcome:
@@ -425,7 +429,12 @@ class StandbyController:
             "standby stop scheduled",
             extra={"instance_id": worker.instance_id, "kind": str(event.kind), "at": iso(stop_at)},
         )
-        return Outcome("stop-scheduled", (), (worker.instance_id,), {"stop_at": iso(stop_at)})
+        return Outcome(
+            "stop-scheduled",
+            (),
+            (worker.instance_id,),
+            {"stop_at": iso(stop_at), "standby_running": True},
+        )
 
     # -- scheduled actions --------------------------------------------------------------------
 
@@ -434,7 +443,7 @@ class StandbyController:
         since = scheduled_at or now - self.config.cooldown
         standbys = [s for s in self._standbys() if s.state in _ACTIVE]
         if not standbys:
-            return Outcome("already-stopped")
+            return Outcome("already-stopped", extra={"standby_running": False})
         blockers = self._stop_blockers(standbys, since=since, now=now)
         if blockers:
             stop_at = now + self.config.cooldown
@@ -442,14 +451,31 @@ class StandbyController:
             self.logger.info(
                 "standby stop postponed", extra={"reasons": blockers, "at": iso(stop_at)}
             )
-            return Outcome("rescheduled", tuple(blockers), extra={"stop_at": iso(stop_at)})
+            return Outcome(
+                "rescheduled",
+                tuple(blockers),
+                extra={"stop_at": iso(stop_at), "standby_running": True},
+            )
         ids = [s.instance_id for s in standbys]
         self.fleet.stop(ids)
         self.logger.info("standby stopped", extra={"instances": ids})
-        return Outcome("stopped", (), tuple(ids))
+        return Outcome("stopped", (), tuple(ids), {"standby_running": False})
 
     def reconcile(self) -> Outcome:
         """Converge: start when the fleet is short and work waits; stop when idle and whole."""
+        outcome = self._reconcile()
+        running = outcome.action == "started" or (
+            outcome.action != "stopped"
+            and any(s.state in _ACTIVE for s in self.fleet.by_role(STANDBY))
+        )
+        return Outcome(
+            outcome.action,
+            outcome.reasons,
+            outcome.instances,
+            {**outcome.extra, "standby_running": running},
+        )
+
+    def _reconcile(self) -> Outcome:
         now = self.clock()
         healthy = self.fleet.healthy_workers(now)
         standbys = self._standbys()

@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from pipeline import standby
 from pipeline.alerts import AlertSender, channels_from_env
+from pipeline.metrics_names import FunctionMetric
 from pipeline.queue import JobQueue
 from pipeline.settings import Settings
 
@@ -86,5 +87,14 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         logger.error("no standby instance", extra={"error": str(exc)})
         return standby.Outcome("no-standby", (str(exc),)).to_dict()
     logger.info("spot event handled", extra=outcome.to_dict())
-    metrics.add_metric(name=f"Standby-{outcome.action}", unit=MetricUnit.Count, value=1)
+    if outcome.extra.get("first_notice"):
+        metrics.add_metric(
+            name=FunctionMetric.SPOT_INTERRUPTION_WARNINGS, unit=MetricUnit.Count, value=1
+        )
+    if "standby_running" in outcome.extra:
+        metrics.add_metric(
+            name=FunctionMetric.STANDBY_RUNNING,
+            unit=MetricUnit.Count,
+            value=int(outcome.extra["standby_running"]),
+        )
     return outcome.to_dict()

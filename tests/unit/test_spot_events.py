@@ -124,7 +124,7 @@ def fleet_stack(moto: None, request: pytest.FixtureRequest) -> Stack:
     return provision(
         boto3.Session(region_name="us-east-1"),
         stack_name=name,
-        parameters={"WorkersEnabled": "true"},
+        parameters={"DeployWorkers": "true"},
         template=TEMPLATE,
     )
 
@@ -271,6 +271,27 @@ def test_duplicate_warning_starts_the_standby_once_and_alerts_once(
     assert (first["action"], second["action"]) == ("started", "already-running")
     assert recorder.operations().count("StartInstances") == 1
     assert len(sink.on("/spot")) == 1
+
+
+def _emitted(output: str) -> list[dict[str, Any]]:
+    """The EMF metric blobs Powertools printed."""
+    blobs = [json.loads(line) for line in output.splitlines() if line.startswith('{"_aws"')]
+    return [{k: v for k, v in b.items() if k not in ("_aws", "service")} for b in blobs]
+
+
+def test_dashboard_metrics_count_warnings_once_and_gauge_the_standby(
+    app: ModuleType, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    event = ec2_event("spot_interruption_warning", fleet.workers[0])
+    invoke(app, event)
+    invoke(app, copy.deepcopy(event))
+    set_clock(app, datetime(2026, 11, 23, 5, 13, tzinfo=UTC))  # the warned worker is gone
+    fleet.ec2.terminate_instances(InstanceIds=[fleet.workers[0]])
+    assert invoke(app, load_event("stop_standby"))["action"] == "stopped"
+    first, duplicate, stop = _emitted(capsys.readouterr().out)
+    assert first == {"SpotInterruptionWarnings": [1.0], "StandbyRunning": [1.0]}
+    assert duplicate == {"StandbyRunning": [1.0]}
+    assert stop == {"StandbyRunning": [0.0]}
 
 
 def test_warning_while_the_standby_is_stopping_raises_so_lambda_retries(

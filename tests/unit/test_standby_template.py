@@ -78,7 +78,7 @@ def test_serverless_half_provisions_alone_and_fleet_with_workers_enabled(aws: No
     session = boto3.Session(region_name="us-east-1")
     alone = provision(session, stack_name="alone")
     assert "StandbyScheduleGroup" not in alone.resources
-    fleet = provision(session, stack_name="fleet", parameters={"WorkersEnabled": "true"})
+    fleet = provision(session, stack_name="fleet", parameters={"DeployWorkers": "true"})
     assert "StandbyScheduleGroup" in fleet.resources
 
 
