@@ -155,7 +155,13 @@ def load_app(fleet_stack: Stack) -> HandlerFactory:
         from aws_lambda_powertools.utilities import parameters
 
         parameters.clear_caches()
-        base = {"ALERT_CHANNELS": "", "STANDBY_START_WAIT_S": "0"}
+        # Other tests' handlers may leave POWERTOOLS_* settings in os.environ: set ours.
+        base = {
+            "ALERT_CHANNELS": "",
+            "STANDBY_START_WAIT_S": "0",
+            "POWERTOOLS_METRICS_DISABLED": "false",
+            "POWERTOOLS_LOG_LEVEL": "INFO",
+        }
         return load_handler_module(
             "spot_events.app", fleet_stack, "SpotEventsFunction", {**base, **env}
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import boto3
@@ -36,18 +37,20 @@ def resources(template: dict[str, Any]) -> dict[str, Any]:
 
 def _refs(value: Any) -> set[str]:
     """Logical ids a value refers to (Ref, GetAtt, ${X} in Sub)."""
-    import re
-
     found: set[str] = set()
     if isinstance(value, dict):
         for key, arg in value.items():
             if key == "Ref" and isinstance(arg, str):
                 found.add(arg)
+            elif key == "Fn::If" and arg[0] == "DeployWorkers":
+                found |= _refs(arg[2])  # the true branch only exists with the fleet
             elif key == "Fn::GetAtt":
                 found.add(arg[0] if isinstance(arg, list) else arg.split(".")[0])
             elif key == "Fn::Sub":
                 text = arg if isinstance(arg, str) else arg[0]
-                found |= {m.split(".")[0] for m in re.findall(r"\$\{([^!}][^}]*)\}", text)}
+                local = set() if isinstance(arg, str) else set(arg[1])  # Sub's own variables
+                names = {m.split(".")[0] for m in re.findall(r"\$\{([^!}][^}]*)\}", text)}
+                found |= names - local
                 if not isinstance(arg, str):
                     found |= _refs(arg[1])
             else:
