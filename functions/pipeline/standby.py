@@ -348,6 +348,10 @@ class Logger(Protocol):
 # -- the decisions ----------------------------------------------------------------------------
 
 
+def _interrupted_since(standbys: Iterable[Instance], since: datetime) -> bool:
+    return any(s.interrupted_at is not None and s.interrupted_at > since for s in standbys)
+
+
 class StandbyController:
     def __init__(
         self,
@@ -441,8 +445,11 @@ class StandbyController:
     def stop_standby(self, scheduled_at: datetime | None, *, target_arn: str) -> Outcome:
         now = self.clock()
         since = scheduled_at or now - self.config.cooldown
-        standbys = [s for s in self._standbys() if s.state in _ACTIVE]
+        every = self._standbys()
+        standbys = [s for s in every if s.state in _ACTIVE]
         if not standbys:
+            if _interrupted_since(every, since):
+                return self._undo_stop(since)  # a retry after losing the race below
             return Outcome("already-stopped", extra={"standby_running": False})
         blockers = self._stop_blockers(standbys, since=since, now=now)
         if blockers:
@@ -458,8 +465,23 @@ class StandbyController:
             )
         ids = [s.instance_id for s in standbys]
         self.fleet.stop(ids)
+        # A warning that landed between the checks above and the stop saw the standby running
+        # and left it alone: it is needed after all, so this call starts it again.
+        if _interrupted_since(self._standbys(), since):
+            return self._undo_stop(since)
         self.logger.info("standby stopped", extra={"instances": ids})
         return Outcome("stopped", (), tuple(ids), {"standby_running": False})
+
+    def _undo_stop(self, since: datetime) -> Outcome:
+        self.logger.warning("a spot warning raced the standby's stop: starting it again")
+        # Raises StandbyNotReady while it is still stopping: Lambda's retry comes back here.
+        started = self._ensure_running(wait=True)
+        return Outcome(
+            "restarted",
+            (f"interruption after {iso(since)} raced the stop",),
+            tuple(started),
+            {"standby_running": True},
+        )
 
     def reconcile(self) -> Outcome:
         """Converge: start when the fleet is short and work waits; stop when idle and whole."""

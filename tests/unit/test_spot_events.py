@@ -466,6 +466,32 @@ def test_racing_warning_and_stop_leave_the_standby_running(app: ModuleType, flee
     assert fleet.state(fleet.standby) == "running"
 
 
+def test_warning_landing_during_the_stop_makes_the_stop_start_it_again(
+    app: ModuleType, fleet: Fleet
+) -> None:
+    # The stop passed its checks; the warning lands before StopInstances, sees `running` and
+    # returns; the stop then stops the standby, sees the newer interruption and undoes it.
+    fleet.ec2.start_instances(InstanceIds=[fleet.standby])
+    controller = app.controller()
+    real_stop = controller.fleet.stop
+    warning = ec2_event("spot_interruption_warning", fleet.workers[0])
+    warning["time"] = "2026-11-23T05:05:00Z"  # after stop_standby.json's scheduled_at
+
+    def stop_while_warned(ids: list[str]) -> None:
+        assert invoke(app, warning)["action"] == "already-running"
+        real_stop(ids)
+        fleet.force_state(fleet.standby, "stopping")  # as EC2 would report it for a while
+
+    controller.fleet.stop = stop_while_warned
+    with pytest.raises(StandbyNotReady):
+        invoke(app, load_event("stop_standby"))
+    # Lambda's asynchronous retry of the same stop-standby, once the instance has stopped.
+    controller.fleet.stop = real_stop
+    fleet.force_state(fleet.standby, "stopped")
+    assert invoke(app, load_event("stop_standby"))["action"] == "restarted"
+    assert fleet.state(fleet.standby) == "running"
+
+
 # -- reconcile --------------------------------------------------------------------------------
 
 
