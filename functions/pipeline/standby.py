@@ -348,6 +348,10 @@ class Logger(Protocol):
 # -- the decisions ----------------------------------------------------------------------------
 
 
+def _before(recorded: datetime | None, moment: datetime) -> bool:
+    return recorded is None or recorded < moment
+
+
 def _interrupted_since(standbys: Iterable[Instance], since: datetime) -> bool:
     return any(s.interrupted_at is not None and s.interrupted_at > since for s in standbys)
 
@@ -395,11 +399,13 @@ class StandbyController:
             self.logger.info("rebalance recommendation, standby not started (disabled)")
             return Outcome("ignored", ("rebalance start disabled",), (worker.instance_id,))
         # A redelivered event carries the same time: it alerts once. A later notice alerts again.
-        first_notice = worker.interrupted_at != event.time
+        first_notice = _before(worker.interrupted_at, event.time)
         standbys = self._standbys()
-        # Record before starting: a stop-standby racing with this warning then sees it.
+        # Record before starting: a stop-standby racing with this warning then sees it. Tags
+        # only move forward, so a stale event delivered late cannot hide a newer interruption.
         self.fleet.mark_interrupted(
-            [worker.instance_id, *(s.instance_id for s in standbys)], event.time
+            [i.instance_id for i in (worker, *standbys) if _before(i.interrupted_at, event.time)],
+            event.time,
         )
         started = self._ensure_running(wait=True)
         self.logger.info(

@@ -277,6 +277,12 @@ def test_duplicate_warning_starts_the_standby_once_and_alerts_once(
     assert (first["action"], second["action"]) == ("started", "already-running")
     assert recorder.operations().count("StartInstances") == 1
     assert len(sink.on("/spot")) == 1
+    # A stale notice delivered late neither alerts nor moves the recorded time back.
+    stale = copy.deepcopy(event)
+    stale["time"] = "2026-11-23T04:00:00Z"
+    recorder.invoke(alerting_app, stale)
+    assert fleet.tags(fleet.standby)[INTERRUPTED_TAG] == event["time"]
+    assert len(sink.on("/spot")) == 1
 
 
 def _emitted(output: str) -> list[dict[str, Any]]:
