@@ -380,6 +380,22 @@ def provision_alarm(session: Any, stack: Stack, logical_id: str, props: dict[str
     return Physical("AWS::CloudWatch::Alarm", name, {"Arn": arn})
 
 
+def provision_schedule_group(
+    session: Any, stack: Stack, logical_id: str, props: dict[str, Any]
+) -> Physical:
+    name = props.get("Name") or _physical_name(stack, logical_id)
+    arn = _client(session, "scheduler").create_schedule_group(Name=name)["ScheduleGroupArn"]
+    return Physical("AWS::Scheduler::ScheduleGroup", name, {"Arn": arn})
+
+
+def provision_role(session: Any, stack: Stack, logical_id: str, props: dict[str, Any]) -> Physical:
+    name = props.get("RoleName") or _physical_name(stack, logical_id)
+    role = _client(session, "iam").create_role(
+        RoleName=name, AssumeRolePolicyDocument=json.dumps(props["AssumeRolePolicyDocument"])
+    )["Role"]
+    return Physical("AWS::IAM::Role", name, {"Arn": role["Arn"], "RoleId": role["RoleId"]})
+
+
 PROVISIONERS: dict[str, Provisioner] = {
     "AWS::SQS::Queue": provision_queue,
     "AWS::DynamoDB::Table": provision_table,
@@ -387,6 +403,8 @@ PROVISIONERS: dict[str, Provisioner] = {
     "AWS::SNS::Topic": provision_topic,
     "AWS::KMS::Key": provision_key,
     "AWS::CloudWatch::Alarm": provision_alarm,
+    "AWS::Scheduler::ScheduleGroup": provision_schedule_group,
+    "AWS::IAM::Role": provision_role,
 }
 
 

@@ -10,6 +10,7 @@ from devstack.drills.base import Check, Drill, Expectation
 from devstack.drills.basic import BasicJobs
 from devstack.drills.deadletter import DeadLetterDrill
 from devstack.drills.spot import HardCrash, SpotNotice
+from devstack.drills.standby import StandbyDrill
 
 DRILLS: list[type[Drill]] = [
     BasicJobs,
@@ -17,6 +18,7 @@ DRILLS: list[type[Drill]] = [
     SpotNotice,
     HardCrash,
     DeadLetterDrill,
+    StandbyDrill,
 ]
 
 __all__ = ["DRILLS", "Check", "Drill", "Expectation"]

@@ -194,7 +194,7 @@ def test_a_secret_in_a_function_environment_is_an_error(template: dict[str, Any]
 
 
 def test_a_function_without_its_alarms_is_an_error(template: dict[str, Any]) -> None:
-    template["Resources"]["SpotEventsFunction"] = {"Type": "AWS::Serverless::Function"}
+    template["Resources"]["UnwatchedFunction"] = {"Type": "AWS::Serverless::Function"}
     found = errors(template, "function-alarms")
     assert sorted(f.message for f in found) == [
         "no alarm on its Errors",

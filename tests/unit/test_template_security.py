@@ -21,7 +21,7 @@ RESOURCE_STAR_ALLOWED = re.compile(
     r"^(cloudwatch:(PutMetricData|GetMetricData|DescribeAlarms|ListMetrics)"
     r"|ec2:Describe\w*|autoscaling:Describe\w*|xray:(PutTraceSegments|PutTelemetryRecords)"
     r"|logs:(CreateLogGroup|DescribeLogGroups)|scheduler:ListSchedules"
-    r"|application-autoscaling:Describe\w*)$"
+    r"|application-autoscaling:Describe\w*|ecr:GetAuthorizationToken)$"
 )
 
 

@@ -1,0 +1,639 @@
+"""The on-demand standby for the spot fleet (failure F4).
+
+Capacity rebalancing only replaced a spot worker after it was gone, leaving minutes with no
+server. Here the standby (a stopped on-demand instance from the workers' launch template) is
+started on the 2-minute warning, and stopped again a cooldown after the spot fleet is whole,
+through a one-time EventBridge Scheduler schedule. Events get lost or arrive twice or out of
+order, so every action re-reads EC2 and is idempotent, and a periodic reconcile converges the
+standby to what the fleet needs.
+
+Which instances are ours: the stack tag plus ``spotline:role=worker`` (spot workers, tagged by
+the Auto Scaling group) or ``spotline:role=standby``.
+
+Where interruptions are recorded: as the tag ``spotline:interrupted-at`` on the interrupted
+worker *and* on the standby, in the same CreateTags call that precedes the start. The record
+lives on the instances it is about (no reserved keys in the job table, whose scans and API serve
+jobs), it costs no extra read (every decision already describes the instances), it vanishes
+with the instances, and the IAM policy can confine the write to this one tag key on this
+stack's instances.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from botocore.exceptions import ClientError
+
+from pipeline.alerts import Alert, AlertSender, Severity
+from pipeline.contract import JobStatus
+from pipeline.settings import MissingSetting, env_int, require_env
+
+STACK_TAG = "spotline:stack"
+ROLE_TAG = "spotline:role"
+INTERRUPTED_TAG = "spotline:interrupted-at"
+WORKER = "worker"
+STANDBY = "standby"
+STOP_ACTION = "stop-standby"
+RECONCILE_ACTION = "reconcile"
+STOP_SCHEDULE_NAME = "stop-standby"
+# A spot instance is reclaimed two minutes after its warning: a warned worker still shows
+# `running` meanwhile and must not count as capacity.
+AT_RISK_WINDOW = timedelta(minutes=5)
+_ACTIVE = frozenset({"pending", "running"})
+
+
+class EventKind(enum.StrEnum):
+    INTERRUPTION = "interruption"
+    REBALANCE = "rebalance"
+    FULFILLED = "fulfilled"
+    RUNNING = "running"
+
+
+DETAIL_TYPES = {
+    "EC2 Spot Instance Interruption Warning": EventKind.INTERRUPTION,
+    "EC2 Instance Rebalance Recommendation": EventKind.REBALANCE,
+    "EC2 Spot Instance Request Fulfillment": EventKind.FULFILLED,
+    "EC2 Instance State-change Notification": EventKind.RUNNING,
+}
+
+
+class MalformedEvent(ValueError):
+    """The event cannot be acted on; it is logged and dropped (a retry would not fix it)."""
+
+
+class StandbyNotReady(RuntimeError):
+    """The standby is still `stopping`: raised so Lambda's asynchronous retry starts it later."""
+
+
+class StandbyMissing(RuntimeError):
+    """No instance carries this stack's standby tags: a deployment problem, not a retry case."""
+
+
+# -- values -----------------------------------------------------------------------------------
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class SpotEvent:
+    kind: EventKind
+    instance_id: str
+    time: datetime
+    detail_type: str
+
+
+def _valid_instance_id(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and value.startswith("i-")
+        and 3 <= len(value) <= 32
+        and all(c in "0123456789abcdef" for c in value[2:])
+    )
+
+
+def parse_spot_event(detail_type: str, detail: Any, time_text: Any) -> SpotEvent | None:
+    """The domain view of an EC2 event; None for a state change other than `running`.
+
+    Raises MalformedEvent when the detail lacks what the action needs."""
+    kind = DETAIL_TYPES.get(detail_type)
+    if kind is None:
+        raise MalformedEvent(f"unsupported detail-type {detail_type[:80]!r}")
+    if not isinstance(detail, dict):
+        raise MalformedEvent("detail is not an object")
+    instance_id = detail.get("instance-id")
+    if not _valid_instance_id(instance_id):
+        raise MalformedEvent("detail.instance-id is missing or not an instance id")
+    if kind is EventKind.RUNNING and detail.get("state") != "running":
+        return None
+    moment = parse_time(time_text)
+    if moment is None:
+        raise MalformedEvent("event time is missing or not ISO 8601")
+    return SpotEvent(kind, instance_id, moment, detail_type)
+
+
+@dataclass(frozen=True)
+class Instance:
+    instance_id: str
+    state: str
+    role: str
+    availability_zone: str = ""
+    instance_type: str = ""
+    launch_time: datetime | None = None
+    interrupted_at: datetime | None = None
+
+    @classmethod
+    def from_ec2(cls, raw: dict[str, Any]) -> Instance:
+        tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
+        return cls(
+            instance_id=raw["InstanceId"],
+            state=raw.get("State", {}).get("Name", "unknown"),
+            role=tags.get(ROLE_TAG, ""),
+            availability_zone=raw.get("Placement", {}).get("AvailabilityZone", ""),
+            instance_type=raw.get("InstanceType", ""),
+            launch_time=parse_time(raw.get("LaunchTime")),
+            interrupted_at=parse_time(tags.get(INTERRUPTED_TAG)),
+        )
+
+    def at_risk(self, now: datetime) -> bool:
+        return self.interrupted_at is not None and now - self.interrupted_at < AT_RISK_WINDOW
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a call did, returned by the handler (and shown by devstack)."""
+
+    action: str
+    reasons: tuple[str, ...] = ()
+    instances: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "reasons": list(self.reasons),
+            "instances": list(self.instances),
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class StandbyConfig:
+    stack_name: str
+    schedule_group: str
+    scheduler_role_arn: str
+    cooldown_s: int = 600
+    min_spot_workers: int = 1
+    start_on_rebalance: bool = True
+    start_wait_s: int = 20
+    poll_s: float = 2.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> StandbyConfig:
+        env = os.environ if environ is None else environ
+        rebalance = env.get("STANDBY_START_ON_REBALANCE", "true").strip().lower()
+        if rebalance not in {"true", "false"}:
+            raise MissingSetting("STANDBY_START_ON_REBALANCE must be true or false")
+        return cls(
+            stack_name=require_env("STACK_NAME"),
+            schedule_group=require_env("STANDBY_SCHEDULE_GROUP"),
+            scheduler_role_arn=require_env("STANDBY_SCHEDULER_ROLE_ARN"),
+            # STANDBY_COOLDOWN_S overrides the minutes (devstack's drill uses seconds).
+            cooldown_s=env_int("STANDBY_COOLDOWN_S", 60 * env_int("STANDBY_COOLDOWN_MINUTES", 10)),
+            min_spot_workers=env_int("STANDBY_MIN_SPOT_WORKERS", 1),
+            start_on_rebalance=rebalance == "true",
+            start_wait_s=env_int("STANDBY_START_WAIT_S", 20),
+        )
+
+    @property
+    def cooldown(self) -> timedelta:
+        return timedelta(seconds=self.cooldown_s)
+
+
+# -- AWS edges --------------------------------------------------------------------------------
+
+
+class Fleet:
+    """This stack's instances in EC2."""
+
+    def __init__(self, ec2: Any, stack_name: str) -> None:
+        self.ec2 = ec2
+        self.stack_name = stack_name
+
+    def _describe(
+        self, filters: list[dict[str, Any]], ids: list[str] | None = None
+    ) -> list[Instance]:
+        kwargs: dict[str, Any] = {
+            "Filters": [{"Name": f"tag:{STACK_TAG}", "Values": [self.stack_name]}, *filters]
+        }
+        if ids:
+            kwargs["InstanceIds"] = ids
+        found = []
+        for page in self.ec2.get_paginator("describe_instances").paginate(**kwargs):
+            for reservation in page["Reservations"]:
+                found.extend(Instance.from_ec2(i) for i in reservation["Instances"])
+        return found
+
+    def ours(self, instance_id: str) -> Instance | None:
+        """The instance if it carries this stack's tags; None for anyone else's (or unknown)."""
+        try:
+            found = self._describe([], [instance_id])
+        except ClientError as exc:
+            if exc.response["Error"]["Code"].startswith("InvalidInstanceID"):
+                return None
+            raise
+        return found[0] if found else None
+
+    def by_role(self, role: str) -> list[Instance]:
+        return self._describe(
+            [
+                {"Name": f"tag:{ROLE_TAG}", "Values": [role]},
+                {
+                    "Name": "instance-state-name",
+                    "Values": ["pending", "running", "stopping", "stopped"],
+                },
+            ]
+        )
+
+    def healthy_workers(self, now: datetime) -> list[Instance]:
+        """Running spot workers that have no interruption pending."""
+        return [w for w in self.by_role(WORKER) if w.state == "running" and not w.at_risk(now)]
+
+    def mark_interrupted(self, instance_ids: Iterable[str], at: datetime) -> None:
+        ids = sorted(set(instance_ids))
+        if ids:
+            self.ec2.create_tags(Resources=ids, Tags=[{"Key": INTERRUPTED_TAG, "Value": iso(at)}])
+
+    def start(self, instance_ids: list[str]) -> None:
+        self.ec2.start_instances(InstanceIds=instance_ids)
+
+    def stop(self, instance_ids: list[str]) -> None:
+        self.ec2.stop_instances(InstanceIds=instance_ids)
+
+
+class StopScheduler:
+    """The one-time schedule that invokes this function with ``{"action": "stop-standby"}``."""
+
+    def __init__(self, scheduler: Any, group: str, role_arn: str) -> None:
+        self.scheduler = scheduler
+        self.group = group
+        self.role_arn = role_arn
+
+    def schedule_stop(self, at: datetime, *, target_arn: str, scheduled_at: datetime) -> None:
+        """Create the schedule, or replace it: the latest healthy event pushes the stop back."""
+        definition: dict[str, Any] = {
+            "Name": STOP_SCHEDULE_NAME,
+            "GroupName": self.group,
+            "ScheduleExpression": f"at({at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S')})",
+            "ScheduleExpressionTimezone": "UTC",
+            "FlexibleTimeWindow": {"Mode": "OFF"},
+            "ActionAfterCompletion": "DELETE",
+            "Target": {
+                "Arn": target_arn,
+                "RoleArn": self.role_arn,
+                "Input": json.dumps({"action": STOP_ACTION, "scheduled_at": iso(scheduled_at)}),
+                "RetryPolicy": {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 3600},
+            },
+        }
+        try:
+            self.scheduler.create_schedule(**definition)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConflictException":
+                raise
+            self.scheduler.update_schedule(**definition)
+
+
+class Workload:
+    """The queue's backlog and a worker's jobs in flight, from SQS and the job table."""
+
+    def __init__(self, queue: Any, dynamodb: Any, table_name: str) -> None:
+        self.queue = queue
+        self.dynamodb = dynamodb
+        self.table_name = table_name
+
+    def backlog(self) -> int:
+        visible, _ = self.queue.approximate_counts()
+        return visible
+
+    def in_flight(self, instance_id: str) -> int:
+        """RUNNING jobs claimed by the worker on this instance (its WORKER_ID starts with the
+        instance id, see the launch template's user data)."""
+        count = 0
+        paginator = self.dynamodb.get_paginator("scan")
+        for page in paginator.paginate(
+            TableName=self.table_name,
+            Select="COUNT",
+            FilterExpression="#status = :running AND begins_with(#worker, :instance)",
+            ExpressionAttributeNames={"#status": "status", "#worker": "worker"},
+            ExpressionAttributeValues={
+                ":running": {"S": str(JobStatus.RUNNING)},
+                ":instance": {"S": instance_id},
+            },
+        ):
+            count += int(page.get("Count", 0))
+        return count
+
+
+class Logger(Protocol):
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> Any: ...
+    def debug(self, msg: str, *args: Any, **kwargs: Any) -> Any: ...
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> Any: ...
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> Any: ...
+
+
+# -- the decisions ----------------------------------------------------------------------------
+
+
+def _before(recorded: datetime | None, moment: datetime) -> bool:
+    return recorded is None or recorded < moment
+
+
+def _interrupted_since(standbys: Iterable[Instance], since: datetime) -> bool:
+    return any(s.interrupted_at is not None and s.interrupted_at > since for s in standbys)
+
+
+class StandbyController:
+    def __init__(
+        self,
+        config: StandbyConfig,
+        *,
+        fleet: Fleet,
+        scheduler: StopScheduler,
+        workload: Workload,
+        logger: Logger,
+        alerts: AlertSender | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.scheduler = scheduler
+        self.workload = workload
+        self.logger = logger
+        self.alerts = alerts
+        self.clock = clock
+        self.sleep = sleep
+        self.monotonic = monotonic
+
+    # -- EC2 events ---------------------------------------------------------------------------
+
+    def on_event(self, event: SpotEvent, *, target_arn: str) -> Outcome:
+        worker = self.fleet.ours(event.instance_id)
+        if worker is None or worker.role != WORKER:
+            self.logger.debug(
+                "event for an instance that is not our worker, ignored",
+                extra={"instance_id": event.instance_id, "detail_type": event.detail_type},
+            )
+            return Outcome("ignored", ("not our worker",), (event.instance_id,))
+        if event.kind in (EventKind.INTERRUPTION, EventKind.REBALANCE):
+            return self.on_interruption(event, worker)
+        return self.on_worker_up(event, worker, target_arn=target_arn)
+
+    def on_interruption(self, event: SpotEvent, worker: Instance) -> Outcome:
+        if event.kind is EventKind.REBALANCE and not self.config.start_on_rebalance:
+            self.logger.info("rebalance recommendation, standby not started (disabled)")
+            return Outcome("ignored", ("rebalance start disabled",), (worker.instance_id,))
+        # A redelivered event carries the same time: it alerts once. A later notice alerts again.
+        first_notice = _before(worker.interrupted_at, event.time)
+        standbys = self._standbys()
+        # Record before starting: a stop-standby racing with this warning then sees it. Tags
+        # only move forward, so a stale event delivered late cannot hide a newer interruption.
+        self.fleet.mark_interrupted(
+            [i.instance_id for i in (worker, *standbys) if _before(i.interrupted_at, event.time)],
+            event.time,
+        )
+        started = self._ensure_running(wait=True)
+        self.logger.info(
+            "standby started on spot notice" if started else "standby already up on spot notice",
+            extra={
+                "instance_id": worker.instance_id,
+                "kind": str(event.kind),
+                "started": started,
+            },
+        )
+        if first_notice:
+            self._alert_interruption(event, worker, started)
+        return Outcome(
+            "started" if started else "already-running",
+            (f"{event.kind} for {worker.instance_id}",),
+            tuple(started or [s.instance_id for s in standbys]),
+            {
+                "first_notice": first_notice and event.kind is EventKind.INTERRUPTION,
+                "standby_running": True,
+            },
+        )
+
+    def on_worker_up(self, event: SpotEvent, worker: Instance, *, target_arn: str) -> Outcome:
+        standbys = [s for s in self._standbys() if s.state in _ACTIVE]
+        if not standbys:
+            return Outcome("nothing-to-stop", ("standby not running",), (worker.instance_id,))
+        now = self.clock()
+        stop_at = now + self.config.cooldown
+        self.scheduler.schedule_stop(stop_at, target_arn=target_arn, scheduled_at=now)
+        self.logger.info(
+            "standby stop scheduled",
+            extra={"instance_id": worker.instance_id, "kind": str(event.kind), "at": iso(stop_at)},
+        )
+        return Outcome(
+            "stop-scheduled",
+            (),
+            (worker.instance_id,),
+            {"stop_at": iso(stop_at), "standby_running": True},
+        )
+
+    # -- scheduled actions --------------------------------------------------------------------
+
+    def stop_standby(self, scheduled_at: datetime | None, *, target_arn: str) -> Outcome:
+        now = self.clock()
+        since = scheduled_at or now - self.config.cooldown
+        every = self._standbys()
+        standbys = [s for s in every if s.state in _ACTIVE]
+        if not standbys:
+            if _interrupted_since(every, since):
+                return self._undo_stop(since)  # a retry after losing the race below
+            return Outcome("already-stopped", extra={"standby_running": False})
+        blockers = self._stop_blockers(standbys, since=since, now=now)
+        if blockers:
+            stop_at = now + self.config.cooldown
+            self.scheduler.schedule_stop(stop_at, target_arn=target_arn, scheduled_at=now)
+            self.logger.info(
+                "standby stop postponed", extra={"reasons": blockers, "at": iso(stop_at)}
+            )
+            return Outcome(
+                "rescheduled",
+                tuple(blockers),
+                extra={"stop_at": iso(stop_at), "standby_running": True},
+            )
+        ids = [s.instance_id for s in standbys]
+        self.fleet.stop(ids)
+        # A warning that landed between the checks above and the stop saw the standby running
+        # and left it alone: it is needed after all, so this call starts it again.
+        if _interrupted_since(self._standbys(), since):
+            return self._undo_stop(since)
+        self.logger.info("standby stopped", extra={"instances": ids})
+        return Outcome("stopped", (), tuple(ids), {"standby_running": False})
+
+    def _undo_stop(self, since: datetime) -> Outcome:
+        self.logger.warning("a spot warning raced the standby's stop: starting it again")
+        # Raises StandbyNotReady while it is still stopping: Lambda's retry comes back here.
+        started = self._ensure_running(wait=True)
+        return Outcome(
+            "restarted",
+            (f"interruption after {iso(since)} raced the stop",),
+            tuple(started),
+            {"standby_running": True},
+        )
+
+    def reconcile(self) -> Outcome:
+        """Converge: start when the fleet is short and work waits; stop when idle and whole."""
+        outcome = self._reconcile()
+        running = outcome.action == "started" or (
+            outcome.action != "stopped"
+            and any(s.state in _ACTIVE for s in self.fleet.by_role(STANDBY))
+        )
+        return Outcome(
+            outcome.action,
+            outcome.reasons,
+            outcome.instances,
+            {**outcome.extra, "standby_running": running},
+        )
+
+    def _reconcile(self) -> Outcome:
+        now = self.clock()
+        healthy = self.fleet.healthy_workers(now)
+        standbys = self._standbys()
+        if len(healthy) < self.config.min_spot_workers:
+            backlog = self.workload.backlog()
+            if backlog > 0:
+                started = self._ensure_running(wait=False)
+                if started:
+                    self.logger.warning(
+                        "reconcile started the standby (a spot event was missed?)",
+                        extra={"healthy_workers": len(healthy), "backlog": backlog},
+                    )
+                    self._send(
+                        Alert(
+                            title="Standby started by reconcile",
+                            text=(
+                                f"{len(healthy)} healthy spot worker(s) < "
+                                f"{self.config.min_spot_workers} with {backlog} job(s) waiting"
+                            ),
+                            severity=Severity.WARNING,
+                            fields=(("standby", ", ".join(started)),),
+                            dedupe_key=f"reconcile-start/{iso(now)}",
+                        )
+                    )
+                    return Outcome("started", ("fleet short with backlog",), tuple(started))
+                if any(s.state == "stopping" for s in standbys):
+                    return Outcome("pending-start", ("standby still stopping: next reconcile",))
+                return Outcome("steady", ("fleet short, standby up",))
+            return Outcome("steady", ("fleet short, no backlog",))
+        active = [s for s in standbys if s.state in _ACTIVE]
+        if not active:
+            return Outcome("steady", ("fleet healthy, standby stopped",))
+        # Without the schedule's timestamp: require a full cooldown since the last interruption
+        # and since the standby came up, so reconcile never undercuts the scheduled stop.
+        blockers = self._stop_blockers(active, since=now - self.config.cooldown, now=now)
+        blockers += [
+            f"{s.instance_id} up for less than the cooldown"
+            for s in active
+            if s.launch_time is not None and now - s.launch_time < self.config.cooldown
+        ]
+        if blockers:
+            return Outcome("steady", tuple(blockers))
+        ids = [s.instance_id for s in active]
+        self.fleet.stop(ids)
+        self.logger.info("reconcile stopped the standby", extra={"instances": ids})
+        return Outcome("stopped", ("fleet healthy, standby idle",), tuple(ids))
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _standbys(self) -> list[Instance]:
+        standbys = self.fleet.by_role(STANDBY)
+        if not standbys:
+            raise StandbyMissing(
+                f"no instance tagged {ROLE_TAG}={STANDBY} and {STACK_TAG}={self.config.stack_name}"
+            )
+        return standbys
+
+    def _ensure_running(self, *, wait: bool) -> list[str]:
+        """Start every stopped standby; the ids actually started. A `stopping` one is waited
+        for (bounded) and then StandbyNotReady is raised, so the asynchronous retry finishes."""
+        deadline = self.monotonic() + self.config.start_wait_s
+        started: list[str] = []
+        while True:
+            standbys = self._standbys()
+            stopped = [s.instance_id for s in standbys if s.state == "stopped"]
+            stopping = [s.instance_id for s in standbys if s.state == "stopping"]
+            for instance_id in stopped:
+                try:
+                    self.fleet.start([instance_id])
+                    started.append(instance_id)
+                except ClientError as exc:
+                    if exc.response["Error"]["Code"] != "IncorrectInstanceState":
+                        raise
+                    stopping.append(instance_id)  # it moved on between describe and start
+            if not stopping:
+                return started
+            if not wait:
+                self.logger.info("standby still stopping", extra={"instances": stopping})
+                return started
+            if self.monotonic() >= deadline:
+                raise StandbyNotReady(f"standby {', '.join(stopping)} still stopping")
+            self.sleep(self.config.poll_s)
+
+    def _stop_blockers(
+        self, standbys: list[Instance], *, since: datetime, now: datetime
+    ) -> list[str]:
+        blockers = []
+        healthy = len(self.fleet.healthy_workers(now))
+        if healthy < self.config.min_spot_workers:
+            blockers.append(f"{healthy} healthy spot worker(s) < {self.config.min_spot_workers}")
+        for standby in standbys:
+            if standby.interrupted_at is not None and standby.interrupted_at > since:
+                blockers.append(f"interruption at {iso(standby.interrupted_at)}")
+            if standby.state == "pending":
+                blockers.append(f"{standby.instance_id} still pending")
+            elif (busy := self.workload.in_flight(standby.instance_id)) > 0:
+                blockers.append(f"{standby.instance_id} has {busy} job(s) in flight")
+        return blockers
+
+    def _alert_interruption(self, event: SpotEvent, worker: Instance, started: list[str]) -> None:
+        warned = event.kind is EventKind.INTERRUPTION
+        action_at = event.time + timedelta(minutes=2) if warned else None
+        title = "Spot interruption warning" if warned else "Spot rebalance recommendation"
+        self._send(
+            Alert(
+                title=title,
+                text=(
+                    f"Spot worker {worker.instance_id} "
+                    + ("will be reclaimed" if warned else "is at elevated risk")
+                    + (f"; standby {', '.join(started)} started" if started else "; standby up")
+                ),
+                severity=Severity.WARNING,
+                fields=(
+                    ("instance", worker.instance_id),
+                    ("availability zone", worker.availability_zone or "-"),
+                    ("instance type", worker.instance_type or "-"),
+                    ("notice at", iso(event.time)),
+                    ("action at", iso(action_at) if action_at else "-"),
+                ),
+                dedupe_key=f"{event.kind}/{worker.instance_id}",
+            )
+        )
+
+    def _send(self, alert: Alert) -> None:
+        if self.alerts is None:
+            return
+        for channel, delivery in self.alerts.send(alert).items():
+            if not delivery.ok:
+                # The standby is already started; a failed chat message must not undo or retry it.
+                self.logger.warning(
+                    "alert delivery failed",
+                    extra={"channel": channel, "error": delivery.error, "status": delivery.status},
+                )
