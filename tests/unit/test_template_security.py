@@ -125,3 +125,13 @@ def test_no_secret_in_a_parameter_default(name: str) -> None:
     assert not (long_random and " " not in default and "/" not in default), (
         f"{name} default looks like a key or token"
     )
+
+
+def test_every_skipped_checkov_check_says_why() -> None:
+    skipped = 0
+    for logical_id, resource in RESOURCES.items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            skipped += 1
+            assert re.fullmatch(r"CKV2?_AWS_\d+", skip["id"]), logical_id
+            assert len(skip.get("comment", "")) >= 20, f"{logical_id}: {skip['id']} has no reason"
+    assert skipped, "checkov skips are expected to be documented in the template"
