@@ -30,6 +30,9 @@ def main() -> int:
         sqs=boto3.client("sqs", config=client_config),
         dynamodb=boto3.client("dynamodb", config=client_config),
         s3=boto3.client("s3", config=client_config),
+        cloudwatch=boto3.client("cloudwatch", config=client_config)
+        if config.metrics_sink == "cloudwatch"
+        else None,
     )
     worker.install_signal_handlers()
     try:

@@ -7,6 +7,7 @@ Messages to the supervisor: ``("ready",)``, ``("checkpoint", state)``, ``("progr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,16 +20,28 @@ from gpu_worker import analyzers
 from gpu_worker.analyzers import Interrupted, InvalidInput, Job, PermanentError
 from pipeline.contract import ErrorKind
 
+CHILD_NICENESS = 10
 # Raised by frameworks when the GPU runs out of memory; matched by name so torch is optional.
 _OOM_TYPE_NAMES = {"OutOfMemoryError", "OutOfMemory", "CUDAOutOfMemoryError"}
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError) or type(exc).__name__ in _OOM_TYPE_NAMES:
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text and ("cuda" in text or "gpu" in text)
+
+
 def classify(exc: BaseException) -> tuple[ErrorKind, bool]:
     """(error kind, permanent?) for an exception raised by an analyzer."""
-    if isinstance(exc, MemoryError) or type(exc).__name__ in _OOM_TYPE_NAMES:
-        return ErrorKind.OOM, False
-    if "out of memory" in str(exc).lower() and "cuda" in str(exc).lower():
-        return ErrorKind.OOM, False
+    # A GPU OOM is often wrapped by the analyzer ("raise AnalysisFailed(...) from exc").
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if _is_out_of_memory(seen):
+            return ErrorKind.OOM, False
+        seen = seen.__cause__ or seen.__context__
     if isinstance(exc, Interrupted):
         return ErrorKind.INTERRUPTED, False
     if isinstance(exc, InvalidInput):
@@ -66,6 +79,10 @@ def main(conn: Connection, stop_event: Event) -> None:
     # The supervisor decides about shutdown; a Ctrl-C in the terminal must not kill the child
     # mid-checkpoint. SIGTERM keeps its default so the supervisor can always stop us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The supervisor (health, visibility heartbeat, memory guard) must win the CPU whenever it
+    # wakes, however hard the analysis spins; it uses little, so the analysis loses nothing.
+    with contextlib.suppress(OSError):
+        os.nice(CHILD_NICENESS)
     loaded: dict[str, analyzers.Analyzer] = {}
     conn.send(("ready", os.getpid()))
     while True:

@@ -6,6 +6,8 @@ import os
 import socket
 from dataclasses import dataclass, fields
 
+from gpu_worker.memory import job_limit_bytes
+from gpu_worker.metrics import metric_dimensions
 from pipeline.settings import MissingSetting, require_env
 
 
@@ -58,6 +60,16 @@ class WorkerConfig:
     gcp_metadata_endpoint: str = ""
     rebalance_action: str = "drain"
     checkpoint_dir: str = ""
+    # -- poison jobs: memory guard, health, metrics (README "worker configuration") --
+    job_memory_limit: str = ""  # bytes, "256Mi", "2G" or "70%"; empty: 85 % of the container
+    memory_sample_s: float = 0.01
+    health_host: str = "127.0.0.1"
+    health_port: int = 8080  # 0: any free port (logged)
+    metrics_sink: str = "emf"  # emf (stdout) | cloudwatch (PutMetricData) | off
+    metrics_namespace: str = "spotline"
+    metrics_service: str = "spotline-worker"  # the Service dimension the alarms query
+    metrics_dimensions: str = ""  # more dimensions: "Fleet=gpu,Region=eu"
+    metrics_interval_s: float = 60.0
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -82,6 +94,16 @@ class WorkerConfig:
             gcp_metadata_endpoint=_text("WORKER_GCP_METADATA_ENDPOINT", ""),
             rebalance_action=_text("WORKER_REBALANCE_ACTION", "drain").lower(),
             checkpoint_dir=_text("WORKER_CHECKPOINT_DIR", ""),
+            job_memory_limit=os.environ.get("WORKER_JOB_MEMORY_LIMIT", "").strip(),
+            memory_sample_s=_float("WORKER_MEMORY_SAMPLE_S", 0.01),
+            health_host=os.environ.get("WORKER_HEALTH_HOST", "").strip() or "127.0.0.1",
+            health_port=_int("WORKER_HEALTH_PORT", 8080),
+            metrics_sink=os.environ.get("WORKER_METRICS", "").strip().lower() or "emf",
+            metrics_namespace=os.environ.get("WORKER_METRICS_NAMESPACE", "").strip() or "spotline",
+            metrics_service=os.environ.get("WORKER_METRICS_SERVICE", "").strip()
+            or "spotline-worker",
+            metrics_dimensions=os.environ.get("WORKER_METRICS_DIMENSIONS", ""),
+            metrics_interval_s=_float("WORKER_METRICS_INTERVAL_S", 60.0),
         )
         config.check()
         return config
@@ -101,6 +123,19 @@ class WorkerConfig:
             raise MissingSetting("WORKER_REBALANCE_ACTION must be drain or checkpoint")
         if self.checkpoint_grace_s < 0:
             raise MissingSetting("WORKER_CHECKPOINT_GRACE_S must not be negative")
+        try:
+            job_limit_bytes(self.job_memory_limit, 1 << 30)
+            metric_dimensions(self.metrics_dimensions)
+        except ValueError as exc:
+            raise MissingSetting(
+                f"WORKER_JOB_MEMORY_LIMIT / WORKER_METRICS_DIMENSIONS: {exc}"
+            ) from exc
+        if not 0 <= self.health_port <= 65535:
+            raise MissingSetting("WORKER_HEALTH_PORT must be between 0 and 65535")
+        if self.metrics_sink not in ("emf", "cloudwatch", "off"):
+            raise MissingSetting("WORKER_METRICS must be emf, cloudwatch or off")
+        if not 0.001 <= self.memory_sample_s <= 1:
+            raise MissingSetting("WORKER_MEMORY_SAMPLE_S must be between 0.001 and 1")
 
     def describe(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import signal
 import threading
 import time
@@ -15,12 +17,15 @@ from gpu_worker.analyzers import Job
 from gpu_worker.checkpoint import CheckpointStore, FileCheckpointStore, InputError, ResultStore
 from gpu_worker.config import WorkerConfig
 from gpu_worker.decisions import Action, Decision, decide
+from gpu_worker.health import HealthServer, start_health_server, worker_snapshot
 from gpu_worker.interruption import (
     Interruption,
     InterruptionWatch,
     monitors_from_settings,
     signal_interruption,
 )
+from gpu_worker.memory import MemoryGuard, container_memory, job_limit_bytes
+from gpu_worker.metrics import WorkerMetrics, metric_dimensions, sink_for
 from gpu_worker.supervisor import Outcome, Supervisor
 from pipeline.contract import (
     ErrorKind,
@@ -31,10 +36,20 @@ from pipeline.contract import (
     job_id_from_body,
     validate_request,
 )
-from pipeline.jobstore import JobError, JobRecord, JobStore, TransitionRefused
+from pipeline.jobstore import JobError, JobRecord, JobStore, TransitionRefused, utc_now
 from pipeline.queue import JobQueue, QueueError, ReceivedMessage
 
 logger = Logger(service="spotline-worker")
+
+OUTCOME_LABELS = {
+    Action.ACK: "SUCCEEDED",
+    Action.RETRY: "RETRIED",
+    Action.DEAD_LETTER: "DEAD_LETTERED",
+    Action.REQUEUE: "REQUEUED",
+}
+# Test-only fault injection: WORKER_TEST_CRASH_AT=<step> makes the process die at that step of
+# dead-lettering (os._exit, as abrupt as a SIGKILL) so tests can prove nothing is lost there.
+CRASH_EXIT_CODE = 70
 
 
 # Time kept back from a notice's deadline for releasing the job and exiting after the grace.
@@ -79,6 +94,7 @@ class Worker:
         sqs: Any,
         dynamodb: Any,
         s3: Any,
+        cloudwatch: Any = None,
     ) -> None:
         self.config = config
         self.queue = JobQueue(sqs, config.queue_url)
@@ -107,6 +123,27 @@ class Worker:
         self._signals = 0
         self._receiving = False
         self.jobs_handled = 0
+        # -- poison jobs: the child's memory guard, health and metrics --
+        self.container = container_memory()
+        self.memory_guard = MemoryGuard(
+            job_limit_bytes(config.job_memory_limit, self.container.limit_bytes),
+            sample_s=config.memory_sample_s,
+        )
+        self.supervisor.watchers.append(self.memory_guard)
+        self.metrics = WorkerMetrics(
+            sink_for(config.metrics_sink, lambda: cloudwatch),
+            namespace=config.metrics_namespace,
+            dimensions=metric_dimensions(config.metrics_dimensions, config.metrics_service),
+            interval_s=config.metrics_interval_s,
+            alive=lambda: worker_snapshot(self, stale_poll_s=self._stale_poll_s)["ok"],
+            container_memory_pct=lambda: container_memory().used_pct,
+            child_restarts=lambda: self.supervisor.restarts,
+        )
+        self.health: HealthServer | None = None
+        self.started_at: float | None = None
+        self.last_poll_at: float | None = None
+        self._stale_poll_s = max(90.0, 3.0 * (config.wait_s + 10))
+        self._crash_at = os.environ.get("WORKER_TEST_CRASH_AT", "")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -174,6 +211,7 @@ class Worker:
 
     def run(self) -> None:
         logger.info("worker starting", extra={"config": self.config.describe()})
+        self.start_services()
         self.supervisor.ensure_child()
         self.watch.start()
         try:
@@ -189,6 +227,7 @@ class Worker:
         finally:
             self.watch.stop()
             self.supervisor.close()
+            self.stop_services()
             logger.info(
                 "worker stopped",
                 extra={
@@ -205,6 +244,7 @@ class Worker:
                 wait_s=self.config.wait_s,
                 visibility_s=self.config.visibility_window_s,
             )
+            self.last_poll_at = time.time()
         except QueueError:
             logger.exception("receive failed; backing off")
             self.stopping.wait(2.0)
@@ -223,6 +263,34 @@ class Worker:
             self.queue.change_visibility(message.receipt_handle, 0)
         except QueueError:
             logger.warning("could not release unstarted message", exc_info=True)
+
+    def start_services(self) -> None:
+        """Health endpoint and metrics flusher: threads of the supervisor process."""
+        self.started_at = time.time()
+        logger.info(
+            "memory limits",
+            extra={
+                "container_limit_bytes": self.container.limit_bytes,
+                "container_limit_source": self.container.source,
+                "job_limit_bytes": self.memory_guard.limit_bytes,
+            },
+        )
+        if self.memory_guard.limit_bytes >= self.container.limit_bytes:
+            # The child would meet the container's OOM killer first: F1 all over again.
+            logger.warning("job memory limit is not below the container limit")
+        self.health = start_health_server(
+            self.config.health_host,
+            self.config.health_port,
+            lambda: worker_snapshot(self, stale_poll_s=self._stale_poll_s),
+        )
+        self.metrics.start()
+
+    def stop_services(self) -> None:
+        if self.health is not None:
+            self.health.stop()
+            self.health = None
+        self.memory_guard.close()
+        self.metrics.close()
 
     # -- one message -------------------------------------------------------------------------
 
@@ -310,6 +378,11 @@ class Worker:
         outcome = self.supervisor.run(
             job, restored, max_runtime_s=request.get("max_runtime_s"), on_tick=heartbeat.tick
         )
+        peak_bytes = self.memory_guard.peak_bytes
+        if outcome.error is not None and outcome.error.peak_memory_bytes is None and peak_bytes:
+            # Every failure carries the peak the guard saw (OOM verdicts already do).
+            error = dataclasses.replace(outcome.error, peak_memory_bytes=peak_bytes)
+            outcome = dataclasses.replace(outcome, error=error)
         decision = decide(
             outcome.error,
             permanent=outcome.permanent,
@@ -331,6 +404,12 @@ class Worker:
             },
         )
         self.apply(decision, outcome, message, record, token, job_message)
+        self.metrics.record_job(
+            OUTCOME_LABELS[decision.action],
+            error_kind=str(outcome.error.kind) if outcome.error else None,
+            duration_s=outcome.duration_s,
+            peak_memory_pct=100.0 * peak_bytes / self.memory_guard.limit_bytes,
+        )
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -358,7 +437,7 @@ class Worker:
                 error = outcome.error
                 if error.kind == ErrorKind.INTERRUPTED:
                     error = JobError(ErrorKind.INTERRUPTED, decision.reason)
-                self._dead_letter(message, record, error, token)
+                self._dead_letter(message, record, error, token, ran=True)
         except TransitionRefused as refused:
             # We were presumed dead and someone else owns the job now: drop our outcome.
             logger.warning(
@@ -400,11 +479,37 @@ class Worker:
         record: JobRecord,
         error: JobError,
         token: str | None,
+        *,
+        ran: bool = False,
     ) -> None:
         """Record first, then DLQ, then delete: a crash between any two steps loses nothing
-        (the redelivered copy finds the job DEAD_LETTERED and finishes the remaining steps)."""
-        record = self.store.dead_letter(record.job_id, error, expect_owner=token)
+        (the redelivered copy finds the job DEAD_LETTERED and finishes the remaining steps).
+
+        ``ran``: this attempt ran and failed, so it counts (the third OOM says attempts=3).
+        """
+        if ran:
+            try:
+                record = self.store.transition(
+                    record.job_id,
+                    JobStatus.DEAD_LETTERED,
+                    expect_owner=token,
+                    set_values={"last_error": error.to_dict(), "finished_at": utc_now()},
+                    remove=("owner_token",),
+                    increment={"attempts": 1},
+                )
+            except TransitionRefused as refused:
+                if refused.current is None or refused.current.status != JobStatus.DEAD_LETTERED:
+                    raise
+                record = refused.current
+        else:
+            record = self.store.dead_letter(record.job_id, error, expect_owner=token)
+        self._crash_point("after_record")
         self._finish_dead_letter(message, record)
+
+    def _crash_point(self, step: str) -> None:
+        if self._crash_at == step:
+            logger.warning("test crash point reached", extra={"crash_point": step})
+            os._exit(CRASH_EXIT_CODE)
 
     def _finish_dead_letter(self, message: ReceivedMessage, record: JobRecord) -> None:
         if not record.extra.get("dlq_sent"):
@@ -419,7 +524,9 @@ class Worker:
                     MessageAttribute.PEAK_MEMORY_BYTES: error.peak_memory_bytes,
                 },
             )
+            self._crash_point("after_dlq_send")
             self.store.set_fields(record.job_id, {"dlq_sent": True})
+            self._crash_point("after_dlq_marked")
         self.queue.delete(message.receipt_handle)
         logger.warning(
             "job dead-lettered",

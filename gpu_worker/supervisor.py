@@ -17,12 +17,14 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from gpu_worker import child
+from gpu_worker import child, memory
 from gpu_worker.analyzers import Job
 from pipeline.contract import ErrorKind
 from pipeline.jobstore import JobError
 
 # A watcher looks at the running child (by pid) on each tick; returning an error kills it.
+# It may also have ``start(pid)`` / ``stop()``, called when a job begins and ends (the memory
+# guard samples on a thread of its own between ticks, and may kill the child itself).
 Watcher = Callable[[int], JobError | None]
 
 
@@ -85,6 +87,8 @@ class Supervisor:
     def ensure_child(self) -> None:
         if self._process is not None and self._process.is_alive():
             return
+        if self._process is not None:
+            self.restarts += 1  # died after its last job answered (e.g. killed while idle)
         self._discard_child()
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         process = self._context.Process(
@@ -102,8 +106,8 @@ class Supervisor:
         if self._conn is not None:
             self._conn.close()
         if self._process is not None:
-            if self._process.is_alive():
-                self._process.kill()
+            if self._process.is_alive() and self._process.pid is not None:
+                memory.kill_tree(self._process.pid)  # its own children too (cpu_burn, loaders)
             self._process.join(timeout=10)
         self._process, self._conn = None, None
 
@@ -148,8 +152,10 @@ class Supervisor:
         started = time.monotonic()
         self.current_job, self.job_started_at, self.progress = job, started, {}
         checkpoints = 0
+        pid = self._process.pid
         try:
             self._conn.send(("run", asdict(job), restored))
+            self._watchers_call("start", pid)
             while True:
                 try:
                     ready = self._conn.poll(self._tick_s)
@@ -182,13 +188,15 @@ class Supervisor:
                             checkpoints=checkpoints,
                         )
                 elif ready or not self._process.is_alive():
-                    # The pipe closed or the child is gone without a word: it died.
+                    # The pipe closed or the child is gone without a word: it died. A watcher
+                    # that killed it (the memory guard) knows why; otherwise it is UNKNOWN.
                     self._process.join(timeout=5)
                     exitcode = self._process.exitcode
+                    verdict = self._watcher_verdict(pid)
                     self.kill_child()
                     return Outcome(
                         False,
-                        error=JobError(ErrorKind.UNKNOWN, describe_exit(exitcode)),
+                        error=verdict or JobError(ErrorKind.UNKNOWN, describe_exit(exitcode)),
                         duration_s=elapsed,
                         checkpoints=checkpoints,
                     )
@@ -216,14 +224,26 @@ class Supervisor:
                         duration_s=elapsed,
                         checkpoints=checkpoints,
                     )
-                pid = self._process.pid
-                for watcher in self.watchers:
-                    verdict = watcher(pid) if pid is not None else None
-                    if verdict is not None:
-                        self.kill_child()
-                        return Outcome(
-                            False, error=verdict, duration_s=elapsed, checkpoints=checkpoints
-                        )
+                verdict = self._watcher_verdict(pid)
+                if verdict is not None:
+                    self.kill_child()
+                    return Outcome(
+                        False, error=verdict, duration_s=elapsed, checkpoints=checkpoints
+                    )
                 on_tick()  # throttles itself: it may be called far more often than needed
         finally:
+            self._watchers_call("stop")
             self.current_job, self.job_started_at = None, None
+
+    def _watcher_verdict(self, pid: int | None) -> JobError | None:
+        for watcher in self.watchers:
+            verdict = watcher(pid) if pid is not None else None
+            if verdict is not None:
+                return verdict
+        return None
+
+    def _watchers_call(self, hook: str, *args: Any) -> None:
+        for watcher in self.watchers:
+            method = getattr(watcher, hook, None)
+            if callable(method):
+                method(*args)

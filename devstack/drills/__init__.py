@@ -9,6 +9,7 @@ from devstack.drills.alarms import AlarmDrill
 from devstack.drills.base import Check, Drill, Expectation
 from devstack.drills.basic import BasicJobs
 from devstack.drills.deadletter import DeadLetterDrill
+from devstack.drills.poison import PoisonJob
 from devstack.drills.spot import HardCrash, SpotNotice
 from devstack.drills.standby import StandbyDrill
 
@@ -19,6 +20,7 @@ DRILLS: list[type[Drill]] = [
     HardCrash,
     DeadLetterDrill,
     StandbyDrill,
+    PoisonJob,
 ]
 
 __all__ = ["DRILLS", "Check", "Drill", "Expectation"]

@@ -74,6 +74,10 @@ _FACTORIES: dict[str, Callable[[], Analyzer]] = {}
 _BUILTIN_MODULES = {
     "echo": "gpu_worker.analyzers.builtin",
     "sleep": "gpu_worker.analyzers.builtin",
+    "memory_hog": "gpu_worker.analyzers.drills",
+    "fail": "gpu_worker.analyzers.drills",
+    "crash": "gpu_worker.analyzers.drills",
+    "cpu_burn": "gpu_worker.analyzers.drills",
 }
 
 

@@ -1,0 +1,146 @@
+"""Drill analyzers: they reproduce the poison messages of the field, on purpose.
+
+``memory_hog`` eats memory until it is stopped, ``fail`` raises a permanent or retryable error
+(or a GPU out-of-memory error by type name), ``crash`` kills the analysis child with a signal
+or an exit code, ``cpu_burn`` saturates every core (the health endpoint must still answer).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from gpu_worker.analyzers import (
+    AnalysisContext,
+    InvalidInput,
+    Job,
+    PermanentError,
+    RetryableError,
+    register,
+)
+
+MIB = 1024 * 1024
+PAGE = 4096
+
+
+@register("memory_hog")
+class MemoryHog:
+    """Allocates ``params.bytes_per_step`` (default 16 MiB) every ``params.step_s`` (default
+    0.05 s), touching every page so it really is resident, until ``params.max_bytes`` (default:
+    never) or until it is stopped. Under the memory guard it dies as ``OOM``."""
+
+    name = "memory_hog"
+
+    def load(self) -> None:
+        return None
+
+    def analyze(self, job: Job, ctx: AnalysisContext) -> Any:
+        params = job.params or {}
+        per_step = int(params.get("bytes_per_step", 16 * MIB))
+        step_s = float(params.get("step_s", 0.05))
+        max_bytes = params.get("max_bytes")
+        held: list[bytearray] = []
+        total = 0
+        while max_bytes is None or total < int(max_bytes):
+            if ctx.should_stop():
+                break
+            block = bytearray(per_step)
+            for offset in range(0, per_step, PAGE):  # zeroed pages may be lazy: touch each one
+                block[offset] = 1
+            held.append(block)
+            total += per_step
+            ctx.progress(allocated_bytes=total)
+            if step_s > 0:
+                time.sleep(step_s)
+        return {"allocated_bytes": total}
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like ``torch.cuda.OutOfMemoryError``: the worker classifies it by type name."""
+
+
+@register("fail")
+class Fail:
+    """Raises by ``params.error``: ``"retryable"`` (default), ``"permanent"``, ``"invalid_input"``
+    or ``"gpu_oom"``. With ``params.fail_attempts`` = N it fails only attempts 1..N and then
+    succeeds (a transient failure)."""
+
+    name = "fail"
+
+    def load(self) -> None:
+        return None
+
+    def analyze(self, job: Job, ctx: AnalysisContext) -> Any:
+        params = job.params or {}
+        fail_attempts = params.get("fail_attempts")
+        if fail_attempts is not None and job.attempt > int(fail_attempts):
+            return {"succeeded_on_attempt": job.attempt}
+        error = str(params.get("error", "retryable"))
+        message = str(params.get("message", f"drill failure ({error})"))
+        if error == "permanent":
+            raise PermanentError(message)
+        if error == "invalid_input":
+            raise InvalidInput(message)
+        if error == "gpu_oom":
+            raise OutOfMemoryError(f"CUDA out of memory. {message}")
+        raise RetryableError(message)
+
+
+@register("crash")
+class Crash:
+    """Kills the analysis child: ``params.signal`` (name or number, default SIGKILL) or, when
+    ``params.exit_code`` is given, ``os._exit`` with it; after ``params.after_s`` seconds."""
+
+    name = "crash"
+
+    def load(self) -> None:
+        return None
+
+    def analyze(self, job: Job, ctx: AnalysisContext) -> Any:
+        params = job.params or {}
+        time.sleep(float(params.get("after_s", 0)))
+        if "exit_code" in params:
+            os._exit(int(params["exit_code"]))
+        raw = params.get("signal", "SIGKILL")
+        signum = int(raw) if isinstance(raw, int) else int(signal.Signals[str(raw).upper()])
+        # SIGSEGV must kill like a real segfault in a native extension: no Python handler.
+        if signum not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        time.sleep(10)  # the signal is delivered before this returns
+        raise RuntimeError(f"signal {signum} did not kill the child")
+
+
+_BURN = "import time,sys\nend=time.monotonic()+float(sys.argv[1])\nwhile time.monotonic()<end: pass"
+
+
+@register("cpu_burn")
+class CpuBurn:
+    """Keeps ``params.processes`` cores (default: every core) busy for ``params.seconds``
+    (default 3): helper processes plus the child itself, all spinning."""
+
+    name = "cpu_burn"
+
+    def load(self) -> None:
+        return None
+
+    def analyze(self, job: Job, ctx: AnalysisContext) -> Any:
+        params = job.params or {}
+        seconds = float(params.get("seconds", 3.0))
+        processes = int(params.get("processes", os.cpu_count() or 1))
+        # Helpers end by themselves after `seconds`; the supervisor kills the tree if it must.
+        helpers = [
+            subprocess.Popen([sys.executable, "-c", _BURN, str(seconds)])
+            for _ in range(max(0, processes - 1))
+        ]
+        spins = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            spins += 1
+        for helper in helpers:
+            helper.wait(timeout=seconds + 30)
+        return {"processes": processes, "seconds": seconds, "spins": spins}

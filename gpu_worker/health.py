@@ -1,0 +1,159 @@
+"""``GET /healthz``, served by the supervisor process on a thread of its own.
+
+Failure F5: a health check served by the analysis process timed out whenever the analysis
+saturated the CPU, and the orchestrator killed the task (exit 137). Here the analysis runs in
+a child process and the supervisor only waits on a pipe, so this thread answers in
+milliseconds however busy the child is. It reads the worker's state; it never blocks on it.
+
+200 while the worker is healthy; 503 when it is idle and its last successful SQS poll is
+older than ``stale_poll_s`` (it cannot reach the queue), so the container's health check fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools import Logger
+
+from gpu_worker import memory
+
+if TYPE_CHECKING:
+    from gpu_worker.consumer import Worker
+
+logger = Logger(service="spotline-worker", child=True)
+
+
+def _iso(epoch_s: float | None) -> str | None:
+    if epoch_s is None:
+        return None
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
+
+
+def worker_snapshot(worker: Worker, *, stale_poll_s: float) -> dict[str, Any]:
+    """What the worker is doing now, from attributes the main thread keeps up to date."""
+    supervisor = worker.supervisor
+    guard = worker.memory_guard
+    job = supervisor.current_job
+    started = supervisor.job_started_at
+    draining = worker.stopping.is_set() or worker.draining.is_set()
+    status = "draining" if draining else ("busy" if job is not None else "idle")
+    child_pid = supervisor.child_pid
+    # While a job runs the guard samples every few ms; read its value rather than walk the
+    # process tree again. Idle, measure the (model-holding) child directly.
+    rss = guard.last_rss_bytes if job is not None and guard.watching else None
+    if rss is None:
+        rss = memory.tree_rss_bytes(child_pid) if child_pid else 0
+    container = memory.container_memory()
+    now = time.time()
+    last_poll = worker.last_poll_at
+    poll_age = None if last_poll is None else round(now - last_poll, 3)
+    reference = last_poll if last_poll is not None else worker.started_at
+    ok = status != "idle" or reference is None or now - reference <= stale_poll_s
+    return {
+        "status": status,
+        "ok": ok,
+        "worker_id": worker.config.worker_id,
+        "pid": os.getpid(),
+        "job": None
+        if job is None
+        else {
+            "job_id": job.job_id,
+            "analyzer": job.analyzer,
+            "attempt": job.attempt,
+            "runtime_s": round(time.monotonic() - started, 3) if started is not None else None,
+        },
+        "child": {
+            "pid": child_pid,
+            "rss_bytes": rss,
+            "rss_pct_of_limit": round(100.0 * rss / guard.limit_bytes, 2),
+            "job_peak_bytes": guard.peak_bytes if job is not None else None,
+            "restarts": supervisor.restarts,
+        },
+        "job_memory_limit_bytes": guard.limit_bytes,
+        "container_memory": {
+            "limit_bytes": container.limit_bytes,
+            "current_bytes": container.current_bytes,
+            "used_pct": container.used_pct,
+            "source": container.source,
+        },
+        "last_successful_poll_at": _iso(last_poll),
+        "last_successful_poll_age_s": poll_age,
+        "jobs_handled": worker.jobs_handled,
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: HealthServer  # type: ignore[assignment]
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # the http.server API
+        if self.path.split("?", 1)[0] not in ("/healthz", "/healthz/"):
+            self._send(404, {"error": "not found"})
+            return
+        try:
+            body = self.server.snapshot()
+        except Exception as exc:  # a health check answers, even about itself
+            logger.warning("health snapshot failed", exc_info=True)
+            self._send(500, {"status": "error", "ok": False, "error": type(exc).__name__})
+            return
+        self._send(200 if body.get("ok", True) else 503, body)
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None  # every 15 s from the health check: not worth a log line
+
+
+class HealthServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, host: str, port: int, snapshot: Callable[[], dict[str, Any]]) -> None:
+        super().__init__((host, port), _Handler)
+        self.snapshot = snapshot
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def start(self) -> HealthServer:
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.5}, name="health", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.server_close()
+
+
+def start_health_server(
+    host: str, port: int, snapshot: Callable[[], dict[str, Any]]
+) -> HealthServer | None:
+    """The server, or None if the port is taken: a worker without health still works."""
+    try:
+        server = HealthServer(host, port, snapshot).start()
+    except OSError as exc:
+        logger.error("health server not started", extra={"port": port, "error": str(exc)})
+        return None
+    logger.info("health server listening", extra={"host": host, "port": server.port})
+    return server

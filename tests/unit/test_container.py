@@ -1,0 +1,89 @@
+"""The container settings that failures F1, F2 and F5 depend on, read from the files we ship."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from devstack.cfn import REPO_ROOT
+from gpu_worker.memory import parse_bytes
+
+COMPOSE = REPO_ROOT / "gpu_worker" / "docker-compose.yml"
+DOCKERFILE = REPO_ROOT / "gpu_worker" / "Dockerfile"
+INTERPOLATION = re.compile(r"^\$\{(?P<name>\w+):-(?P<default>[^}]+)\}$")
+
+
+@pytest.fixture(scope="module")
+def worker() -> dict[str, Any]:
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    service: dict[str, Any] = compose["services"]["worker"]
+    return service
+
+
+def env_with_default(value: str) -> tuple[str, str]:
+    match = INTERPOLATION.match(str(value))
+    assert match, f"{value!r} is not ${{VAR:-default}}"
+    return match["name"], match["default"]
+
+
+def test_init_and_restart_policy(worker: dict[str, Any]) -> None:
+    assert worker["init"] is True  # SIGTERM reaches the supervisor, zombies are reaped
+    assert worker["restart"] == "unless-stopped"
+
+
+def test_memory_limit_comes_from_the_environment_and_leaves_host_headroom(
+    worker: dict[str, Any],
+) -> None:
+    name, default = env_with_default(worker["mem_limit"])
+    assert name == "WORKER_MEM_LIMIT"
+    # compose's g is GiB; a g4dn.4xlarge has 64 GiB: keep at least 10 % for the host.
+    assert default.endswith("g") and int(default[:-1]) * 2**30 <= 0.9 * 64 * 2**30
+    assert env_with_default(worker["memswap_limit"]) == (name, default)  # no swap on top
+
+
+def test_stop_grace_period_fits_the_two_minute_spot_notice(worker: dict[str, Any]) -> None:
+    assert worker["stop_grace_period"] == "110s"
+    assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
+
+
+def test_gpu_device_reservation(worker: dict[str, Any]) -> None:
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert device["count"] == "all"
+
+
+def test_healthcheck_asks_the_supervisors_healthz(worker: dict[str, Any]) -> None:
+    check = worker["healthcheck"]
+    command = " ".join(check["test"])
+    assert check["test"][0] == "CMD"  # exec form: no shell needed in the image
+    port = worker["environment"]["WORKER_HEALTH_PORT"]
+    assert f"http://127.0.0.1:{port}/healthz" in command
+    assert worker["environment"]["WORKER_HEALTH_HOST"] == "0.0.0.0"
+    assert check["retries"] >= 2 and check["start_period"]
+
+
+def test_logs_rotate(worker: dict[str, Any]) -> None:
+    logging = worker["logging"]
+    if logging["driver"] == "json-file":
+        assert parse_bytes(logging["options"]["max-size"].replace("m", "Mi")) <= 200 * 2**20
+        assert int(logging["options"]["max-file"]) >= 2
+    else:
+        assert logging["driver"] == "awslogs"
+
+
+def test_dockerfile_runs_the_supervisor_directly_as_non_root() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
+    (base_arg,) = [line for line in instructions if line.startswith("ARG BASE_IMAGE=")]
+    assert "nvidia/cuda" in base_arg and "runtime" in base_arg
+    assert "FROM ${BASE_IMAGE}" in instructions
+    (user,) = [line for line in instructions if line.startswith("USER ")]
+    assert user.split()[1].split(":")[0] not in {"root", "0"}
+    (entrypoint,) = [line for line in instructions if line.startswith("ENTRYPOINT ")]
+    argv = json.loads(entrypoint.removeprefix("ENTRYPOINT "))  # exec form: a JSON array
+    assert argv == ["python3", "-m", "gpu_worker"]
+    assert not any(line.startswith("CMD ") for line in instructions)
