@@ -4,11 +4,13 @@ with its peak memory, while ordinary jobs around it succeed and the worker never
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 
 from devstack.drills.base import Check, Drill, Expectation
 from devstack.motoserver import free_port
 from devstack.stack import Devstack
+from devstack.workers import WorkerProcess
 from gpu_worker.memory import parse_bytes
 from pipeline.contract import ErrorKind, JobStatus
 from pipeline.jobstore import JobRecord
@@ -42,6 +44,17 @@ class PoisonJob(Drill):
         self._hog: str | None = None
         self._health_port = free_port()
         self._health: list[dict[str, object]] = []
+        # Other drills start workers of their own (before this drill's setup runs), and any of
+        # them may receive the poison message (SQS does not route): every worker this demo
+        # starts inherits the small limit. Restored in teardown.
+        self._saved_limit = os.environ.get("WORKER_JOB_MEMORY_LIMIT")
+        os.environ["WORKER_JOB_MEMORY_LIMIT"] = JOB_MEMORY_LIMIT
+
+    def teardown(self, dev: Devstack) -> None:
+        if self._saved_limit is None:
+            os.environ.pop("WORKER_JOB_MEMORY_LIMIT", None)
+        else:
+            os.environ["WORKER_JOB_MEMORY_LIMIT"] = self._saved_limit
 
     def worker_env(self) -> dict[str, str]:
         return {
@@ -62,7 +75,9 @@ class PoisonJob(Drill):
                 {
                     "analyzer": "memory_hog",
                     "input": None,
-                    "params": {"bytes_per_step": 32 * MIB, "step_s": 0.02},
+                    # The cap only matters on a worker without the limit: it then succeeds
+                    # (and the drill fails) instead of eating the machine.
+                    "params": {"bytes_per_step": 32 * MIB, "step_s": 0.02, "max_bytes": 2**30},
                 },
             ),
             ("echo (after poison)", {"analyzer": "echo", "input": {"n": "after"}}),
@@ -85,8 +100,9 @@ class PoisonJob(Drill):
         return expectations
 
     def tick(self, dev: Devstack, elapsed_s: float) -> None:
-        if self._pid is None and dev.workers:
-            self._pid = dev.workers[0].pid
+        worker = self._worker_a(dev)
+        if self._pid is None and worker is not None:
+            self._pid = worker.pid
         url = f"http://127.0.0.1:{self._health_port}/healthz"
         try:
             with urllib.request.urlopen(url, timeout=0.5) as response:
@@ -94,10 +110,15 @@ class PoisonJob(Drill):
         except OSError:
             pass  # not up yet; the check below says whether it ever answered
 
+    @staticmethod
+    def _worker_a(dev: Devstack) -> WorkerProcess | None:
+        return next((w for w in dev.workers if w.name == "worker-a"), None)
+
     def checks(self, dev: Devstack, records: dict[str, JobRecord]) -> list[Check]:
-        worker = dev.workers[0] if dev.workers else None
+        worker = self._worker_a(dev)
         same = worker is not None and worker.alive() and worker.pid == self._pid
         hog = records.get(self._hog or "")
+        holder = next((w for w in dev.workers if hog and w.name == hog.worker), None)
         peak = hog.last_error.peak_memory_bytes if hog and hog.last_error else None
         busy = [h for h in self._health if h.get("status") == "busy"]
         return [
@@ -110,6 +131,11 @@ class PoisonJob(Drill):
                 "worker survived the poison job (same PID)",
                 same,
                 f"pid {self._pid} -> {worker.pid if worker else None}",
+            ),
+            Check(
+                "the worker that dead-lettered it is alive",
+                holder is not None and holder.alive(),
+                f"{holder.name} pid {holder.pid}" if holder else "unknown worker",
             ),
             Check(
                 "poison job dead-lettered as OOM with its peak",
