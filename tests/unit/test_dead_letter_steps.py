@@ -9,7 +9,7 @@ from collections.abc import Callable
 import boto3
 import pytest
 
-from devstack.cfn import Stack
+from devstack.cfn import Stack, provision
 from gpu_worker.config import WorkerConfig
 from gpu_worker.consumer import Worker
 from pipeline.contract import JobMessage, JobStatus, job_id_from_body, new_job_id
@@ -129,11 +129,19 @@ def test_no_crash_means_one_dlq_copy_and_no_source_message(
     assert queue.approximate_counts() == (0, 0)
 
 
-def test_queue_redrive_after_max_receive_count_keeps_the_job_id(
-    stack: Stack, job_store: JobStore, queue: JobQueue, dlq: JobQueue
-) -> None:
+def test_queue_redrive_after_max_receive_count_keeps_the_job_id(aws: None) -> None:
     """The hard-crash net: a worker that dies on every receive never dead-letters the job
     itself; SQS does, and the DLQ side still finds the job from the body."""
+    # moto keeps a message's receive count when it moves it, so the DLQ's own redrive (to the
+    # notification-failures queue) must not fire on the first look here: give it room.
+    stack = provision(
+        boto3.Session(region_name="us-east-1"),
+        stack_name="redrive",
+        parameters={"NotificationMaxReceiveCount": 100},
+    )
+    job_store = JobStore(boto3.client("dynamodb"), stack.ref("JobsTable"))
+    queue = JobQueue(boto3.client("sqs"), stack.ref("JobsQueue"))
+    dlq = JobQueue(boto3.client("sqs"), stack.ref("JobsDeadLetterQueue"))
     job_id = queue_invalid_job(job_store, queue)
     max_receives = int(stack.parameters["MaxReceiveCount"])
     assert max_receives > 3, "redrive must leave room above WORKER_MAX_ATTEMPTS (3)"
