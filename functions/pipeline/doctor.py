@@ -259,6 +259,34 @@ def check_dlq_retention(view: View) -> list[Finding]:
     return findings
 
 
+def check_chained_redrive(view: View) -> list[Finding]:
+    """A message moved to a DLQ keeps its receive count; if that DLQ redrives again with a
+    maxReceiveCount not above its source's, redriven messages skip the DLQ's consumer."""
+    findings = []
+    for queue_id, _ in view.of_type("AWS::SQS::Queue"):
+        redrive = view.redrive(queue_id)
+        if not redrive or not redrive[0] or redrive[1] is None:
+            continue
+        dlq, source_receives = redrive
+        onward = view.redrive(dlq)
+        if not onward or not onward[0] or onward[1] is None:
+            continue
+        if onward[1] <= source_receives:
+            findings.append(
+                Finding(
+                    "chained-redrive",
+                    "error",
+                    dlq,
+                    f"redrives to {onward[0]} after {onward[1]:g} receives, but messages arrive "
+                    f"from {queue_id} already received {source_receives:g} times: they keep "
+                    "that count, so they move on before the DLQ's consumer ever sees them",
+                    f"raise {dlq}'s maxReceiveCount above {source_receives:g} plus the tries "
+                    "its consumer deserves",
+                )
+            )
+    return findings
+
+
 def _worker_setting(view: View, parameter_names: tuple[str, ...], env_name: str) -> Any:
     for name in parameter_names:
         if name in view.parameters and view.parameters[name] not in (None, ""):
@@ -647,6 +675,7 @@ def check_dashboards(view: View) -> list[Finding]:
 
 CHECKS = (
     check_dlq_retention,
+    check_chained_redrive,
     check_max_receive_count,
     check_visibility_heartbeat,
     check_imds,

@@ -46,6 +46,13 @@ def test_dlq_retention_not_longer_than_the_source_is_an_error(template: dict[str
     assert "1209600" in finding.fix
 
 
+def test_a_dlq_redriving_before_its_source_count_is_an_error(template: dict[str, Any]) -> None:
+    assert errors(template, "chained-redrive") == []
+    (finding,) = errors(template, "chained-redrive", NotificationMaxReceiveCount=5)
+    assert finding.resource == "JobsDeadLetterQueue"
+    assert "keep that count" in finding.message
+
+
 def test_max_receive_count_not_above_max_attempts_is_an_error(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
