@@ -28,6 +28,8 @@ def worker_env(stack: Stack, aws_env: dict[str, str], **overrides: str) -> dict[
         "WORKER_BACKOFF_BASE_S": "1",
         "WORKER_BACKOFF_MAX_S": "4",
         "POWERTOOLS_LOG_LEVEL": "INFO",
+        # Several workers share this machine: each takes any free port unless told otherwise.
+        "WORKER_HEALTH_PORT": "0",
         "PYTHONUNBUFFERED": "1",
     }
     python_path = [str(REPO_ROOT / "functions"), str(REPO_ROOT)]
