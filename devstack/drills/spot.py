@@ -8,9 +8,11 @@ job from its checkpoint, with no step before it redone.
 from __future__ import annotations
 
 import json
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
 
+import boto3
 from botocore.exceptions import ClientError
 
 from devstack.drills.base import Check, Drill, Expectation
@@ -19,23 +21,48 @@ from devstack.motoserver import wait_until
 from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
 from pipeline.contract import ErrorKind, JobStatus
-from pipeline.jobstore import JobRecord
+from pipeline.jobstore import JobRecord, JobStore
 
 STEP_S = 0.25
 CHECKPOINT_EVERY_S = 1.0
 
 
-def saved_checkpoint(dev: Devstack, job_id: str) -> dict[str, Any] | None:
-    try:
-        body = (
-            dev.client("s3")
-            .get_object(Bucket=dev.bucket, Key=f"checkpoints/{job_id}")["Body"]
-            .read()
+class _View:
+    """Clients of its own for a drill's background thread (boto3 sessions are not thread-safe)."""
+
+    def __init__(self, dev: Devstack) -> None:
+        session = boto3.Session(region_name="us-east-1")
+        endpoint = dev.server.endpoint_url
+        self.s3 = session.client("s3", endpoint_url=endpoint)
+        self.store = JobStore(
+            session.client("dynamodb", endpoint_url=endpoint), dev.require_stack.ref("JobsTable")
         )
-    except ClientError:
-        return None
-    state = json.loads(body)
-    return state if isinstance(state, dict) else None
+        self.bucket = dev.bucket
+
+    def steps_saved(self, job_id: str) -> int:
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=f"checkpoints/{job_id}")[
+                "Body"
+            ].read()
+        except ClientError:
+            return 0
+        state = json.loads(body)
+        return int(state.get("steps_done", 0)) if isinstance(state, dict) else 0
+
+
+def drive_in_background(
+    name: str, drive: Callable[[], None], on_error: Callable[[str], None]
+) -> None:
+    """Run a drill's fault schedule on its own thread, so a slow demo loop (a busy machine)
+    never delays the fault or the measurement of what followed it."""
+
+    def run() -> None:
+        try:
+            drive()
+        except TimeoutError as exc:
+            on_error(str(exc))
+
+    threading.Thread(target=run, name=name, daemon=True).start()
 
 
 def start_claimed_job(
@@ -105,6 +132,15 @@ class SpotNotice(Drill):
             WORKER_VISIBILITY_WINDOW_S="6",
         )
         self.job_id, self.problem = start_claimed_job(dev, self.worker, self.seconds, "spot")
+        if self.job_id is not None and not self.problem:
+            job_id = self.job_id
+            view = _View(dev)
+            drive_in_background(
+                "spot-notice", lambda: self._drive(view, job_id), self._record_problem
+            )
+
+    def _record_problem(self, problem: str) -> None:
+        self.problem = problem
 
     def submit(self, dev: Devstack) -> list[Expectation]:
         if self.job_id is None:
@@ -119,19 +155,22 @@ class SpotNotice(Drill):
             )
         ]
 
+    def _drive(self, view: _View, job_id: str) -> None:
+        # Let it make progress first: the notice should cost nothing of it.
+        wait_until(lambda: view.steps_saved(job_id) >= 4, timeout=30, what="spot-a's checkpoint")
+        noticed_at = self.imds.schedule_notice("terminate", deadline_s=120)
+        self.noticed_at = noticed_at
+
+        def released() -> bool:
+            record = view.store.get(job_id)
+            return record is not None and record.interruptions >= 1
+
+        wait_until(released, timeout=30, what="the job released after the notice")
+        self.released_after_s = time.time() - noticed_at
+
     def tick(self, dev: Devstack, elapsed_s: float) -> None:
         if self.job_id is None or self.worker is None:
             return
-        if self.noticed_at is None:
-            saved = saved_checkpoint(dev, self.job_id)
-            # Let it make progress first: the notice should cost nothing of it.
-            if saved is not None and saved.get("steps_done", 0) >= 6:
-                self.noticed_at = self.imds.schedule_notice("terminate", deadline_s=120)
-            return
-        if self.released_after_s is None:
-            record = dev.job(self.job_id)
-            if record is not None and record.interruptions >= 1:
-                self.released_after_s = time.time() - self.noticed_at
         if self.exit_code is None and not self.worker.alive():
             assert self.worker.process is not None
             self.exit_code = self.worker.process.returncode
@@ -146,6 +185,8 @@ class SpotNotice(Drill):
     def checks(self, dev: Devstack, records: dict[str, JobRecord]) -> list[Check]:
         if self.job_id is None:
             return [Check("spot drill: job started on spot-a", False, self.problem)]
+        if self.problem:
+            return [Check("spot drill: notice delivered and job released", False, self.problem)]
         record = records.get(self.job_id)
         checks = [
             Check(
@@ -207,6 +248,14 @@ class HardCrash(Drill):
             WORKER_VISIBILITY_WINDOW_S=str(self.window_s),
         )
         self.job_id, self.problem = start_claimed_job(dev, self.worker, self.seconds, "crash")
+        if self.job_id is not None and not self.problem:
+            job_id, worker, view = self.job_id, self.worker, _View(dev)
+            drive_in_background(
+                "hard-crash", lambda: self._drive(view, job_id, worker), self._record_problem
+            )
+
+    def _record_problem(self, problem: str) -> None:
+        self.problem = problem
 
     def submit(self, dev: Devstack) -> list[Expectation]:
         if self.job_id is None:
@@ -221,21 +270,19 @@ class HardCrash(Drill):
             )
         ]
 
-    def tick(self, dev: Devstack, elapsed_s: float) -> None:
-        if self.job_id is None or self.worker is None:
-            return
-        if self.killed_at is None:
-            saved = saved_checkpoint(dev, self.job_id)
-            if saved is not None and saved.get("steps_done", 0) >= 4:
-                self.worker.kill()  # SIGKILL to supervisor and child: the host is gone
-                self.killed_at = time.monotonic()
-                after = saved_checkpoint(dev, self.job_id) or {}
-                self.saved_steps = int(after.get("steps_done", 0))
-            return
-        if self.redelivered_after_s is None:
-            record = dev.job(self.job_id)
-            if record is not None and record.worker not in (None, self.worker.name):
-                self.redelivered_after_s = time.monotonic() - self.killed_at
+    def _drive(self, view: _View, job_id: str, worker: WorkerProcess) -> None:
+        wait_until(lambda: view.steps_saved(job_id) >= 4, timeout=30, what="crash-a's checkpoint")
+        worker.kill()  # SIGKILL to supervisor and child: the host is gone
+        killed_at = time.monotonic()
+        self.killed_at = killed_at
+        self.saved_steps = view.steps_saved(job_id)
+
+        def taken_over() -> bool:
+            record = view.store.get(job_id)
+            return record is not None and record.worker not in (None, worker.name)
+
+        wait_until(taken_over, timeout=60, what="another worker to take the job over")
+        self.redelivered_after_s = time.monotonic() - killed_at
 
     def done(self, dev: Devstack) -> bool:
         return self.job_id is None or self.redelivered_after_s is not None
@@ -243,6 +290,8 @@ class HardCrash(Drill):
     def checks(self, dev: Devstack, records: dict[str, JobRecord]) -> list[Check]:
         if self.job_id is None:
             return [Check("crash drill: job started on crash-a", False, self.problem)]
+        if self.problem:
+            return [Check("crash drill: kill -9 and takeover", False, self.problem)]
         after = self.redelivered_after_s
         checks = [
             Check(
