@@ -9,6 +9,7 @@ from botocore.config import Config
 
 from gpu_worker.config import WorkerConfig
 from gpu_worker.consumer import Worker, logger
+from gpu_worker.lifecycle import LifecycleHookMonitor
 from pipeline.settings import MissingSetting
 
 
@@ -25,6 +26,12 @@ def main() -> int:
         retries={"max_attempts": 5, "mode": "adaptive"},
         max_pool_connections=10,
     )
+    try:
+        # None unless WORKER_LIFECYCLE_HOOK is set (the launch template's user data sets it).
+        lifecycle = LifecycleHookMonitor.from_env(boto3.client("autoscaling", config=client_config))
+    except OSError as exc:
+        print(f"gpu_worker: cannot read this instance's id from IMDS: {exc}", file=sys.stderr)
+        return 2
     worker = Worker(
         config,
         sqs=boto3.client("sqs", config=client_config),
@@ -33,6 +40,7 @@ def main() -> int:
         cloudwatch=boto3.client("cloudwatch", config=client_config)
         if config.metrics_sink == "cloudwatch"
         else None,
+        lifecycle=lifecycle,
     )
     worker.install_signal_handlers()
     try:

@@ -21,9 +21,11 @@ from gpu_worker.health import HealthServer, start_health_server, worker_snapshot
 from gpu_worker.interruption import (
     Interruption,
     InterruptionWatch,
+    LifecycleMonitor,
     monitors_from_settings,
     signal_interruption,
 )
+from gpu_worker.lifecycle import LifecycleHookMonitor
 from gpu_worker.memory import MemoryGuard, container_memory, job_limit_bytes
 from gpu_worker.metrics import WorkerMetrics, metric_dimensions, sink_for
 from gpu_worker.supervisor import Outcome, Supervisor
@@ -95,8 +97,12 @@ class Worker:
         dynamodb: Any,
         s3: Any,
         cloudwatch: Any = None,
+        lifecycle: LifecycleHookMonitor | None = None,
     ) -> None:
         self.config = config
+        # The ASG termination hook, when this instance has one: a source of interruptions,
+        # and an action to complete once the running job is released.
+        self.lifecycle = lifecycle
         self.queue = JobQueue(sqs, config.queue_url)
         self.dlq = JobQueue(sqs, config.dlq_url)
         self.store = JobStore(dynamodb, config.table_name)
@@ -119,6 +125,8 @@ class Worker:
             ),
             self.on_interruption,
         )
+        if lifecycle is not None:
+            self.watch.monitors.append(LifecycleMonitor(lifecycle))
         self._wake_installed = False
         self._signals = 0
         self._receiving = False
@@ -227,6 +235,7 @@ class Worker:
         finally:
             self.watch.stop()
             self.supervisor.close()
+            self.complete_lifecycle_action()
             self.stop_services()
             logger.info(
                 "worker stopped",
@@ -235,6 +244,18 @@ class Worker:
                     "interruption": self.interruption.describe() if self.interruption else None,
                 },
             )
+
+    def complete_lifecycle_action(self) -> None:
+        """Let Auto Scaling terminate the instance now that nothing is left on it, instead of
+        after the hook's whole heartbeat timeout."""
+        if self.lifecycle is None or not self.lifecycle.pending:
+            return
+        try:
+            completed = self.lifecycle.complete()
+        except Exception:
+            logger.exception("completing the lifecycle action failed")
+            return
+        logger.info("lifecycle action completed", extra={"completed": completed})
 
     def poll_once(self) -> None:
         self._receiving = True

@@ -56,6 +56,7 @@ class Source(enum.StrEnum):
     IMDS_REBALANCE = "imds-rebalance"
     SIGNAL = "signal"
     GCP_PREEMPTED = "gcp-preempted"
+    ASG_LIFECYCLE = "asg-lifecycle"
 
 
 class Action(enum.StrEnum):
@@ -445,6 +446,37 @@ class InterruptionWatch:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+class LifecycleHookPending(Protocol):
+    """What ``LifecycleMonitor`` needs of ``gpu_worker.lifecycle.LifecycleHookMonitor``."""
+
+    hook_name: str
+    min_interval_s: float
+
+    def poll(self) -> bool: ...
+
+
+class LifecycleMonitor:
+    """The Auto Scaling termination hook as an interruption source: when the hook is pending
+    for this instance (scale-in, or a capacity-rebalancing replacement), the worker drains
+    exactly as for a spot notice; it completes the action after the job is released."""
+
+    name = str(Source.ASG_LIFECYCLE)
+
+    def __init__(self, hook: LifecycleHookPending) -> None:
+        self.hook = hook
+
+    @property
+    def interval_s(self) -> float:
+        return self.hook.min_interval_s
+
+    def check(self) -> Interruption | None:
+        if not self.hook.poll():
+            return None
+        return Interruption(
+            str(Source.ASG_LIFECYCLE), Action.TERMINATE, time.time(), None, self.hook.hook_name
+        )
 
 
 def monitors_from_settings(
