@@ -6,6 +6,8 @@ the template, so a test breaks when the template drifts.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -44,7 +46,13 @@ _CfnLoader.add_multi_constructor("!", _construct_tag)
 
 
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
-    """The template as plain data, short-form tags turned into their long form."""
+    """The template as plain data, short-form tags turned into their long form (a fresh copy:
+    callers may change it; the parse itself is cached, since every test stack starts here)."""
+    return copy.deepcopy(_parsed_template(path, path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_template(path: Path, mtime_ns: int) -> dict[str, Any]:
     with path.open(encoding="utf-8") as handle:
         data: dict[str, Any] = yaml.load(handle, Loader=_CfnLoader)
     return data
