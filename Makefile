@@ -14,10 +14,11 @@ ifneq ($(shell command -v pyenv 2>/dev/null),)
 export PYENV_VERSION ?= 3.11.7:3.13.0
 endif
 
-.PHONY: checkov help demo test test-unit test-e2e lint format validate build cfn-lint doctor clean
+.PHONY: checkov chaos help demo test test-unit test-e2e lint format validate build cfn-lint doctor clean
 
 help:
 	@echo "make demo      run the whole pipeline locally (moto server, real worker, real handlers)"
+	@echo "make chaos     chaos drill: 200 jobs, workers killed at random; SEED=N replays"
 	@echo "make test      run the test suite (unit + end-to-end) and cfn-lint"
 	@echo "make lint      ruff check, ruff format --check, hadolint, cfn-lint, checkov"
 	@echo "make validate  sam validate --lint"
@@ -45,6 +46,9 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 
 demo: $(STAMP)
 	$(BIN)/python -m devstack demo
+
+chaos: $(STAMP)
+	$(BIN)/python -m devstack chaos $(if $(SEED),--seed $(SEED))
 
 test: $(STAMP) cfn-lint doctor
 	$(BIN)/python -m pytest

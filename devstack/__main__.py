@@ -11,7 +11,24 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the whole pipeline locally and check every job")
     demo.add_argument("--timeout", type=float, default=45.0, help="seconds to wait for the jobs")
+    chaos = commands.add_parser("chaos", help="break workers at random while jobs run; count")
+    chaos.add_argument("--seed", type=int, default=None, help="replay a schedule (printed)")
+    chaos.add_argument("--jobs", type=int, default=200, help="jobs to submit")
+    chaos.add_argument("--workers", type=int, default=3, help="worker processes (>= 2)")
+    chaos.add_argument("--duration-s", type=float, default=120.0, help="seconds of faults")
     args = parser.parse_args(argv)
+    if args.command == "chaos":
+        from devstack import chaos as chaos_module
+
+        seed = args.seed if args.seed is not None else chaos_module.new_seed()
+        config = chaos_module.ChaosConfig(
+            seed=seed, jobs=args.jobs, workers=max(2, args.workers), duration_s=args.duration_s
+        )
+        try:
+            return chaos_module.run(config)
+        except KeyboardInterrupt:
+            print(f"interrupted (seed {seed}); everything chaos started was stopped")
+            return 130
     if args.command == "demo":
         from devstack import demo as demo_module
 

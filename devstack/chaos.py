@@ -1,0 +1,693 @@
+"""``python -m devstack chaos``: break things at random, many times, and count.
+
+Moto server as AWS, one IMDS mock per worker (a notice hits one worker), two or more real
+``python -m gpu_worker`` processes and the real dead-letter handler on the DLQ (the
+DeadLetterRouter plays Lambda's SQS event source, the WebhookSink plays Slack, Discord and the
+users' callbacks). Jobs go in through the real enqueue handler: ordinary (echo), long
+checkpointing (sleep), memory hogs under a small job limit, permanent failures and crashing
+analyzers. A seeded schedule SIGKILLs and SIGTERMs workers, posts spot notices and rebalance
+recommendations to their IMDS mocks and restarts them. At the end, from the queues, the job
+table, the bucket and the sink: nothing lost, one effect per job, the right ones died, and
+everyone was told exactly once. Any violation is listed and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import signal
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from devstack.deadletters import DeadLetterRouter, configure_notifications
+from devstack.imds import ImdsMock
+from devstack.motoserver import MotoServer
+from devstack.sink import WebhookSink
+from devstack.stack import Devstack
+from devstack.workers import WorkerProcess
+from pipeline.contract import ErrorKind, JobStatus
+from pipeline.dead_letters import CALLBACK, delivered_for
+from pipeline.jobstore import JobRecord
+
+MIB = 1024 * 1024
+STEP_S = 0.1
+CHECKPOINT_EVERY_S = 1.0
+JOB_MEMORY_LIMIT = "256Mi"
+MAX_ATTEMPTS = 3
+# Slack for the measured loss of a hard kill beyond one checkpoint interval: a step in flight,
+# the checkpoint's upload, and the drill's own clock reading.
+LOSS_SLACK_S = STEP_S + 0.5
+
+# kind -> (share of the jobs, expected status, expected last_error.kind)
+MIX: dict[str, tuple[float, JobStatus, ErrorKind | None]] = {
+    "echo": (0.50, JobStatus.SUCCEEDED, None),
+    "sleep": (0.25, JobStatus.SUCCEEDED, None),
+    "memory_hog": (0.08, JobStatus.DEAD_LETTERED, ErrorKind.OOM),
+    "fail": (0.09, JobStatus.DEAD_LETTERED, ErrorKind.ANALYZER_ERROR),
+    "crash": (0.08, JobStatus.DEAD_LETTERED, ErrorKind.UNKNOWN),
+}
+FAULT_KINDS = ("sigkill", "sigterm", "spot_notice", "rebalance")
+FAULT_WEIGHTS = (3, 2, 2, 1)
+
+
+@dataclass
+class ChaosConfig:
+    seed: int
+    jobs: int = 200
+    workers: int = 3
+    duration_s: float = 120.0  # faults are injected for this long (or until the jobs are done)
+    fault_every_s: float = 3.0  # mean gap between faults
+    timeout_s: float = 540.0  # the whole run, faults included
+    visibility_s: int = 5
+
+
+@dataclass
+class Planned:
+    job_id: str
+    kind: str
+    request: dict[str, Any]
+
+
+@dataclass
+class Hit:
+    """One job running on a worker when a fault hit it."""
+
+    job_id: str
+    fault: str
+    at: float  # epoch seconds
+    started_at: str | None  # the attempt that was hit
+    lost_s: float | None = None  # work past the last checkpoint, lost (hard kills)
+    unchecked_s: float | None = None  # what the kill would have cost with no checkpoints
+    back_after_s: float | None = None  # fault -> the job running (or done) again
+
+
+@dataclass
+class Slot:
+    index: int
+    imds: ImdsMock
+    worker: WorkerProcess | None = None
+    generation: int = 0
+    restart_at: float | None = None
+    notice_at: float | None = None  # monotonic: a notice follows a rebalance recommendation
+    draining: bool = False
+    noticed: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"w{self.index}-{self.generation}"
+
+    def up(self) -> bool:
+        return self.worker is not None and self.worker.alive()
+
+
+@dataclass
+class ChaosReport:
+    seed: int
+    jobs: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    by_kind: dict[str, Counter[str]] = field(default_factory=dict)
+    faults: Counter[str] = field(default_factory=Counter)
+    hits: list[Hit] = field(default_factory=list)
+    redeliveries: int = 0
+    interruptions: int = 0
+    violations: list[str] = field(default_factory=list)
+    lost_jobs: int = 0
+    stuck_jobs: int = 0
+    duplicate_effects: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def figures(self) -> dict[str, Any]:
+        back = sorted(h.back_after_s for h in self.hits if h.back_after_s is not None)
+        lost = [h.lost_s for h in self.hits if h.lost_s is not None]
+        per = statistics.fmean(lost) if lost else 0.0
+        unchecked = [h.unchecked_s for h in self.hits if h.unchecked_s is not None]
+        return {
+            "seed": self.seed,
+            "jobs": self.jobs,
+            "faults_injected": sum(self.faults.values()),
+            "faults": dict(self.faults),
+            "jobs_lost": self.lost_jobs,
+            "duplicate_effects": self.duplicate_effects,
+            "stuck_jobs": self.stuck_jobs,
+            "violations": len(self.violations),
+            "redeliveries": self.redeliveries,
+            "interruptions": self.interruptions,
+            "jobs_hit": len(self.hits),
+            "fault_to_running_median_s": round(statistics.median(back), 2) if back else None,
+            "fault_to_running_p95_s": round(_p95(back), 2) if back else None,
+            "work_redone_s": round(sum(lost), 2),
+            "work_redone_per_interruption_s": round(per, 3),
+            "checkpoint_interval_s": CHECKPOINT_EVERY_S,
+            "redone_to_interval_ratio": round(per / CHECKPOINT_EVERY_S, 3),
+            # Baseline, same kills: the attempt's whole work, as if it never checkpointed.
+            "work_redone_without_checkpoints_s": round(sum(unchecked), 2),
+            "redone_vs_no_checkpoint_ratio": (
+                round(sum(lost) / sum(unchecked), 3) if sum(unchecked) > 0 else None
+            ),
+            "elapsed_s": round(self.elapsed_s, 1),
+        }
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def _epoch(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def job_mix(jobs: int, rng: random.Random) -> list[str]:
+    """``jobs`` kinds in MIX's proportions (each failing kind at least once), shuffled."""
+    kinds: list[str] = []
+    for kind, (share, status, _) in MIX.items():
+        if kind != "echo":
+            count = round(jobs * share)
+            kinds += [kind] * (max(1, count) if status == JobStatus.DEAD_LETTERED else count)
+    kinds += ["echo"] * max(0, jobs - len(kinds))
+    rng.shuffle(kinds)
+    return kinds
+
+
+def job_request(kind: str, n: int, rng: random.Random, callback_url: str) -> dict[str, Any]:
+    notify = {"notify": {"callback_url": callback_url}}
+    if kind == "echo":
+        return {"analyzer": "echo", "input": {"n": n}}
+    if kind == "sleep":
+        seconds = rng.choice([1.5, 2.0, 3.0, 4.0])
+        params = {"seconds": seconds, "step_s": STEP_S, "checkpoint_every_s": CHECKPOINT_EVERY_S}
+        return {"analyzer": "sleep", "input": {"n": n}, "params": params}
+    if kind == "memory_hog":
+        # Capped: on a worker without the limit it would succeed (and the drill fail).
+        params = {"bytes_per_step": 32 * MIB, "step_s": 0.02, "max_bytes": 2**30}
+        return {"analyzer": "memory_hog", "input": {"n": n}, "params": params, **notify}
+    if kind == "fail":
+        params = {"error": "permanent", "message": f"chaos permanent failure {n}"}
+        return {"analyzer": "fail", "input": {"n": n}, "params": params, **notify}
+    if kind == "crash":
+        params = {"signal": "SIGKILL", "after_s": 0.1}
+        return {"analyzer": "crash", "input": {"n": n}, "params": params, **notify}
+    raise ValueError(kind)
+
+
+class Chaos:
+    def __init__(self, config: ChaosConfig, *, log: Any = print) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.log = log
+        self.report = ChaosReport(seed=config.seed)
+        self.sink = WebhookSink()
+        self.signing_key = secrets.token_hex(32)
+        self.slots: list[Slot] = []
+        self.planned: dict[str, Planned] = {}
+        self.pending: list[Hit] = []
+        self.dev: Devstack | None = None
+        self.router: DeadLetterRouter | None = None
+        self.channels: list[str] = []
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def _worker_env(self, slot: Slot) -> dict[str, str]:
+        return {
+            "WORKER_IMDS_ENDPOINT": slot.imds.url,
+            "WORKER_IMDS_POLL_S": "0.5",
+            "WORKER_VISIBILITY_WINDOW_S": str(self.config.visibility_s),
+            "WORKER_WAIT_S": "1",
+            "WORKER_BACKOFF_BASE_S": "1",
+            "WORKER_BACKOFF_MAX_S": "2",
+            "WORKER_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+            "WORKER_JOB_MEMORY_LIMIT": JOB_MEMORY_LIMIT,
+            "WORKER_CHECKPOINT_GRACE_S": "5",
+            "WORKER_METRICS": "off",
+        }
+
+    def _start(self, slot: Slot) -> None:
+        assert self.dev is not None
+        slot.imds.reset()
+        slot.generation += 1
+        slot.draining, slot.noticed, slot.restart_at, slot.notice_at = False, False, None, None
+        slot.worker = self.dev.start_worker(slot.name, **self._worker_env(slot))
+
+    def _healthy(self) -> list[Slot]:
+        return [s for s in self.slots if s.up() and not (s.draining or s.noticed)]
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def _table(self) -> dict[str, dict[str, str]]:
+        """job_id -> status, worker, started_at of every job: one scan, not a read per job."""
+        assert self.dev is not None
+        client = self.dev.client("dynamodb")
+        rows: dict[str, dict[str, str]] = {}
+        pages = client.get_paginator("scan").paginate(
+            TableName=self.dev.require_stack.ref("JobsTable"),
+            ProjectionExpression="job_id, #s, #w, started_at",
+            ExpressionAttributeNames={"#s": "status", "#w": "worker"},
+            ConsistentRead=True,
+        )
+        for page in pages:
+            for item in page.get("Items", []):
+                rows[item["job_id"]["S"]] = {k: v.get("S", "") for k, v in item.items()}
+        return rows
+
+    def _running_on(self, slot: Slot) -> list[JobRecord]:
+        assert self.dev is not None
+        records = []
+        for job_id, row in self._table().items():
+            if job_id not in self.planned or row.get("worker") != slot.name:
+                continue
+            if row.get("status") != str(JobStatus.RUNNING):
+                continue
+            record = self.dev.job(job_id)
+            if record is not None and record.status == JobStatus.RUNNING:
+                records.append(record)
+        return records
+
+    def _checkpoint_time(self, job_id: str) -> float | None:
+        assert self.dev is not None
+        listing = self.dev.client("s3").list_objects_v2(
+            Bucket=self.dev.bucket, Prefix=f"checkpoints/{job_id}"
+        )
+        times = [o["LastModified"].timestamp() for o in listing.get("Contents", [])]
+        return max(times) if times else None
+
+    def _hit(self, slot: Slot, fault: str, now: float) -> None:
+        for record in self._running_on(slot):
+            hit = Hit(record.job_id, fault, now, record.started_at)
+            if fault == "sigkill" and self.planned[record.job_id].kind == "sleep":
+                # Work since the last checkpoint (or since the attempt began) is lost.
+                marks = (self._checkpoint_time(record.job_id), _epoch(record.started_at))
+                since = max((t for t in marks if t is not None), default=now)
+                hit.lost_s = max(0.0, now - since)
+                began = _epoch(record.started_at)
+                hit.unchecked_s = max(0.0, now - began) if began is not None else None
+            self.report.hits.append(hit)
+            self.pending.append(hit)
+
+    def inject(self) -> None:
+        """One fault from the seeded schedule, on a randomly chosen worker."""
+        kind = self.rng.choices(FAULT_KINDS, weights=FAULT_WEIGHTS)[0]
+        targets = self._healthy()
+        if len(targets) <= 1:
+            # Keep one worker serving: never take the last healthy one; bring one back instead.
+            down = [s for s in self.slots if not s.up()]
+            if down:
+                self._restart(self.rng.choice(down))
+            return
+        slot = self.rng.choice(targets)
+        assert slot.worker is not None
+        now = time.time()
+        self.report.faults[kind] += 1
+        self.log(f"  t+{self._t():5.1f}s  {kind:<11} {slot.name}")
+        if kind == "sigkill":
+            self._hit(slot, kind, now)
+            slot.worker.kill()  # the host is gone: supervisor and analysis child
+        elif kind == "sigterm":
+            self._hit(slot, kind, now)
+            slot.worker.signal(signal.SIGTERM)
+        elif kind == "spot_notice":
+            self._hit(slot, kind, now)
+            slot.imds.schedule_notice("terminate", deadline_s=self.rng.uniform(8, 20))
+            slot.noticed = True
+        else:
+            slot.imds.recommend_rebalance()
+            slot.draining = True
+            # A rebalance recommendation is usually followed by the interruption itself.
+            slot.notice_at = time.monotonic() + self.rng.uniform(2, 6)
+        if kind in ("sigkill", "sigterm", "spot_notice"):
+            slot.restart_at = time.monotonic() + self.rng.uniform(1, 4)
+
+    def _restart(self, slot: Slot) -> None:
+        if slot.worker is not None and slot.worker.alive():
+            return
+        if slot.worker is not None:
+            slot.worker.kill()  # reap it and close its log
+        self.report.faults["restart"] += 1
+        self._start(slot)
+        self.log(f"  t+{self._t():5.1f}s  restart     {slot.name}")
+
+    def housekeeping(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.draining and slot.notice_at is not None and now >= slot.notice_at:
+                self._hit(slot, "spot_notice", time.time())
+                slot.imds.schedule_notice("terminate", deadline_s=self.rng.uniform(8, 20))
+                self.report.faults["spot_notice"] += 1
+                self.log(f"  t+{self._t():5.1f}s  spot_notice {slot.name} (after rebalance)")
+                slot.draining, slot.noticed, slot.notice_at = False, True, None
+                slot.restart_at = now + self.rng.uniform(1, 4)
+            if not slot.up() and slot.restart_at is not None and now >= slot.restart_at:
+                self._restart(slot)
+            elif not slot.up() and slot.restart_at is None:
+                slot.restart_at = now + self.rng.uniform(1, 4)
+        self._follow_hits()
+
+    def _follow_hits(self) -> None:
+        """Fault -> the hit job running again: a later claim, or an outcome."""
+        assert self.dev is not None
+        still = []
+        for hit in self.pending:
+            record = self.dev.job(hit.job_id)
+            if record is None:
+                continue
+            again = record.started_at != hit.started_at and record.status == JobStatus.RUNNING
+            if again and hit.lost_s is None and self.planned[hit.job_id].kind == "sleep":
+                # A graceful stop checkpoints on the way out: work since the last checkpoint
+                # before the fault is what the next holder redoes (none, when it did).
+                began = _epoch(hit.started_at)
+                saved = self._checkpoint_time(hit.job_id) or began
+                if saved is not None:
+                    hit.lost_s = max(0.0, hit.at - saved)
+                if began is not None:
+                    hit.unchecked_s = max(0.0, hit.at - began)
+            if again or record.status in (JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED):
+                hit.back_after_s = time.time() - hit.at
+            else:
+                still.append(hit)
+        self.pending = still
+
+    def _t(self) -> float:
+        return time.monotonic() - self._t0
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def finished(self) -> bool:
+        assert self.dev is not None
+        if self.dev.queue.approximate_counts() != (0, 0):
+            return False
+        if self.dev.dlq.approximate_counts() != (0, 0):
+            return False
+        table = self._table()
+        settled = (str(JobStatus.SUCCEEDED), str(JobStatus.DEAD_LETTERED))
+        if any(table.get(job_id, {}).get("status") not in settled for job_id in self.planned):
+            return False
+        return self._told_everyone()
+
+    def _told_everyone(self) -> bool:
+        assert self.dev is not None
+        for job_id, plan in self.planned.items():
+            record = self.dev.job(job_id)
+            if record is None or record.status != JobStatus.DEAD_LETTERED:
+                continue
+            wanted = set(self.channels)
+            if (plan.request.get("notify") or {}).get("callback_url"):
+                wanted.add(CALLBACK)
+            if not wanted <= delivered_for(record).keys():
+                return False
+        return True
+
+    def run(self, server: MotoServer | None = None) -> ChaosReport:
+        config = self.config
+        started = time.monotonic()
+        self._t0 = started
+        self.log(
+            f"chaos: seed {config.seed}, {config.jobs} jobs, {config.workers} workers, "
+            f"faults for {config.duration_s:.0f}s (replay with --seed {config.seed})"
+        )
+        self.sink.start()
+        quiet = {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "ERROR"}
+        self.dev = Devstack(server=server, handler_env=quiet)
+        try:
+            self.dev.start(stack_name=f"spotline-chaos-{config.seed}")
+            env = configure_notifications(self.dev, self.sink.url, self.signing_key)
+            # The handler's own lines are in the sink and the job table; keep the console
+            # for the schedule and the verdict.
+            self.router = DeadLetterRouter(self.dev, handler_env=env).start()
+            self.channels = [c.name for c in self.router.module.config.channels]
+            self.slots = [Slot(i + 1, ImdsMock().start()) for i in range(config.workers)]
+            for slot in self.slots:
+                self._start(slot)
+            self._submit()
+            self.log(f"  submitted {len(self.planned)} jobs; faults begin")
+            self._drive(started)
+            self._finish_checks()
+        finally:
+            self.report.elapsed_s = time.monotonic() - started
+            self._teardown()
+        return self.report
+
+    def _submit(self) -> None:
+        assert self.dev is not None
+        callback = self.sink.url.replace("http://", "https://") + "/callback"
+        for n, kind in enumerate(job_mix(self.config.jobs, self.rng)):
+            request = job_request(kind, n, self.rng, callback)
+            status, body = self.dev.submit(request)
+            if status != 202:
+                self.report.violations.append(f"submit {kind} #{n}: HTTP {status} {body}")
+                continue
+            self.planned[body["job_id"]] = Planned(body["job_id"], kind, request)
+        self.report.jobs = len(self.planned)
+
+    def _drive(self, started: float) -> None:
+        config = self.config
+        next_fault = time.monotonic() + self.rng.expovariate(1 / config.fault_every_s)
+        deadline = started + config.timeout_s
+        last_check = 0.0
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            faulting = now - started < config.duration_s
+            if faulting and now >= next_fault:
+                self.inject()
+                next_fault = now + self.rng.expovariate(1 / config.fault_every_s)
+            self.housekeeping()
+            if now - last_check >= 1.0:
+                last_check = now
+                if self.finished():
+                    self.log(f"  t+{self._t():5.1f}s  every job settled, queues empty")
+                    break
+            time.sleep(0.2)
+        else:
+            self.report.violations.append(
+                f"timeout: jobs not settled after {config.timeout_s:.0f}s"
+            )
+        # The DLQ router deletes a batch after the handler returns: give it its moment.
+        assert self.dev is not None and self.router is not None
+        settle = time.monotonic() + 10
+        while time.monotonic() < settle and self.dev.dlq.approximate_counts() != (0, 0):
+            time.sleep(0.2)
+        self._follow_hits()
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def _finish_checks(self) -> None:
+        assert self.dev is not None and self.router is not None
+        report, dev = self.report, self.dev
+        violation = report.violations.append
+        records: dict[str, JobRecord] = {}
+        for job_id, plan in self.planned.items():
+            record = dev.job(job_id)
+            if record is None:
+                report.lost_jobs += 1
+                violation(f"{job_id[:8]} ({plan.kind}): no job record")
+                continue
+            records[job_id] = record
+            report.outcomes[str(record.status)] += 1
+            report.by_kind.setdefault(plan.kind, Counter())[str(record.status)] += 1
+            report.interruptions += record.interruptions
+            if record.status in (JobStatus.RUNNING, JobStatus.QUEUED):
+                report.stuck_jobs += 1
+                violation(f"{job_id[:8]} ({plan.kind}): stuck {record.status}")
+            elif record.status not in (JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED):
+                report.lost_jobs += 1
+                violation(f"{job_id[:8]} ({plan.kind}): ended {record.status}")
+        for name, queue in (("jobs", dev.queue), ("DLQ", dev.dlq)):
+            visible, in_flight = queue.approximate_counts()
+            if (visible, in_flight) != (0, 0):
+                violation(f"{name} queue not empty: {visible} visible, {in_flight} in flight")
+        self._check_effects(records)
+        self._check_deaths(records)
+        self._check_told(records)
+        if self.router.stats.errors:
+            violation(f"DLQ router errors: {self.router.stats.errors[:3]}")
+        report.redeliveries = self._redeliveries()
+        for hit in self.pending:
+            violation(f"{hit.job_id[:8]} hit by {hit.fault} never ran again")
+
+    def _check_effects(self, records: dict[str, JobRecord]) -> None:
+        assert self.dev is not None
+        dev, violation = self.dev, self.report.violations.append
+        keys: Counter[str] = Counter()
+        paginator = dev.client("s3").get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=dev.bucket, Prefix="results/"):
+            for item in page.get("Contents", []):
+                keys[item["Key"]] += 1
+        for job_id, record in records.items():
+            key = f"results/{job_id}.json"
+            if record.status != JobStatus.SUCCEEDED:
+                if keys[key]:
+                    self.report.duplicate_effects += 1
+                    violation(f"{job_id[:8]}: {record.status} but has a result object")
+                continue
+            others = [k for k in keys if k.startswith(f"results/{job_id}") and k != key]
+            if keys[key] != 1 or others:
+                self.report.duplicate_effects += 1
+                violation(f"{job_id[:8]}: {keys[key]} result objects (+{len(others)} others)")
+                continue
+            if record.result_uri != f"s3://{dev.bucket}/{key}":
+                violation(f"{job_id[:8]}: result_uri {record.result_uri}")
+            if self.planned[job_id].kind == "sleep":
+                self._check_steps(job_id, record)
+
+    def _check_steps(self, job_id: str, record: JobRecord) -> None:
+        """Every step in the final chain ran once; the work lost to each hard kill is at most
+        one checkpoint interval (and a graceful interruption loses none of it)."""
+        assert self.dev is not None and record.result_uri
+        violation = self.report.violations.append
+        result = self.dev.read_result(record.result_uri)
+        ran = result.get("ran", [])
+        if sorted(ran) != list(range(int(result.get("steps", -1)))):
+            duplicated = sorted(s for s, n in Counter(ran).items() if n > 1)
+            violation(
+                f"{job_id[:8]}: steps ran {len(ran)} for {result.get('steps')}, "
+                f"redone {duplicated[:10]}"
+            )
+        for hit in self.report.hits:
+            lost = hit.lost_s
+            if (
+                hit.job_id == job_id
+                and lost is not None
+                and lost > CHECKPOINT_EVERY_S + LOSS_SLACK_S
+            ):
+                violation(
+                    f"{job_id[:8]}: {lost:.2f}s redone after a {hit.fault} "
+                    f"(checkpoint every {CHECKPOINT_EVERY_S}s)"
+                )
+
+    def _check_deaths(self, records: dict[str, JobRecord]) -> None:
+        violation = self.report.violations.append
+        for job_id, record in records.items():
+            kind = self.planned[job_id].kind
+            _, expected, error_kind = MIX[kind]
+            if record.status != expected and record.status in (
+                JobStatus.SUCCEEDED,
+                JobStatus.DEAD_LETTERED,
+            ):
+                error = record.last_error
+                why = f"{error.kind}: {error.message[:80]}" if error else "no error"
+                violation(f"{job_id[:8]} ({kind}) {record.status}, expected {expected}: {why}")
+                continue
+            if record.status == JobStatus.DEAD_LETTERED and error_kind is not None:
+                got = record.last_error.kind if record.last_error else None
+                if got != error_kind:
+                    violation(f"{job_id[:8]} ({kind}) dead-lettered as {got}, not {error_kind}")
+
+    def _check_told(self, records: dict[str, JobRecord]) -> None:
+        violation = self.report.violations.append
+        alerts = {c: self.sink.on(f"/{c}") for c in self.channels}
+        notices = [n.json() for n in self.sink.on("/callback")]
+        told: dict[str, Counter[str]] = {c: Counter() for c in self.channels}
+        for channel, received in alerts.items():
+            for message in received:
+                text = message.body.decode("utf-8", errors="replace")
+                for job_id in self.planned:
+                    if job_id in text:
+                        told[channel][job_id] += 1
+        noticed = Counter(str(n.get("job_id")) for n in notices)
+        if not self.channels:
+            violation("no alert channels configured")
+        for job_id in self.planned:
+            dead = records.get(job_id) is not None and records[job_id].status == (
+                JobStatus.DEAD_LETTERED
+            )
+            wants_notice = bool(self.planned[job_id].request.get("notify"))
+            for channel in self.channels:
+                count = told[channel][job_id]
+                if count != (1 if dead else 0):
+                    violation(f"{job_id[:8]}: {count} {channel} alert(s), dead={dead}")
+            expected = 1 if dead and wants_notice else 0
+            if noticed[job_id] != expected:
+                violation(f"{job_id[:8]}: {noticed[job_id]} user notice(s), expected {expected}")
+
+    def _redeliveries(self) -> int:
+        """Deliveries beyond the first, from every worker's log ("job started" lines)."""
+        assert self.dev is not None
+        starts: Counter[str] = Counter()
+        for path in Path(self.dev.workdir).glob("*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if '"job started"' not in line:
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if entry.get("job_id") in self.planned:
+                    starts[entry["job_id"]] += 1
+        return sum(max(0, n - 1) for n in starts.values())
+
+    def _teardown(self) -> None:
+        if self.router is not None:
+            self.router.stop()
+        if self.dev is not None:
+            self.dev.stop()
+        for slot in self.slots:
+            slot.imds.stop()
+        self.sink.stop()
+
+
+# -- presentation ----------------------------------------------------------------------------
+
+
+def render(report: ChaosReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    outcomes = Table(title=f"chaos drill, seed {report.seed}: jobs by kind and outcome")
+    outcomes.add_column("kind")
+    statuses = sorted({s for c in report.by_kind.values() for s in c})
+    for status in statuses:
+        outcomes.add_column(status, justify="right")
+    for kind, counts in sorted(report.by_kind.items()):
+        outcomes.add_row(kind, *(str(counts.get(s, 0)) for s in statuses))
+    outcomes.add_row("all", *(str(report.outcomes.get(s, 0)) for s in statuses), style="bold")
+    console.print(outcomes)
+
+    figures = report.figures()
+    faults = Table(title="faults and their cost")
+    faults.add_column("what")
+    faults.add_column("count", justify="right")
+    for kind, count in sorted(report.faults.items()):
+        faults.add_row(f"fault: {kind}", str(count))
+    for label, key in (
+        ("jobs running when hit", "jobs_hit"),
+        ("redeliveries", "redeliveries"),
+        ("interruptions (recorded)", "interruptions"),
+        ("work redone, s", "work_redone_s"),
+        ("  same kills without checkpoints, s", "work_redone_without_checkpoints_s"),
+        ("redone per hit / checkpoint interval", "redone_to_interval_ratio"),
+        ("fault -> running again, median s", "fault_to_running_median_s"),
+        ("fault -> running again, p95 s", "fault_to_running_p95_s"),
+        ("jobs lost", "jobs_lost"),
+        ("duplicate effects", "duplicate_effects"),
+        ("stuck jobs", "stuck_jobs"),
+        ("elapsed, s", "elapsed_s"),
+    ):
+        faults.add_row(label, str(figures[key]))
+    console.print(faults)
+    if report.violations:
+        console.print(f"[bold red]{len(report.violations)} violation(s):[/]")
+        for line in report.violations:
+            console.print(f"  [red]x[/] {line}")
+    else:
+        console.print("[bold green]no violations: nothing lost, nothing done twice[/]")
+
+
+def new_seed() -> int:
+    return secrets.randbelow(1_000_000)
+
+
+def run(config: ChaosConfig) -> int:
+    report = Chaos(config).run()
+    render(report)
+    return 0 if report.ok else 1

@@ -1,0 +1,27 @@
+"""The chaos drill, short: ~40 jobs, two workers, faults for 25 s; nothing may be lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from devstack.chaos import Chaos, ChaosConfig
+from devstack.motoserver import MotoServer
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.timeout(170)
+def test_short_chaos_run_has_no_violations(moto_server: MotoServer) -> None:
+    lines: list[str] = []
+    config = ChaosConfig(
+        seed=20261123, jobs=40, workers=2, duration_s=25, fault_every_s=2.5, timeout_s=150
+    )
+    report = Chaos(config, log=lines.append).run(server=moto_server)
+
+    assert report.violations == [], "\n".join(lines + report.violations)
+    assert report.jobs == 40
+    assert sum(report.outcomes.values()) == 40
+    # The schedule really broke things, and the drill saw the failing kinds die.
+    assert sum(n for kind, n in report.faults.items() if kind != "restart") >= 3
+    assert report.outcomes["DEAD_LETTERED"] >= 3
+    assert report.lost_jobs == report.stuck_jobs == report.duplicate_effects == 0
