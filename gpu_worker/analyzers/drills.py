@@ -16,6 +16,7 @@ from typing import Any
 
 from gpu_worker.analyzers import (
     AnalysisContext,
+    Interrupted,
     InvalidInput,
     Job,
     PermanentError,
@@ -31,7 +32,8 @@ PAGE = 4096
 class MemoryHog:
     """Allocates ``params.bytes_per_step`` (default 16 MiB) every ``params.step_s`` (default
     0.05 s), touching every page so it really is resident, until ``params.max_bytes`` (default:
-    never) or until it is stopped. Under the memory guard it dies as ``OOM``."""
+    never). Under the memory guard it dies as ``OOM``. Asked to stop (a spot notice, SIGTERM)
+    it raises ``Interrupted``: a stopped hog has not finished, so it must not succeed."""
 
     name = "memory_hog"
 
@@ -47,7 +49,7 @@ class MemoryHog:
         total = 0
         while max_bytes is None or total < int(max_bytes):
             if ctx.should_stop():
-                break
+                raise Interrupted(f"stopped after allocating {total} bytes")
             block = bytearray(per_step)
             for offset in range(0, per_step, PAGE):  # zeroed pages may be lazy: touch each one
                 block[offset] = 1
