@@ -19,6 +19,7 @@ import secrets
 import signal
 import statistics
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -79,6 +80,7 @@ class Hit:
     """One job running on a worker when a fault hit it."""
 
     job_id: str
+    kind: str  # the job's kind (echo, sleep, ...)
     fault: str
     at: float  # epoch seconds
     started_at: str | None  # the attempt that was hit
@@ -96,7 +98,7 @@ class Slot:
     restart_at: float | None = None
     notice_at: float | None = None  # monotonic: a notice follows a rebalance recommendation
     draining: bool = False
-    noticed: bool = False
+    noticed: bool = False  # told to go (notice or SIGTERM): not a target again
 
     @property
     def name(self) -> str:
@@ -134,7 +136,7 @@ class ChaosReport:
         return {
             "seed": self.seed,
             "jobs": self.jobs,
-            "faults_injected": sum(self.faults.values()),
+            "faults_injected": sum(n for k, n in self.faults.items() if k != "restart"),
             "faults": dict(self.faults),
             "jobs_lost": self.lost_jobs,
             "duplicate_effects": self.duplicate_effects,
@@ -282,10 +284,12 @@ class Chaos:
         times = [o["LastModified"].timestamp() for o in listing.get("Contents", [])]
         return max(times) if times else None
 
-    def _hit(self, slot: Slot, fault: str, now: float) -> None:
+    def _hit(self, slot: Slot, fault: str, now: float) -> list[Hit]:
+        hits = []
         for record in self._running_on(slot):
-            hit = Hit(record.job_id, fault, now, record.started_at)
-            if fault == "sigkill" and self.planned[record.job_id].kind == "sleep":
+            kind = self.planned[record.job_id].kind
+            hit = Hit(record.job_id, kind, fault, now, record.started_at)
+            if fault == "sigkill" and kind == "sleep":
                 # Work since the last checkpoint (or since the attempt began) is lost.
                 marks = (self._checkpoint_time(record.job_id), _epoch(record.started_at))
                 since = max((t for t in marks if t is not None), default=now)
@@ -294,6 +298,8 @@ class Chaos:
                 hit.unchecked_s = max(0.0, now - began) if began is not None else None
             self.report.hits.append(hit)
             self.pending.append(hit)
+            hits.append(hit)
+        return hits
 
     def inject(self) -> None:
         """One fault from the seeded schedule, on a randomly chosen worker."""
@@ -311,11 +317,18 @@ class Chaos:
         self.report.faults[kind] += 1
         self.log(f"  t+{self._t():5.1f}s  {kind:<11} {slot.name}")
         if kind == "sigkill":
-            self._hit(slot, kind, now)
+            hits = self._hit(slot, kind, now)
             slot.worker.kill()  # the host is gone: supervisor and analysis child
+            late = time.time() - now  # the kill came after the look: that work is lost too
+            for hit in hits:
+                if hit.lost_s is not None:
+                    hit.lost_s += late
+                if hit.unchecked_s is not None:
+                    hit.unchecked_s += late
         elif kind == "sigterm":
             self._hit(slot, kind, now)
             slot.worker.signal(signal.SIGTERM)
+            slot.noticed = True  # on its way out: not a target again
         elif kind == "spot_notice":
             self._hit(slot, kind, now)
             slot.imds.schedule_notice("terminate", deadline_s=self.rng.uniform(8, 20))
@@ -416,6 +429,8 @@ class Chaos:
             f"faults for {config.duration_s:.0f}s (replay with --seed {config.seed})"
         )
         self.sink.start()
+        # Metrics are off in this process (the drill counts for itself): say nothing about it.
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
         quiet = {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "ERROR"}
         self.dev = Devstack(server=server, handler_env=quiet)
         try:
@@ -675,6 +690,14 @@ def render(report: ChaosReport) -> None:
     ):
         faults.add_row(label, str(figures[key]))
     console.print(faults)
+    slow = sorted(
+        (h for h in report.hits if h.back_after_s is not None), key=lambda h: -(h.back_after_s or 0)
+    )[:3]
+    for hit in slow:
+        console.print(
+            f"slowest recovery: {hit.job_id[:8]} ({hit.kind}) hit by {hit.fault}, "
+            f"running again after {hit.back_after_s:.1f}s"
+        )
     if report.violations:
         console.print(f"[bold red]{len(report.violations)} violation(s):[/]")
         for line in report.violations:
