@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ChaosConfig(
         seed=seed, jobs=args.jobs, workers=max(2, args.workers), duration_s=args.duration_s
     )
-    report = Chaos(config).run()
+    report = Chaos(config, quiet_handlers=True).run()
     render(report)
     figures = report.figures()
     print(json.dumps(figures, separators=(",", ":")))

@@ -14,6 +14,7 @@ everyone was told exactly once. Any violation is listed and the exit status is 1
 from __future__ import annotations
 
 import json
+import os
 import random
 import secrets
 import signal
@@ -205,8 +206,11 @@ def job_request(kind: str, n: int, rng: random.Random, callback_url: str) -> dic
 
 
 class Chaos:
-    def __init__(self, config: ChaosConfig, *, log: Any = print) -> None:
+    def __init__(
+        self, config: ChaosConfig, *, log: Any = print, quiet_handlers: bool = False
+    ) -> None:
         self.config = config
+        self.quiet_handlers = quiet_handlers
         self.rng = random.Random(config.seed)
         self.log = log
         self.report = ChaosReport(seed=config.seed)
@@ -428,10 +432,17 @@ class Chaos:
             f"chaos: seed {config.seed}, {config.jobs} jobs, {config.workers} workers, "
             f"faults for {config.duration_s:.0f}s (replay with --seed {config.seed})"
         )
+        # Loading the handlers writes their environment into os.environ (as a Lambda container
+        # has it); put this process's back afterwards so nothing leaks into a test session.
+        saved_environ = dict(os.environ)
         self.sink.start()
         # Metrics are off in this process (the drill counts for itself): say nothing about it.
         warnings.filterwarnings("ignore", message="No application metrics to publish")
-        quiet = {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "ERROR"}
+        # On the console, the handlers' own lines would bury the schedule and the verdict; in
+        # a test session they stay (a logger's level outlives the environment that set it).
+        quiet = {"POWERTOOLS_METRICS_DISABLED": "true"}
+        if self.quiet_handlers:
+            quiet["POWERTOOLS_LOG_LEVEL"] = "ERROR"
         self.dev = Devstack(server=server, handler_env=quiet)
         try:
             self.dev.start(stack_name=f"spotline-chaos-{config.seed}")
@@ -450,6 +461,8 @@ class Chaos:
         finally:
             self.report.elapsed_s = time.monotonic() - started
             self._teardown()
+            os.environ.clear()
+            os.environ.update(saved_environ)
         return self.report
 
     def _submit(self) -> None:
@@ -711,6 +724,6 @@ def new_seed() -> int:
 
 
 def run(config: ChaosConfig) -> int:
-    report = Chaos(config).run()
+    report = Chaos(config, quiet_handlers=True).run()
     render(report)
     return 0 if report.ok else 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from devstack.chaos import Chaos, ChaosConfig
@@ -12,6 +14,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.mark.timeout(170)
 def test_short_chaos_run_has_no_violations(moto_server: MotoServer) -> None:
+    environ = dict(os.environ)
     lines: list[str] = []
     config = ChaosConfig(
         seed=20261123, jobs=40, workers=2, duration_s=25, fault_every_s=2.5, timeout_s=150
@@ -25,3 +28,5 @@ def test_short_chaos_run_has_no_violations(moto_server: MotoServer) -> None:
     assert sum(n for kind, n in report.faults.items() if kind != "restart") >= 3
     assert report.outcomes["DEAD_LETTERED"] >= 3
     assert report.lost_jobs == report.stuck_jobs == report.duplicate_effects == 0
+    # The handlers' environment (log level, callback test mode) does not outlive the drill.
+    assert dict(os.environ) == environ
