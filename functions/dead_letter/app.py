@@ -54,9 +54,28 @@ def record_handler(record: SQSRecord) -> None:
     metrics.add_metric(name=f"DeadLetters_{outcome.kind}", unit=MetricUnit.Count, value=1)
 
 
+def _reportable(records: Any) -> list[dict[str, Any]]:
+    """The records that can be reported back: objects with a messageId. Lambda never sends
+    anything else; the batch processor would crash on it instead of reporting a failure."""
+    if not isinstance(records, list):
+        return []
+    return [r for r in records if isinstance(r, dict) and isinstance(r.get("messageId"), str)]
+
+
 @logger.inject_lambda_context
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    records = event.get("Records") if isinstance(event, dict) else None
+    reportable = _reportable(records)
+    ignored = len(records) - len(reportable) if isinstance(records, list) else 1
+    if ignored:
+        # Nothing to retry and nothing to report: a retry would bring the same shape back.
+        logger.warning("malformed records ignored", extra={"ignored": ignored})
+    if not reportable:
+        return {"batchItemFailures": []}
     return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
+        event={**event, "Records": reportable},
+        record_handler=record_handler,
+        processor=processor,
+        context=context,
     )

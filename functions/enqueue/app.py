@@ -135,7 +135,51 @@ def not_found(_: Exception) -> Response:
     return _json(404, {"message": "no such route"})
 
 
+def _malformed(event: Any) -> str | None:
+    """What makes an event unusable as an HTTP API (payload 2.0) request, if anything: the
+    resolver reads these fields unguarded, and a KeyError there would be a 502 with no log."""
+    if not isinstance(event, dict):
+        return "event is not an object"
+    context = event.get("requestContext")
+    http = context.get("http") if isinstance(context, dict) else None
+    if not isinstance(http, dict) or not isinstance(http.get("method"), str):
+        return "no requestContext.http.method"
+    checks = {
+        "rawPath": (str,),
+        "headers": (dict, type(None)),
+        "body": (str, type(None)),
+        "isBase64Encoded": (bool, type(None)),
+        "pathParameters": (dict, type(None)),
+        "queryStringParameters": (dict, type(None)),
+        "cookies": (list, type(None)),
+        "rawQueryString": (str, type(None)),
+    }
+    for key, types in checks.items():
+        if not isinstance(event.get(key), types):
+            return f"{key} has the wrong type"
+    if not isinstance(context.get("stage"), str):
+        return "no requestContext.stage"
+    if not isinstance(context.get("domainName"), str | None):
+        return "requestContext.domainName has the wrong type"
+    headers = event.get("headers") or {}
+    if not all(isinstance(v, str) for v in headers.values()):
+        return "a header value is not text"
+    if not all(isinstance(v, str) for v in (event.get("pathParameters") or {}).values()):
+        return "a path parameter is not text"
+    return None
+
+
 @logger.inject_lambda_context
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    problem = _malformed(event)
+    if problem is not None:
+        logger.warning("malformed HTTP event rejected", extra={"problem": problem})
+        response = _json(400, {"message": f"malformed request: {problem}"})
+        return {
+            "statusCode": response.status_code,
+            "headers": {"Content-Type": "application/json"},
+            "body": response.body,
+            "isBase64Encoded": False,
+        }
     return app.resolve(event, context)

@@ -120,9 +120,9 @@ def parse_spot_event(detail_type: str, detail: Any, time_text: Any) -> SpotEvent
     """The domain view of an EC2 event; None for a state change other than `running`.
 
     Raises MalformedEvent when the detail lacks what the action needs."""
-    kind = DETAIL_TYPES.get(detail_type)
+    kind = DETAIL_TYPES.get(detail_type) if isinstance(detail_type, str) else None
     if kind is None:
-        raise MalformedEvent(f"unsupported detail-type {detail_type[:80]!r}")
+        raise MalformedEvent(f"unsupported detail-type {str(detail_type)[:80]!r}")
     if not isinstance(detail, dict):
         raise MalformedEvent("detail is not an object")
     instance_id = detail.get("instance-id")
