@@ -18,7 +18,7 @@ from typing import Any
 import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from devstack.cfn import Stack, provision
@@ -143,8 +143,25 @@ def _describe(event: Any) -> str:
 # -- enqueue: an HTTP API behind API Gateway -------------------------------------------------
 
 
+def _without(name: str, *path: str) -> dict[str, Any]:
+    event = copy.deepcopy(load_event(name))
+    parent = _get(event, path[:-1])
+    del parent[path[-1]]
+    return event
+
+
+def _with(name: str, path: tuple[Any, ...], value: Any) -> dict[str, Any]:
+    event = copy.deepcopy(load_event(name))
+    _set(event, path, value)
+    return event
+
+
 @FUZZ
 @given(event=hostile_events(ENQUEUE_EVENTS))
+# What the fuzzing found once, kept as fixed examples: the resolver read these unguarded.
+@example(event="")
+@example(event=_without("enqueue_submit", "requestContext", "stage"))
+@example(event=_with("enqueue_get_job", ("rawPath",), None))
 def test_enqueue_answers_every_hostile_event_with_2xx_or_4xx(
     enqueue: ModuleType, event: Any
 ) -> None:
@@ -193,6 +210,11 @@ def dead_letter(stack: Stack, job_store: JobStore, sink: WebhookSink) -> Iterato
 
 @FUZZ
 @given(event=hostile_events(DEAD_LETTER_EVENTS))
+# Found once: the batch processor raised on these instead of reporting anything.
+@example(event="")
+@example(event={})
+@example(event={"Records": [None]})
+@example(event=_without("dead_letter_worker", "Records", 0, "messageId"))
 def test_dead_letter_reports_hostile_records_as_handled_or_batch_failures(
     dead_letter: ModuleType, event: Any
 ) -> None:
@@ -270,6 +292,9 @@ def _our_worker(event: Any) -> Any:
 
 @FUZZ
 @given(event=hostile_events(SPOT_EVENTS), retarget=st.booleans())
+# Found once: a detail-type that is not text raised TypeError instead of MalformedEvent.
+@example(event=_with("spot_interruption_warning", ("detail-type",), ["x"]), retarget=True)
+@example(event=_with("spot_interruption_warning", ("detail-type",), None), retarget=False)
 def test_spot_events_ignores_hostile_events_without_raising(
     spot_events: ModuleType, event: Any, retarget: bool
 ) -> None:
