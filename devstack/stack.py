@@ -30,7 +30,12 @@ class Devstack:
     ) -> None:
         self.handler_env = handler_env or {}
         self.parameters = parameters or {}
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="spotline-devstack-"))
+        # SPOTLINE_DEVSTACK_WORKDIR: where worker logs go (tests read them after a demo run).
+        named = os.environ.get("SPOTLINE_DEVSTACK_WORKDIR")
+        self.workdir = workdir or (
+            Path(named) if named else Path(tempfile.mkdtemp(prefix="spotline-devstack-"))
+        )
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self._own_server = server is None
         self.server = server or MotoServer()
         self.stack: Stack | None = None
