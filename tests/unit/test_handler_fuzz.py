@@ -28,6 +28,7 @@ from devstack.lambdas import EVENTS_DIR, LambdaContext, load_event, load_handler
 from devstack.sink import WebhookSink
 from pipeline.contract import ErrorKind
 from pipeline.jobstore import JobError, JobStore
+from pipeline.queue import JobQueue
 from pipeline.standby import ROLE_TAG, STACK_TAG
 from pipeline.webhooks import WebhookClient
 
@@ -163,12 +164,24 @@ def _with(name: str, path: tuple[Any, ...], value: Any) -> dict[str, Any]:
 @example(event=_without("enqueue_submit", "requestContext", "stage"))
 @example(event=_with("enqueue_get_job", ("rawPath",), None))
 def test_enqueue_answers_every_hostile_event_with_2xx_or_4xx(
-    enqueue: ModuleType, event: Any
+    enqueue: ModuleType, queue: JobQueue, event: Any
 ) -> None:
     response = enqueue.handler(event, LambdaContext(function_name="EnqueueFunction"))
+    sent = _drain(queue)
     # 2xx: a mutation can leave a valid request (a changed header, a reordered field).
     assert 200 <= response["statusCode"] < 500, (response, _describe(event))
     assert response["statusCode"] in (200, 202, 400, 404, 405, 409, 413), response
+    # 202 sends one message, or none when an Idempotency-Key names a job already queued.
+    assert len(sent) <= (1 if response["statusCode"] == 202 else 0), response
+
+
+def _drain(queue: JobQueue) -> list[str]:
+    bodies = []
+    while batch := queue.receive(max_messages=10, wait_s=0):
+        for message in batch:
+            bodies.append(message.body)
+            queue.delete(message.receipt_handle)
+    return bodies
 
 
 # -- dead_letter: the DLQ's SQS event source -------------------------------------------------
@@ -221,7 +234,8 @@ def test_dead_letter_reports_hostile_records_as_handled_or_batch_failures(
     response = dead_letter.handler(event, LambdaContext(function_name="DeadLetterFunction"))
     failures = response["batchItemFailures"]
     records = event.get("Records") if isinstance(event, dict) else None
-    ids = [r.get("messageId") for r in records if isinstance(r, dict)] if records else []
+    listed = records if isinstance(records, list) else []
+    ids = [r.get("messageId") for r in listed if isinstance(r, dict)]
     # Every webhook answers 200: a record can only fail for what it is, and then it is named.
     assert all(f["itemIdentifier"] in ids for f in failures), (failures, _describe(event))
 
@@ -296,12 +310,16 @@ def _our_worker(event: Any) -> Any:
 @example(event=_with("spot_interruption_warning", ("detail-type",), ["x"]), retarget=True)
 @example(event=_with("spot_interruption_warning", ("detail-type",), None), retarget=False)
 def test_spot_events_ignores_hostile_events_without_raising(
-    spot_events: ModuleType, event: Any, retarget: bool
+    caplog: pytest.LogCaptureFixture, spot_events: ModuleType, event: Any, retarget: bool
 ) -> None:
     if retarget:
         event = _our_worker(event)
+    caplog.clear()
     outcome = spot_events.handler(event, LambdaContext(function_name="SpotEventsFunction"))
     assert isinstance(outcome, dict) and outcome.get("action"), (outcome, _describe(event))
+    logged = [record.getMessage() for record in caplog.records]
+    # Every invocation says what it did; an ignored one says why.
+    assert {"malformed event ignored", "spot event handled", "no standby instance"} & set(logged)
 
 
 # -- alarm_fanout: SNS notifications and EventBridge alarm state changes ---------------------
