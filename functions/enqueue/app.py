@@ -70,7 +70,7 @@ def _request_body() -> str:
 
 
 def _status_url(job_id: str) -> str:
-    domain = app.current_event.request_context.domain_name
+    domain = app.current_event.request_context.get("domainName")  # absent: a relative URL
     return f"https://{domain}/jobs/{job_id}" if domain else f"/jobs/{job_id}"
 
 

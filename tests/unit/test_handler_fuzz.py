@@ -163,6 +163,7 @@ def _with(name: str, path: tuple[Any, ...], value: Any) -> dict[str, Any]:
 @example(event="")
 @example(event=_without("enqueue_submit", "requestContext", "stage"))
 @example(event=_with("enqueue_get_job", ("rawPath",), None))
+@example(event=_without("enqueue_submit", "requestContext", "domainName"))
 def test_enqueue_answers_every_hostile_event_with_2xx_or_4xx(
     enqueue: ModuleType, queue: JobQueue, event: Any
 ) -> None:
