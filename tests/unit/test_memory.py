@@ -168,7 +168,7 @@ def test_guard_counts_a_grandchild_started_after_the_job_began() -> None:
             sys.executable,
             "-c",
             "import subprocess, sys, time\n"
-            "time.sleep(0.3)\n"
+            "time.sleep(0.3)  # bounded: the grandchild must start after the guard does\n"
             "subprocess.run([sys.executable, '-c', sys.argv[1], '16', '0.01', '4096'])",
             HOG,
         ]
