@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import psutil
 import pytest
 
 from devstack.motoserver import free_port, wait_until
@@ -216,7 +217,8 @@ def test_health_answers_fast_while_the_child_burns_every_core(devstack: Devstack
         {"analyzer": "cpu_burn", "input": None, "params": {"seconds": 6, "processes": processes}},
     )
     wait_until(lambda: health_body(port).get("status") == "busy", timeout=20, what="busy")
-    time.sleep(1.0)  # let the burners reach full speed: the measurement is the point
+    # Measure only once the burners really saturate the machine: that load is the point.
+    wait_until(lambda: psutil.cpu_percent(interval=0.2) >= 75, timeout=15, what="cores saturated")
     latencies = []
     body: dict[str, Any] = {}
     for _ in range(20):
