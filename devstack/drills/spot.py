@@ -105,11 +105,37 @@ def resumed_without_redoing(dev: Devstack, record: JobRecord, taken_from: str) -
     return None
 
 
-class SpotNotice(Drill):
+class _TakeoverDrill(Drill):
+    """A drill that takes its worker away mid-job and expects another to finish the job."""
+
+    job_label = "sleep"
+    job_id: str | None
+    worker: WorkerProcess | None
+    problem: str
+
+    def _record_problem(self, problem: str) -> None:
+        self.problem = problem
+
+    def submit(self, dev: Devstack) -> list[Expectation]:
+        if self.job_id is None:
+            return []
+        worker = self.worker.name if self.worker else ""
+        return [
+            Expectation(
+                self.job_id,
+                self.job_label,
+                JobStatus.SUCCEEDED,
+                lambda d, r: resumed_without_redoing(d, r, worker),
+            )
+        ]
+
+
+class SpotNotice(_TakeoverDrill):
     """spot-a gets a spot notice mid-job: it checkpoints, re-sends the job and exits 0; a
     replacement (spot-b) comes up and the job is finished from the checkpoint."""
 
     name = "spot notice"
+    job_label = "sleep, spot notice"
     seconds = 6.0
 
     def __init__(self) -> None:
@@ -138,22 +164,6 @@ class SpotNotice(Drill):
             drive_in_background(
                 "spot-notice", lambda: self._drive(view, job_id), self._record_problem
             )
-
-    def _record_problem(self, problem: str) -> None:
-        self.problem = problem
-
-    def submit(self, dev: Devstack) -> list[Expectation]:
-        if self.job_id is None:
-            return []
-        worker = self.worker.name if self.worker else ""
-        return [
-            Expectation(
-                self.job_id,
-                "sleep, spot notice",
-                JobStatus.SUCCEEDED,
-                lambda d, r: resumed_without_redoing(d, r, worker),
-            )
-        ]
 
     def _drive(self, view: _View, job_id: str) -> None:
         # Let it make progress first: the notice should cost nothing of it.
@@ -225,11 +235,12 @@ class SpotNotice(Drill):
         self.imds.stop()
 
 
-class HardCrash(Drill):
+class HardCrash(_TakeoverDrill):
     """kill -9 crash-a mid-job: its message reappears after one heartbeat window and another
     worker resumes from the last checkpoint (losing at most one checkpoint interval)."""
 
     name = "hard crash"
+    job_label = "sleep, kill -9"
     seconds = 5.0
     window_s = 4
 
@@ -253,22 +264,6 @@ class HardCrash(Drill):
             drive_in_background(
                 "hard-crash", lambda: self._drive(view, job_id, worker), self._record_problem
             )
-
-    def _record_problem(self, problem: str) -> None:
-        self.problem = problem
-
-    def submit(self, dev: Devstack) -> list[Expectation]:
-        if self.job_id is None:
-            return []
-        worker = self.worker.name if self.worker else ""
-        return [
-            Expectation(
-                self.job_id,
-                "sleep, kill -9",
-                JobStatus.SUCCEEDED,
-                lambda d, r: resumed_without_redoing(d, r, worker),
-            )
-        ]
 
     def _drive(self, view: _View, job_id: str, worker: WorkerProcess) -> None:
         wait_until(lambda: view.steps_saved(job_id) >= 4, timeout=30, what="crash-a's checkpoint")
