@@ -27,12 +27,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from devstack.deadletters import DeadLetterRouter, configure_notifications
 from devstack.imds import ImdsMock
 from devstack.motoserver import MotoServer
 from devstack.sink import WebhookSink
 from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
+from gpu_worker.checkpoint import CHECKPOINT_PREFIX, SAVED_AT_METADATA
 from pipeline.contract import ErrorKind, JobStatus
 from pipeline.dead_letters import CALLBACK, delivered_for
 from pipeline.jobstore import JobRecord
@@ -281,12 +284,19 @@ class Chaos:
         return records
 
     def _checkpoint_time(self, job_id: str) -> float | None:
+        """When the job's last checkpoint state was taken (the worker's ``saved-at`` metadata:
+        S3's LastModified is whole seconds, which would overstate a loss by up to a second)."""
         assert self.dev is not None
-        listing = self.dev.client("s3").list_objects_v2(
-            Bucket=self.dev.bucket, Prefix=f"checkpoints/{job_id}"
-        )
-        times = [o["LastModified"].timestamp() for o in listing.get("Contents", [])]
-        return max(times) if times else None
+        try:
+            head = self.dev.client("s3").head_object(
+                Bucket=self.dev.bucket, Key=f"{CHECKPOINT_PREFIX}{job_id}"
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        saved_at = head.get("Metadata", {}).get(SAVED_AT_METADATA)
+        return float(saved_at) if saved_at else float(head["LastModified"].timestamp())
 
     def _hit(self, slot: Slot, fault: str, now: float) -> list[Hit]:
         hits = []

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -19,6 +20,10 @@ from urllib.parse import urlparse
 from botocore.exceptions import ClientError
 
 CHECKPOINT_PREFIX = "checkpoints/"
+# User metadata on each checkpoint object: when its state was taken, epoch seconds with
+# milliseconds. S3's LastModified has one-second resolution, too coarse to tell how much work a
+# hard kill cost when checkpoints are a second apart.
+SAVED_AT_METADATA = "saved-at"
 RESULT_PREFIX = "results/"
 
 
@@ -44,7 +49,11 @@ class CheckpointStore:
         body, raw = _encode(state)
         content_type = "application/octet-stream" if raw else "application/json"
         self._s3.put_object(
-            Bucket=self._bucket, Key=self.key(job_id), Body=body, ContentType=content_type
+            Bucket=self._bucket,
+            Key=self.key(job_id),
+            Body=body,
+            ContentType=content_type,
+            Metadata={SAVED_AT_METADATA: f"{time.time():.3f}"},
         )
 
     def load(self, job_id: str) -> Any | None:
