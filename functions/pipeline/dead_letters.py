@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -140,6 +141,9 @@ class MessageLedger:
     table (``job_id = dead-letter-message#ID``: never a valid job id, never in a status scan)."""
 
     PREFIX = "dead-letter-message#"
+    # Long past any redelivery of the message (DLQ retention 13 days, notification failures
+    # queue 14): then DynamoDB's TTL removes the item (``expires_at``, epoch seconds).
+    RETAIN_S = 30 * 86400
 
     def __init__(self, client: Any, table_name: str) -> None:
         self._client = client
@@ -162,10 +166,11 @@ class MessageLedger:
             self._client.update_item(
                 TableName=self._table,
                 Key=self._key(message_id),
-                UpdateExpression="SET notified = :n, updated_at = :t",
+                UpdateExpression="SET notified = :n, updated_at = :t, expires_at = :e",
                 ExpressionAttributeValues={
                     ":n": {"M": {k: {"S": v} for k, v in delivered.items()}},
                     ":t": {"S": utc_now()},
+                    ":e": {"N": str(int(time.time()) + self.RETAIN_S)},
                 },
             )
         except ClientError as exc:

@@ -22,7 +22,7 @@ def test_short_chaos_run_has_no_violations(moto_server: MotoServer) -> None:
     report = Chaos(config, log=lines.append).run(server=moto_server)
 
     # Violations first: a failure message is often cut short, and they are what matters.
-    assert report.violations == [], "\n".join(report.violations + ["--- schedule ---", *lines])
+    assert report.violations == [], "\n".join([*report.violations, "--- schedule ---", *lines])
     assert report.jobs == 40
     assert sum(report.outcomes.values()) == 40
     # The schedule really broke things, and the drill saw the failing kinds die.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import socket
+import time
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -210,6 +211,24 @@ def test_unparseable_record_alerts_with_message_id_and_escaped_first_bytes(
     # The same message again (a retry, or a duplicate): deduplicated by message id.
     assert invoke(dead_letter, event) == []
     assert len(sink.on("/slack")) == 1
+
+
+def test_the_message_ledger_expires_with_the_tables_ttl(
+    dead_letter: ModuleType, stack: Stack
+) -> None:
+    event = load_event("dead_letter_garbage")
+    message_id = event["Records"][0]["messageId"]
+    assert invoke(dead_letter, event) == []
+
+    dynamodb = boto3.client("dynamodb")
+    table = stack.ref("JobsTable")
+    ttl = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    assert ttl["TimeToLiveStatus"] == "ENABLED" and ttl["AttributeName"] == "expires_at"
+    item = dynamodb.get_item(
+        TableName=table, Key={"job_id": {"S": f"dead-letter-message#{message_id}"}}
+    )["Item"]
+    days = (int(item["expires_at"]["N"]) - time.time()) / 86400
+    assert 29 < days <= 30  # longer than the DLQ keeps the message, then gone
 
 
 def test_unparseable_record_with_slack_down_retries_only_slack(
