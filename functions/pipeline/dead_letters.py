@@ -176,6 +176,51 @@ class MessageLedger:
         except ClientError as exc:
             raise JobStoreError(f"ledger write failed for message {message_id}: {exc}") from exc
 
+    # -- one deliverer per job at a time ----------------------------------------------------
+
+    LEASE_PREFIX = "dead-letter-lease#"
+    # Longer than the dead-letter function's Timeout (120 s): a holder that died mid-delivery
+    # frees the job before SQS shows its message again (DLQ visibility timeout 720 s).
+    LEASE_S = 150
+
+    def lease(self, job_id: str, holder: str) -> bool:
+        """Take the right to notify for ``job_id`` (False: another invocation holds it).
+
+        Two copies of one dead letter (a worker that crashed between sending to the DLQ and
+        marking it sent) may reach two concurrent invocations; without this, both would read
+        "nothing delivered yet" and both would alert."""
+        now = int(time.time())
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={
+                    "job_id": {"S": self.LEASE_PREFIX + job_id},
+                    "holder": {"S": holder},
+                    "lease_until": {"N": str(now + self.LEASE_S)},
+                    "expires_at": {"N": str(now + self.LEASE_S + 86400)},
+                },
+                ConditionExpression="attribute_not_exists(job_id) OR lease_until < :now",
+                ExpressionAttributeValues={":now": {"N": str(now)}},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise JobStoreError(f"lease write failed for job {job_id}: {exc}") from exc
+        return True
+
+    def release(self, job_id: str, holder: str) -> None:
+        """Give the lease back (only our own: a lease that expired may be someone else's)."""
+        try:
+            self._client.delete_item(
+                TableName=self._table,
+                Key={"job_id": {"S": self.LEASE_PREFIX + job_id}},
+                ConditionExpression="holder = :h",
+                ExpressionAttributeValues={":h": {"S": holder}},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise JobStoreError(f"lease release failed for job {job_id}: {exc}") from exc
+
 
 def delivered_for(record: JobRecord) -> dict[str, str]:
     """Results already recorded for this dead-lettering (an earlier one, before a redrive,
@@ -285,6 +330,18 @@ class DeadLetterService:
             # SQS's own redrive (a crashed worker never recorded an outcome) or a worker that
             # died between its steps: record it now. Doing it twice returns the first record.
             record = self.store.dead_letter(record.job_id, self._reason(letter, record))
+        holder = f"message:{letter.message_id}"
+        if not self.ledger.lease(record.job_id, holder):
+            raise NotDelivered(
+                f"job {record.job_id}: another invocation is notifying for it; retried later"
+            )
+        try:
+            # Read again under the lease: the last holder may have delivered since we looked.
+            return self._notify(letter, self.store.get(record.job_id) or record)
+        finally:
+            self.ledger.release(record.job_id, holder)
+
+    def _notify(self, letter: DeadLetter, record: JobRecord) -> Outcome:
         error = record.last_error or self._reason(letter, record)
         analyzer = str(record.request.get("analyzer", "-"))
         keys = {

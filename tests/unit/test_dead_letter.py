@@ -469,3 +469,54 @@ def test_devstack_builds_event_records_in_the_shape_of_the_sample_events(stack: 
     attribute = sample["messageAttributes"]["job_id"]
     assert built["messageAttributes"]["job_id"].keys() == attribute.keys()
     assert {"ApproximateReceiveCount", "SentTimestamp"} <= built["attributes"].keys()
+
+
+# -- two copies at once -----------------------------------------------------------------------
+
+
+def test_a_copy_waits_while_another_invocation_is_notifying_for_the_same_job(
+    dead_letter: ModuleType, job_store: JobStore, sink: WebhookSink, stack: Stack
+) -> None:
+    """A worker that crashed between "sent to the DLQ" and "marked sent" leaves two copies; two
+    concurrent invocations must not both read "nothing delivered yet" and both alert."""
+    worker_dead_lettered(job_store, WORKER_JOB, callback=callback_url(sink))
+    ledger = dead_letter.service().ledger
+    assert ledger.lease(WORKER_JOB, "message:first-copy")  # the other invocation, mid-delivery
+    second = with_job("dead_letter_worker", WORKER_JOB, message_id="second-copy")
+
+    assert invoke(dead_letter, second) == ["second-copy"]  # retried later, nothing sent
+    assert sink.received == []
+    assert not ledger.lease(WORKER_JOB, "message:third-copy")  # the holder keeps its lease
+
+    ledger.release(WORKER_JOB, "message:first-copy")
+    assert invoke(dead_letter, second) == []
+    assert invoke(dead_letter, load_event("dead_letter_worker")) == []  # the first copy, late
+    assert len(sink.on("/slack")) == len(sink.on("/discord")) == len(sink.on("/callback")) == 1
+    # Each holder gave its lease back: none is left behind in the table.
+    item = boto3.client("dynamodb").get_item(
+        TableName=stack.ref("JobsTable"), Key={"job_id": {"S": f"dead-letter-lease#{WORKER_JOB}"}}
+    )
+    assert "Item" not in item
+
+
+def test_a_lease_left_by_a_crashed_invocation_expires(
+    dead_letter: ModuleType, job_store: JobStore, sink: WebhookSink, stack: Stack
+) -> None:
+    worker_dead_lettered(job_store, WORKER_JOB, callback=None)
+    now = int(time.time())
+    boto3.client("dynamodb").put_item(
+        TableName=stack.ref("JobsTable"),
+        Item={
+            "job_id": {"S": f"dead-letter-lease#{WORKER_JOB}"},
+            "holder": {"S": "message:crashed"},
+            "lease_until": {"N": str(now - 1)},
+            "expires_at": {"N": str(now + 86400)},
+        },
+    )
+    assert invoke(dead_letter, load_event("dead_letter_worker")) == []
+    assert len(sink.on("/slack")) == len(sink.on("/discord")) == 1
+    # Releasing is only ever our own lease: the crashed holder's late release takes nothing.
+    ledger = dead_letter.service().ledger
+    assert ledger.lease(WORKER_JOB, "message:next")
+    ledger.release(WORKER_JOB, "message:crashed")
+    assert not ledger.lease(WORKER_JOB, "message:another")
