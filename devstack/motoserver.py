@@ -29,16 +29,25 @@ def free_port() -> int:
 
 
 def wait_until(
-    predicate: Callable[[], Any], *, timeout: float, interval: float = 0.05, what: str = ""
+    predicate: Callable[[], Any],
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    what: str = "",
+    detail: Callable[[], Any] | None = None,
 ) -> Any:
-    """Poll ``predicate`` until it is truthy; raise TimeoutError after ``timeout`` seconds."""
+    """Poll ``predicate`` until it is truthy; raise TimeoutError after ``timeout`` seconds
+    (with ``detail()``, the state at that moment, in the message)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+            message = f"timed out after {timeout:g}s waiting for {what or predicate}"
+            if detail is not None:
+                message += f": {detail()}"
+            raise TimeoutError(message)
         time.sleep(interval)  # bounded: the loop ends at the deadline
 
 

@@ -186,9 +186,17 @@ def test_worker_crash_between_dlq_send_and_delete_loses_nothing(
     record = devstack.job(job_id)
     assert record.status == JobStatus.DEAD_LETTERED and record.attempts == 1
     assert devstack.queue_depths()["jobs"] == (0, 1)  # still held by the dead worker
+    # Marked as sent before the crash: no second copy. Crashed before the mark: the copy is
+    # sent again (at-least-once), identical, and the DLQ side keys its effects on job_id.
+    expected_copies = 1 if step == "after_dlq_marked" else 2
     # A fresh worker gets the message back after the window and finishes the remaining steps.
-    start(devstack, "rescuer")
-    wait_until(lambda: devstack.queue_depths()["jobs"] == (0, 0), timeout=20, what="deleted")
+    rescuer = start(devstack, "rescuer")
+    wait_until(
+        lambda: devstack.queue_depths() == {"jobs": (0, 0), "dlq": (expected_copies, 0)},
+        timeout=20,
+        what=f"source deleted and {expected_copies} DLQ copies",
+        detail=lambda: f"{devstack.queue_depths()}; rescuer: {log_lines(rescuer.log_path)[-6:]}",
+    )
     after = devstack.job(job_id)
     assert (after.status, after.attempts, after.last_error, after.finished_at) == (
         record.status,
@@ -199,9 +207,7 @@ def test_worker_crash_between_dlq_send_and_delete_loses_nothing(
     copies = dlq_messages(devstack)
     assert copies and {attrs(m)["job_id"] for m in copies} == {job_id}
     assert {attrs(m)["error_kind"] for m in copies} == {"ANALYZER_ERROR"}
-    # Marked as sent before the crash: no second copy. Crashed before the mark: the copy is
-    # sent again (at-least-once), identical, and the DLQ side keys its effects on job_id.
-    assert len(copies) == (1 if step == "after_dlq_marked" else 2)
+    assert len(copies) == expected_copies
     assert after.extra.get("dlq_sent") is True
 
 
