@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+import botocore
+import botocore.loaders
+import botocore.session
 import pytest
 
 from devstack.motoserver import AWS_TEST_ENV
@@ -16,3 +19,16 @@ def _aws_test_environment() -> None:
         os.environ[key] = value
     os.environ.pop("AWS_PROFILE", None)
     os.environ.pop("AWS_ENDPOINT_URL", None)
+
+
+# Every boto3 session reads botocore's service models (megabytes of JSON) through its own loader,
+# and mock_aws drops boto3's default session at each start: without one shared loader, a unit
+# test spent more time parsing JSON than testing. The models are the same files for every session.
+_MODEL_LOADER = botocore.loaders.create_loader()
+
+
+def _share_model_loader(session: botocore.session.Session) -> None:
+    session.register_component("data_loader", _MODEL_LOADER)
+
+
+botocore.register_initializer(_share_model_loader)
