@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -14,6 +15,7 @@ from devstack.cfn import Stack, provision
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from pipeline.jobstore import JobStore
 from pipeline.queue import JobQueue
+from tests.moto_state import MotoState
 
 
 @pytest.fixture
@@ -22,9 +24,20 @@ def aws() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def _provisioned() -> tuple[Stack, MotoState]:
+    """template.yaml provisioned once per session (see tests/moto_state.py)."""
+    with mock_aws():
+        stack = provision(boto3.Session(region_name="us-east-1"), stack_name="unit")
+        return stack, MotoState.capture()
+
+
 @pytest.fixture
-def stack(aws: None) -> Stack:
-    return provision(boto3.Session(region_name="us-east-1"), stack_name="unit")
+def stack(aws: None, _provisioned: tuple[Stack, MotoState]) -> Stack:
+    """Every resource of template.yaml in this test's own moto, as provisioning made them."""
+    provisioned, state = _provisioned
+    state.restore()
+    return copy.deepcopy(provisioned)
 
 
 @pytest.fixture
