@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from devstack.cfn import REPO_ROOT
 from devstack.motoserver import MotoServer
 from devstack.stack import Devstack
 
@@ -29,6 +35,44 @@ def devstack(moto_server: MotoServer, tmp_path: Path) -> Iterator[Devstack]:
         yield dev
     finally:
         dev.stop()
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One ``python -m devstack demo`` run: its output, its workers' logs, what it recorded."""
+
+    completed: subprocess.CompletedProcess[str]
+    elapsed_s: float
+    workdir: Path  # worker logs (SPOTLINE_DEVSTACK_WORKDIR)
+    record: Path  # secrets stored and job messages sent (tests/e2e/leakcheck)
+
+
+LEAKCHECK = Path(__file__).parent / "leakcheck"
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """The demo, run once for every test that judges a demo run (~40 s each on 2 cores): its
+    verdict (test_devstack) and its logs (test_no_secret_leaks). leakcheck only records what
+    the drills send; it changes nothing they do."""
+    root = tmp_path_factory.mktemp("demo")
+    record, workdir = root / "recorded.jsonl", root / "devstack"
+    python_path = [str(LEAKCHECK), os.environ.get("PYTHONPATH", "")]
+    started = time.monotonic()
+    completed = subprocess.run(
+        [sys.executable, "-m", "devstack", "demo"],
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in python_path if p),
+            "SPOTLINE_LEAKCHECK_FILE": str(record),
+            "SPOTLINE_DEVSTACK_WORKDIR": str(workdir),
+        },
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    return DemoRun(completed, time.monotonic() - started, workdir, record)
 
 
 def log_lines(path: Path) -> list[str]:

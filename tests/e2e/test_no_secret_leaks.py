@@ -1,7 +1,8 @@
 """A whole demo run, every line it logs or prints: no webhook URL, signing key or user payload.
 
-The demo runs as ``python -m devstack demo`` in a subprocess. ``leakcheck/sitecustomize.py`` (on
-its PYTHONPATH, so loaded by the demo and by every worker it starts) records what the drills
+The demo runs once per session as ``python -m devstack demo`` in a subprocess (the ``demo_run``
+fixture, shared with test_devstack). ``leakcheck/sitecustomize.py`` (on its PYTHONPATH, so loaded
+by the demo and by every worker it starts) records what the drills
 store as secrets (SSM SecureString values, Secrets Manager strings) and every job message sent,
 so the test knows the exact strings, random ports and generated keys included.
 """
@@ -9,19 +10,15 @@ so the test knows the exact strings, random ports and generated keys included.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devstack.cfn import REPO_ROOT
+from tests.e2e.conftest import DemoRun
 
 pytestmark = pytest.mark.e2e
 
-LEAKCHECK = Path(__file__).parent / "leakcheck"
 MIN_PAYLOAD_TEXT = 8  # shorter strings ("spot", "after") occur in ordinary words
 
 
@@ -76,23 +73,8 @@ def _json_lines(text: str) -> list[str]:
     return lines
 
 
-def test_a_demo_run_logs_no_webhook_url_signing_key_or_user_payload(tmp_path: Path) -> None:
-    record = tmp_path / "recorded.jsonl"
-    workdir = tmp_path / "devstack"
-    python_path = [str(LEAKCHECK), os.environ.get("PYTHONPATH", "")]
-    completed = subprocess.run(
-        [sys.executable, "-m", "devstack", "demo"],
-        cwd=REPO_ROOT,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(p for p in python_path if p),
-            "SPOTLINE_LEAKCHECK_FILE": str(record),
-            "SPOTLINE_DEVSTACK_WORKDIR": str(workdir),
-        },
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
+def test_a_demo_run_logs_no_webhook_url_signing_key_or_user_payload(demo_run: DemoRun) -> None:
+    completed, workdir, record = demo_run.completed, demo_run.workdir, demo_run.record
     output = {"stdout": completed.stdout, "stderr": completed.stderr}
     # The run went to its end (its verdict is test_devstack's business): every drill logged.
     assert "every job reached its expected state" in completed.stdout or (
