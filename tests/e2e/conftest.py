@@ -67,6 +67,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
             "PYTHONPATH": os.pathsep.join(p for p in python_path if p),
             "SPOTLINE_LEAKCHECK_FILE": str(record),
             "SPOTLINE_DEVSTACK_WORKDIR": str(workdir),
+            "COLUMNS": "160",  # one table row per line: a failing row reads whole in the report
         },
         capture_output=True,
         text=True,
