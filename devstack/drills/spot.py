@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
 import boto3
@@ -63,6 +65,35 @@ def drive_in_background(
             on_error(str(exc))
 
     threading.Thread(target=run, name=name, daemon=True).start()
+
+
+def has_polled(worker: WorkerProcess) -> bool:
+    """True once ``worker`` has polled the queue (its health endpoint, on the port it logged)."""
+    ports = [
+        line.get("port")
+        for line in _json_lines(worker.log_path.read_text(encoding="utf-8", errors="replace"))
+        if line.get("message") == "health server listening"
+    ]
+    if not ports:
+        return False
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[-1]}/healthz", timeout=2) as reply:
+            body = json.loads(reply.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return bool(isinstance(body, dict) and body.get("last_successful_poll_at"))
+
+
+def _json_lines(text: str) -> list[dict]:
+    lines = []
+    for raw in text.splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict):
+            lines.append(line)
+    return lines
 
 
 def start_claimed_job(
@@ -241,11 +272,13 @@ class HardCrash(_TakeoverDrill):
 
     name = "hard crash"
     job_label = "sleep, kill -9"
-    seconds = 5.0
+    # Long enough that crash-a is still mid-job once its successor is up on a loaded machine.
+    seconds = 8.0
     window_s = 4
 
     def __init__(self) -> None:
         self.worker: WorkerProcess | None = None
+        self.successor: WorkerProcess | None = None
         self.job_id: str | None = None
         self.problem = ""
         self.killed_at: float | None = None
@@ -260,13 +293,28 @@ class HardCrash(_TakeoverDrill):
         )
         self.job_id, self.problem = start_claimed_job(dev, self.worker, self.seconds, "crash")
         if self.job_id is not None and not self.problem:
+            # The capacity that takes over, already polling when crash-a dies: the check times
+            # SQS's redelivery, not how long a new worker process takes to start on a busy
+            # machine (several seconds on 2 loaded cores, beyond the window: a flaky check).
+            successor = dev.start_worker(
+                "crash-b", WORKER_IMDS_ENDPOINT="off", WORKER_VISIBILITY_WINDOW_S="6"
+            )
+            self.successor = successor
             job_id, worker, view = self.job_id, self.worker, _View(dev)
             drive_in_background(
-                "hard-crash", lambda: self._drive(view, job_id, worker), self._record_problem
+                "hard-crash",
+                lambda: self._drive(view, job_id, worker, successor),
+                self._record_problem,
             )
 
-    def _drive(self, view: _View, job_id: str, worker: WorkerProcess) -> None:
+    def _drive(
+        self, view: _View, job_id: str, worker: WorkerProcess, successor: WorkerProcess
+    ) -> None:
         wait_until(lambda: view.steps_saved(job_id) >= 4, timeout=30, what="crash-a's checkpoint")
+        wait_until(lambda: has_polled(successor), timeout=30, what="crash-b polling")
+        record = view.store.get(job_id)
+        if record is None or record.status != JobStatus.RUNNING:
+            raise TimeoutError("crash-a finished its job before crash-b was up: nothing to kill")
         worker.kill()  # SIGKILL to supervisor and child: the host is gone
         killed_at = time.monotonic()
         self.killed_at = killed_at
