@@ -425,6 +425,17 @@ class InterruptionWatch:
                 due[monitor.name] = time.monotonic() + max(0.05, monitor.interval_s)
             if event is not None:
                 self.emit(event)
+        if due is not None:
+            # The IMDS monitors share one availability: a single timed-out poll put the spot
+            # monitor on the 60 s absent rhythm even when the rebalance poll right after found
+            # IMDS answering again, blind to a notice for half its two minutes. Whoever is due
+            # later than its interval now says is brought forward.
+            soonest = time.monotonic()
+            for monitor in self.monitors:
+                if monitor.name in due:
+                    due[monitor.name] = min(
+                        due[monitor.name], soonest + max(0.05, monitor.interval_s)
+                    )
 
     def _loop(self) -> None:
         due: dict[str, float] = {}

@@ -420,3 +420,32 @@ def test_sigterm_after_a_notice_keeps_the_grace_but_a_second_sigterm_ends_it(
     assert worker.supervisor._kill_at == pytest.approx(time.monotonic() + 20, abs=0.5)
     worker._on_signal(signal.SIGTERM, None)  # docker stop's impatience: now
     assert worker.supervisor._kill_at <= time.monotonic()
+
+
+def test_one_timed_out_poll_does_not_blind_the_spot_monitor_while_imds_answers(
+    imds: ImdsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a flaky e2e test on a loaded machine: one spot poll timed out, the rebalance
+    poll right after was answered, and the spot monitor still waited the 60 s absent rhythm."""
+    client = ImdsClient(imds.url)
+    spot, rebalance = SpotNoticeMonitor(client, poll_s=0.2), RebalanceMonitor(client, poll_s=0.2)
+    real_get = client.get
+    timeouts = [SPOT_PATH]
+
+    def get(path: str) -> Any:
+        if path in timeouts:
+            timeouts.remove(path)
+            raise TimeoutError("timed out")
+        return real_get(path)
+
+    monkeypatch.setattr(client, "get", get)
+    received: list[Interruption] = []
+    watch = InterruptionWatch([spot, rebalance], received.append)
+    due: dict[str, float] = {}
+    watch.check_all(due=due)
+    assert client.availability.available is True
+    assert due[spot.name] - time.monotonic() <= 0.2
+
+    imds.schedule_notice()
+    watch.check_all(now=due[spot.name], due=due)
+    assert [event.source for event in received] == [spot.name]
