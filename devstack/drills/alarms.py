@@ -8,7 +8,9 @@ builds both event shapes from the alarm as moto describes it, starting from the 
 
 from __future__ import annotations
 
+import base64
 import copy
+import gzip
 import json
 import uuid
 from datetime import UTC, datetime
@@ -117,6 +119,46 @@ def eventbridge_alarm_event(alarm: dict[str, Any], old_state: str) -> dict[str, 
         ],
     }
     return event
+
+
+def worker_log_event(
+    lines: list[str],
+    *,
+    log_group: str,
+    log_stream: str,
+    start_ms: int,
+    owner: str = "123456789012",
+    filter_name: str = "WorkerChildFellOverSubscription",
+) -> dict[str, Any]:
+    """What CloudWatch Logs hands a subscribed function for ``lines`` of the worker's log (its
+    filter having matched them): ``{"awslogs": {"data": base64(gzip(JSON))}}``, one log event
+    per line, a millisecond apart, each with CloudWatch's 56-digit event id."""
+    payload = {
+        "messageType": "DATA_MESSAGE",
+        "owner": owner,
+        "logGroup": log_group,
+        "logStream": log_stream,
+        "subscriptionFilters": [filter_name],
+        "logEvents": [
+            {
+                # 56 digits like CloudWatch's (which start with the time, too).
+                "id": f"{start_ms + index:013d}{uuid.uuid4().int % 10**43:043d}",
+                "timestamp": start_ms + index,
+                "message": line,
+            }
+            for index, line in enumerate(lines)
+        ],
+    }
+    data = gzip.compress(json.dumps(payload).encode("utf-8"), mtime=0)
+    return {"awslogs": {"data": base64.b64encode(data).decode("ascii")}}
+
+
+def worker_log_payload(event: dict[str, Any]) -> dict[str, Any]:
+    """The JSON inside a CloudWatch Logs delivery (the reverse of :func:`worker_log_event`)."""
+    payload: dict[str, Any] = json.loads(
+        gzip.decompress(base64.b64decode(event["awslogs"]["data"]))
+    )
+    return payload
 
 
 def fanout_env(sink_url: str, dev: Devstack) -> dict[str, str]:
