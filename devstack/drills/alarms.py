@@ -237,7 +237,34 @@ class AlarmDrill(Drill):
                 " → ".join(slack),
             ),
         ]
+        self._child_fell_over(stack.name)
         return []
+
+    def _child_fell_over(self, stack_name: str) -> None:
+        """The worker log's subscription delivers one "job finished" line of a child that fell
+        over, and Lambda delivers it again (a retry): chat gets it once, with its job."""
+        sample = worker_log_payload(load_event("alarm_worker_child_fell_over"))
+        line = sample["logEvents"][0]["message"]
+        event = worker_log_event(
+            [line],
+            log_group=f"/spotline/{stack_name}/worker",
+            log_stream=sample["logStream"],
+            start_ms=int(datetime.now(UTC).timestamp() * 1000),
+        )
+        first, retry = self._invoke(event), self._invoke(event)
+        titles = [
+            p.json()["attachments"][0]["blocks"][0]["text"]["text"] for p in self.sink.on("/slack")
+        ]
+        fell = [t for t in titles if t.startswith("Analysis child fell over")]
+        self._checks.append(
+            Check(
+                "child fell over: posted once per channel with its job",
+                first.get("delivered") == len(CHANNELS)
+                and retry.get("skipped") == len(CHANNELS)
+                and len(fell) == 1,
+                fell[0] if fell else f"first {first}, retry {retry}",
+            )
+        )
 
     def checks(self, dev: Devstack, records: dict[str, Any]) -> list[Check]:
         return self._checks
