@@ -666,14 +666,14 @@ def notice_alert(
 
 
 def child_alert(notice: ChildFellOver) -> Alert:
-    """ "analysis child fell over: OOM on job ID (analyzer, attempt N, next: ...)", with the
-    instance, the time and a link to the line in the worker's log stream."""
+    """The notice "Analysis child fell over: OOM on job ID: analyzer, attempt N, next: ...",
+    with the instance, the time and a link to the line in the worker's log stream."""
     kind, job = notice.error_kind, notice.job_id
     where = [notice.analyzer or "analyzer unknown"]
     if notice.attempt is not None:
         where.append(f"attempt {notice.attempt}")
     where.append(f"next: {notice.next_step}")
-    text = f"analysis child fell over: {kind} on job {job} ({', '.join(where)})"
+    text = ", ".join(where)
     meaning = _KIND_MEANING.get(kind, "")
     ran = f"after {notice.duration_s:g} s" if notice.duration_s is not None else ""
     detail = "; ".join(part for part in (meaning, ran, notice.reason) if part)
