@@ -18,7 +18,7 @@ import boto3
 import pytest
 import yaml
 
-from devstack.cfn import Stack, load_template
+from devstack.cfn import Stack, load_template, provision
 from devstack.drills.alarms import fanout_env, worker_log_event, worker_log_payload
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from devstack.sink import WebhookSink
@@ -531,3 +531,17 @@ def test_the_sample_event_is_what_cloudwatch_logs_sends() -> None:
     for log_event in payload["logEvents"]:
         assert set(log_event) == {"id", "timestamp", "message"} and len(log_event["id"]) == 56
         assert filter_matches(PATTERN, json.loads(log_event["message"]))
+
+
+def test_devstack_creates_the_worker_log_group_with_its_retention(aws: None) -> None:
+    stack = provision(
+        boto3.Session(region_name="us-east-1"),
+        stack_name="fleet",
+        parameters={"DeployWorkers": "true", "WorkerLogRetentionDays": 14},
+        types={"AWS::Logs::LogGroup"},
+    )
+    (group,) = boto3.client("logs", region_name="us-east-1").describe_log_groups(
+        logGroupNamePrefix="/spotline/fleet/worker"
+    )["logGroups"]
+    assert group["retentionInDays"] == 14
+    assert stack.attr("WorkerLogGroup", "Arn") == group["arn"]
