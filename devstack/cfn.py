@@ -380,6 +380,18 @@ def provision_role(session: Any, stack: Stack, logical_id: str, props: dict[str,
     return Physical("AWS::IAM::Role", name, {"Arn": role["Arn"], "RoleId": role["RoleId"]})
 
 
+def provision_log_group(
+    session: Any, stack: Stack, logical_id: str, props: dict[str, Any]
+) -> Physical:
+    logs = _client(session, "logs")
+    name = props.get("LogGroupName") or _physical_name(stack, logical_id)
+    logs.create_log_group(logGroupName=name)
+    if "RetentionInDays" in props:
+        logs.put_retention_policy(logGroupName=name, retentionInDays=int(props["RetentionInDays"]))
+    (group,) = logs.describe_log_groups(logGroupNamePrefix=name)["logGroups"]
+    return Physical("AWS::Logs::LogGroup", name, {"Arn": group["arn"]})
+
+
 PROVISIONERS: dict[str, Provisioner] = {
     "AWS::SQS::Queue": provision_queue,
     "AWS::DynamoDB::Table": provision_table,
@@ -389,6 +401,7 @@ PROVISIONERS: dict[str, Provisioner] = {
     "AWS::CloudWatch::Alarm": provision_alarm,
     "AWS::Scheduler::ScheduleGroup": provision_schedule_group,
     "AWS::IAM::Role": provision_role,
+    "AWS::Logs::LogGroup": provision_log_group,
 }
 
 

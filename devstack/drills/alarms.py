@@ -8,7 +8,9 @@ builds both event shapes from the alarm as moto describes it, starting from the 
 
 from __future__ import annotations
 
+import base64
 import copy
+import gzip
 import json
 import uuid
 from datetime import UTC, datetime
@@ -119,6 +121,46 @@ def eventbridge_alarm_event(alarm: dict[str, Any], old_state: str) -> dict[str, 
     return event
 
 
+def worker_log_event(
+    lines: list[str],
+    *,
+    log_group: str,
+    log_stream: str,
+    start_ms: int,
+    owner: str = "123456789012",
+    filter_name: str = "WorkerChildFellOverSubscription",
+) -> dict[str, Any]:
+    """What CloudWatch Logs hands a subscribed function for ``lines`` of the worker's log (its
+    filter having matched them): ``{"awslogs": {"data": base64(gzip(JSON))}}``, one log event
+    per line, a millisecond apart, each with CloudWatch's 56-digit event id."""
+    payload = {
+        "messageType": "DATA_MESSAGE",
+        "owner": owner,
+        "logGroup": log_group,
+        "logStream": log_stream,
+        "subscriptionFilters": [filter_name],
+        "logEvents": [
+            {
+                # 56 digits like CloudWatch's (which start with the time, too).
+                "id": f"{start_ms + index:013d}{uuid.uuid4().int % 10**43:043d}",
+                "timestamp": start_ms + index,
+                "message": line,
+            }
+            for index, line in enumerate(lines)
+        ],
+    }
+    data = gzip.compress(json.dumps(payload).encode("utf-8"), mtime=0)
+    return {"awslogs": {"data": base64.b64encode(data).decode("ascii")}}
+
+
+def worker_log_payload(event: dict[str, Any]) -> dict[str, Any]:
+    """The JSON inside a CloudWatch Logs delivery (the reverse of :func:`worker_log_event`)."""
+    payload: dict[str, Any] = json.loads(
+        gzip.decompress(base64.b64decode(event["awslogs"]["data"]))
+    )
+    return payload
+
+
 def fanout_env(sink_url: str, dev: Devstack) -> dict[str, str]:
     """Channels pointing at the sink, with their URLs in SSM SecureString parameters."""
     ssm = dev.client("ssm")
@@ -195,7 +237,34 @@ class AlarmDrill(Drill):
                 " → ".join(slack),
             ),
         ]
+        self._child_fell_over(stack.name)
         return []
+
+    def _child_fell_over(self, stack_name: str) -> None:
+        """The worker log's subscription delivers one "job finished" line of a child that fell
+        over, and Lambda delivers it again (a retry): chat gets it once, with its job."""
+        sample = worker_log_payload(load_event("alarm_worker_child_fell_over"))
+        line = sample["logEvents"][0]["message"]
+        event = worker_log_event(
+            [line],
+            log_group=f"/spotline/{stack_name}/worker",
+            log_stream=sample["logStream"],
+            start_ms=int(datetime.now(UTC).timestamp() * 1000),
+        )
+        first, retry = self._invoke(event), self._invoke(event)
+        titles = [
+            p.json()["attachments"][0]["blocks"][0]["text"]["text"] for p in self.sink.on("/slack")
+        ]
+        fell = [t for t in titles if t.startswith("Analysis child fell over")]
+        self._checks.append(
+            Check(
+                "child fell over: posted once per channel with its job",
+                first.get("delivered") == len(CHANNELS)
+                and retry.get("skipped") == len(CHANNELS)
+                and len(fell) == 1,
+                fell[0] if fell else f"first {first}, retry {retry}",
+            )
+        )
 
     def checks(self, dev: Devstack, records: dict[str, Any]) -> list[Check]:
         return self._checks

@@ -1,4 +1,5 @@
-"""CloudWatch alarms (SNS notification or EventBridge state change) → chat, webhook, email."""
+"""CloudWatch alarms (SNS notification or EventBridge state change) and the worker log's
+"analysis child fell over" lines (CloudWatch Logs subscription) → chat, webhook, email."""
 
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ def fanout() -> AlarmFanout:
         ),
         email=email,
         tags=AlarmTags(boto3.client("cloudwatch"), on_error=_tag_lookup_failed),
+        child_notice_name=settings.child_notice_name,
+        region=settings.region,
     )
 
 

@@ -10,15 +10,25 @@ small DynamoDB table: a channel that took a transition never gets it again.
 An alarm that toggles more than ``max_changes`` times in ``window_s`` is *flapping*: it is
 summarised instead of posted each time, but a change into ``ALARM`` that chat has not yet seen is
 always posted, so flapping can never hide an alarm.
+
+A third input is the worker's own log: a CloudWatch Logs subscription on the worker log group
+delivers each "job finished" line of an attempt that took the analysis child down (OOM, crash,
+timeout), and each becomes a :class:`ChildFellOver` notice naming the job, routed like the
+``worker-child-restarted`` alarm and remembered per log event, so a retry never posts it twice.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import gzip
 import hashlib
+import io
 import json
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +37,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline.alerts import Alert, AlertSender, Severity
+from pipeline.contract import ErrorKind
 from pipeline.settings import MissingSetting, env_int, require_env
 from pipeline.webhooks import Delivery
 
@@ -267,6 +278,192 @@ def parse_eventbridge_alarm(event: Mapping[str, Any]) -> AlarmNotice:
     )
 
 
+# -- the analysis child fell over: the worker's log, through a subscription filter -------------
+
+# The "job finished" outcomes of an attempt that took the analysis child down: the memory guard
+# killed it (OOM; an OOM the analyzer raised itself, a GPU OOM, leaves the child alive but is
+# the same trouble), it died on its own (UNKNOWN: a signal, a segfault, an exit) or it outlived
+# max_runtime_s and was killed (TIMEOUT). The worker log group's subscription filter in
+# template.yaml matches exactly these kinds; a test holds the two together.
+CHILD_FELL_OVER_KINDS = (ErrorKind.OOM, ErrorKind.UNKNOWN, ErrorKind.TIMEOUT)
+JOB_FINISHED = "job finished"  # the worker's log message (gpu_worker/consumer.py)
+# Routed like the alarm on the same trouble (STACK-worker-child-restarted, tagged warning).
+CHILD_NOTICE_NAME = "worker-child-restarted"
+CHILD_NOTICE_SEVERITY = Severity.WARNING
+# CloudWatch Logs sends at most 1 MB per delivery; anything far larger is not from it.
+MAX_LOG_PAYLOAD_BYTES = 8 * 1024 * 1024
+_KIND_MEANING: dict[str, str] = {
+    ErrorKind.OOM: "out of memory (the memory guard's limit or the GPU's)",
+    ErrorKind.UNKNOWN: "the child died (a signal, a segfault or an exit)",
+    ErrorKind.TIMEOUT: "the job ran past its max_runtime_s and the child was killed",
+}
+_NEXT_STEP = {"DEAD_LETTER": "dead-lettered", "REQUEUE": "requeued"}
+_LOG_UNREADABLE = (*_UNREADABLE, OverflowError, OSError, EOFError, zlib.error, RecursionError)
+
+
+@dataclass(frozen=True)
+class ChildFellOver:
+    """One attempt whose analysis child fell over, from the worker's "job finished" log line."""
+
+    name: str
+    job_id: str
+    error_kind: str
+    analyzer: str
+    attempt: int | None
+    action: str
+    reason: str
+    duration_s: float | None
+    instance: str  # the log stream: the worker's instance id
+    log_group: str
+    event_id: str
+    time: datetime
+    region: str
+    account: str
+    backoff_s: float | None = None
+    peak_memory_bytes: int | None = None
+
+    @property
+    def transition_key(self) -> str:
+        """One per log event: a Lambda retry of the same delivery finds it in the ledger."""
+        return f"child|{self.log_group}|{self.event_id}"
+
+    @property
+    def next_step(self) -> str:
+        if self.action == "RETRY":
+            return f"retry in {self.backoff_s:g} s" if self.backoff_s is not None else "retry"
+        return _NEXT_STEP.get(self.action, self.action.lower() or "unknown")
+
+    @property
+    def console_link(self) -> str:
+        """The log stream in the CloudWatch console, opened a minute before the line."""
+        region = self.region or "us-east-1"
+        start_ms = int(self.time.timestamp() * 1000) - 60_000
+        return (
+            f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}"
+            f"#logsV2:log-groups/log-group/{_console_part(self.log_group)}"
+            f"/log-events/{_console_part(self.instance)}$3Fstart$3D{start_ms}"
+        )
+
+
+def _console_part(value: str) -> str:
+    """The console's logsV2 fragment encoding: URL-encoded twice, then '%' written as '$'."""
+    return quote(quote(value, safe=""), safe="").replace("%", "$")
+
+
+def _optional_number(line: Mapping[str, Any], key: str) -> float | None:
+    value = line.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _decode_awslogs(awslogs: Any) -> Mapping[str, Any]:
+    """``{"data": base64(gzip(json))}``, as CloudWatch Logs hands it to a subscribed function."""
+    data = awslogs.get("data") if isinstance(awslogs, Mapping) else None
+    if not isinstance(data, str) or not data:
+        raise MalformedAlarm("awslogs.data missing")
+    try:
+        compressed = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedAlarm("awslogs.data is not base64") from exc
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(compressed)) as stream:
+            raw = stream.read(MAX_LOG_PAYLOAD_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise MalformedAlarm("awslogs.data is not gzip (or cut short)") from exc
+    if len(raw) > MAX_LOG_PAYLOAD_BYTES:
+        raise MalformedAlarm("awslogs.data unpacks to more than a delivery can hold")
+    try:
+        payload = json.loads(raw)
+    except ValueError as exc:
+        raise MalformedAlarm("awslogs.data is not JSON") from exc
+    if not isinstance(payload, Mapping):
+        raise MalformedAlarm("awslogs.data is not a JSON object")
+    return payload
+
+
+def parse_child_line(
+    log_event: Mapping[str, Any],
+    *,
+    name: str,
+    log_group: str,
+    log_stream: str,
+    region: str,
+    account: str,
+) -> ChildFellOver:
+    """One subscription log event holding the worker's "job finished" line (Powertools JSON)."""
+    message = log_event.get("message")
+    if not isinstance(message, str):
+        raise MalformedAlarm("log event without a message")
+    line = json.loads(message)
+    if not isinstance(line, Mapping):
+        raise MalformedAlarm("log line is not a JSON object")
+    if line.get("message") != JOB_FINISHED or line.get("error_kind") not in CHILD_FELL_OVER_KINDS:
+        # Only the subscription filter's mismatch with this module can get us here.
+        raise MalformedAlarm("not a job-finished line of an analysis child that fell over")
+    event_id = _text(log_event, "id", required=True)
+    timestamp = log_event.get("timestamp")
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool):
+        raise MalformedAlarm("log event without a timestamp")
+    attempt = line.get("attempt")
+    peak = line.get("peak_memory_bytes")
+    return ChildFellOver(
+        name=name,
+        job_id=_text(line, "job_id", required=True),
+        error_kind=str(line["error_kind"]),
+        analyzer=_text(line, "analyzer"),
+        attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None,
+        action=_text(line, "action"),
+        reason=_text(line, "reason"),
+        duration_s=_optional_number(line, "duration_s"),
+        instance=log_stream,
+        log_group=log_group,
+        event_id=event_id,
+        time=datetime.fromtimestamp(timestamp / 1000, tz=UTC),
+        region=region,
+        account=account,
+        backoff_s=_optional_number(line, "backoff_s"),
+        peak_memory_bytes=peak if isinstance(peak, int) and not isinstance(peak, bool) else None,
+    )
+
+
+def notices_from_worker_log(
+    event: Mapping[str, Any], *, name: str, region: str
+) -> list[ChildFellOver | Unreadable]:
+    """A CloudWatch Logs subscription delivery: one notice per log event; a CONTROL_MESSAGE
+    (CloudWatch Logs checking it can reach us) is none."""
+    awslogs = event.get("awslogs")
+    data = awslogs.get("data") if isinstance(awslogs, Mapping) else None
+    excerpt = data if isinstance(data, str) else _dump(awslogs)
+    try:
+        payload = _decode_awslogs(awslogs)
+        kind = payload.get("messageType")
+        if kind == "CONTROL_MESSAGE":
+            return []
+        if kind != "DATA_MESSAGE":
+            raise MalformedAlarm("messageType is neither DATA_MESSAGE nor CONTROL_MESSAGE")
+        log_events = payload.get("logEvents")
+        if not isinstance(log_events, list):
+            raise MalformedAlarm("logEvents missing")
+        where = {
+            "log_group": _text(payload, "logGroup", required=True),
+            "log_stream": _text(payload, "logStream", required=True),
+            "account": _text(payload, "owner"),
+        }
+    except _LOG_UNREADABLE as exc:
+        return [Unreadable(excerpt, "", f"CloudWatch Logs delivery: {exc}")]
+    notices: list[ChildFellOver | Unreadable] = []
+    for log_event in log_events:
+        if not isinstance(log_event, Mapping):
+            notices.append(Unreadable(_dump(log_event), "", "log event is not an object"))
+            continue
+        try:
+            notices.append(parse_child_line(log_event, name=name, region=region, **where))
+        except _LOG_UNREADABLE as exc:
+            message = log_event.get("message")
+            raw = message if isinstance(message, str) else _dump(log_event)
+            notices.append(Unreadable(raw, str(log_event.get("id") or ""), str(exc)))
+    return notices
+
+
 def _dump(value: Any) -> str:
     try:
         return json.dumps(value, default=str, sort_keys=True)
@@ -274,8 +471,19 @@ def _dump(value: Any) -> str:
         return repr(value)
 
 
-def notices_from_event(event: Any) -> list[AlarmNotice | Unreadable]:
-    """Every alarm notice in a Lambda event; what cannot be read becomes :class:`Unreadable`."""
+Notice = AlarmNotice | ChildFellOver | Unreadable
+
+
+def notices_from_event(
+    event: Any, *, child_notice_name: str = CHILD_NOTICE_NAME, region: str = ""
+) -> list[Notice]:
+    """Every notice in a Lambda event; what cannot be read becomes :class:`Unreadable`.
+
+    ``child_notice_name`` names (and so routes) the notices from the worker's log; ``region`` is
+    the function's own (a CloudWatch Logs delivery does not say it).
+    """
+    if isinstance(event, Mapping) and "awslogs" in event:
+        return list(notices_from_worker_log(event, name=child_notice_name, region=region))
     if isinstance(event, Mapping) and isinstance(event.get("Records"), list):
         return [_from_sns_record(record) for record in event["Records"]]
     if isinstance(event, Mapping) and event.get("detail-type") == ALARM_STATE_CHANGE:
@@ -283,7 +491,10 @@ def notices_from_event(event: Any) -> list[AlarmNotice | Unreadable]:
             return [parse_eventbridge_alarm(event)]
         except _UNREADABLE as exc:
             return [Unreadable(_dump(event), str(event.get("id") or ""), str(exc))]
-    problem = "neither an SNS notification nor a CloudWatch Alarm State Change event"
+    problem = (
+        "neither an SNS notification, a CloudWatch Alarm State Change event"
+        " nor a CloudWatch Logs delivery"
+    )
     ref = str(event.get("id") or "") if isinstance(event, Mapping) else ""
     return [Unreadable(_dump(event), ref, problem)]
 
@@ -449,6 +660,62 @@ def notice_alert(
                 "arn": notice.arn,
                 "composite": notice.composite,
                 "flapping": flapping is not None and flapping.kind == FlapDecision.SUMMARY,
+            }
+        },
+    )
+
+
+def child_alert(notice: ChildFellOver) -> Alert:
+    """The notice "Analysis child fell over: OOM on job ID: analyzer, attempt N, next: ...",
+    with the instance, the time and a link to the line in the worker's log stream."""
+    kind, job = notice.error_kind, notice.job_id
+    where = [notice.analyzer or "analyzer unknown"]
+    if notice.attempt is not None:
+        where.append(f"attempt {notice.attempt}")
+    where.append(f"next: {notice.next_step}")
+    text = ", ".join(where)
+    meaning = _KIND_MEANING.get(kind, "")
+    ran = f"after {notice.duration_s:g} s" if notice.duration_s is not None else ""
+    detail = "; ".join(part for part in (meaning, ran, notice.reason) if part)
+    fields = [
+        ("Job", job),
+        ("Failure", kind),
+        ("Analyzer", notice.analyzer or "-"),
+        ("Attempt", str(notice.attempt) if notice.attempt is not None else "-"),
+        ("Next", notice.next_step),
+        ("Instance", notice.instance or "-"),
+        ("Time", notice.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ("Region", notice.region or "-"),
+        ("Account", notice.account or "-"),
+    ]
+    if notice.peak_memory_bytes is not None:
+        fields.append(("Peak memory", f"{notice.peak_memory_bytes / 2**30:.2f} GiB"))
+    return Alert(
+        title=f"Analysis child fell over: {kind} on job {job}",
+        text=f"{text}\n{detail}" if detail else text,
+        severity=CHILD_NOTICE_SEVERITY,
+        fields=tuple(fields),
+        link=notice.console_link,
+        dedupe_key=notice.transition_key,
+        extra={
+            "child_fell_over": {
+                "name": notice.name,
+                "job_id": job,
+                "error_kind": kind,
+                "analyzer": notice.analyzer,
+                "attempt": notice.attempt,
+                "action": notice.action,
+                "next": notice.next_step,
+                "reason": notice.reason,
+                "duration_s": notice.duration_s,
+                "backoff_s": notice.backoff_s,
+                "peak_memory_bytes": notice.peak_memory_bytes,
+                "instance": notice.instance,
+                "log_group": notice.log_group,
+                "log_event_id": notice.event_id,
+                "time": notice.time.astimezone(UTC).isoformat(timespec="milliseconds"),
+                "region": notice.region,
+                "account": notice.account,
             }
         },
     )
@@ -711,6 +978,8 @@ class AlarmFanout:
         flaps: FlapTracker | None = None,
         email: EmailChannel | None = None,
         tags: Callable[[str], Mapping[str, str]] = _tags_none,
+        child_notice_name: str = CHILD_NOTICE_NAME,
+        region: str = "",
         busy_wait_s: float = 20.0,
         poll_s: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
@@ -721,6 +990,8 @@ class AlarmFanout:
         self.flaps = flaps
         self.email = email
         self.tags = tags
+        self.child_notice_name = child_notice_name
+        self.region = region
         self.busy_wait_s = busy_wait_s
         self.poll_s = poll_s
         self._sleep = sleep
@@ -732,9 +1003,14 @@ class AlarmFanout:
 
     def handle(self, event: Any) -> list[Outcome]:
         outcomes = []
-        for notice in notices_from_event(event):
+        notices = notices_from_event(
+            event, child_notice_name=self.child_notice_name, region=self.region
+        )
+        for notice in notices:
             if isinstance(notice, Unreadable):
                 outcomes.append(self.forward_unreadable(notice))
+            elif isinstance(notice, ChildFellOver):
+                outcomes.append(self.notify_child(notice))
             else:
                 outcomes.append(self.notify(notice))
         return outcomes
@@ -751,6 +1027,13 @@ class AlarmFanout:
         alert = notice_alert(notice, severity_tag=severity, flapping=decision)
         channels = self.routing.channels_for(notice.name, severity)
         return self.deliver(alert, channels, notice.transition_key, notice.name, decision.kind)
+
+    def notify_child(self, notice: ChildFellOver) -> Outcome:
+        """Every fall is posted (no flapping summary: each names its own job)."""
+        channels = self.routing.channels_for(notice.name, CHILD_NOTICE_SEVERITY)
+        return self.deliver(
+            child_alert(notice), channels, notice.transition_key, notice.name, "post"
+        )
 
     def forward_unreadable(self, message: Unreadable) -> Outcome:
         alert = unreadable_alert(message)
@@ -813,6 +1096,8 @@ class FanoutSettings:
     email_topic_arn: str = ""
     flap_max_changes: int = 4
     flap_window_s: int = 1800
+    child_notice_name: str = CHILD_NOTICE_NAME
+    region: str = ""
 
     @classmethod
     def from_env(cls) -> FanoutSettings:
@@ -823,6 +1108,8 @@ class FanoutSettings:
             email_topic_arn=os.environ.get("ALARM_EMAIL_TOPIC_ARN", "").strip(),
             flap_max_changes=env_int("ALARM_FLAP_MAX_CHANGES", 4),
             flap_window_s=60 * env_int("ALARM_FLAP_WINDOW_MINUTES", 30),
+            child_notice_name=os.environ.get("CHILD_NOTICE_NAME", "").strip() or CHILD_NOTICE_NAME,
+            region=os.environ.get("AWS_REGION", ""),
         )
 
 

@@ -1,0 +1,547 @@
+"""The analysis child fell over: the worker's "job finished" line, through the worker log group's
+subscription filter, becomes one chat notice naming the job, routed like the child-restarted
+alarm, posted once per log event however often Lambda retries the delivery."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from devstack.cfn import Stack, load_template, provision
+from devstack.drills.alarms import fanout_env, worker_log_event, worker_log_payload
+from devstack.lambdas import LambdaContext, load_event, load_handler_module
+from devstack.sink import WebhookSink
+from gpu_worker import consumer
+from gpu_worker.config import WorkerConfig
+from gpu_worker.consumer import Worker
+from pipeline.alarms import (
+    CHILD_FELL_OVER_KINDS,
+    CHILD_NOTICE_NAME,
+    CHILD_NOTICE_SEVERITY,
+    ChildFellOver,
+    Unreadable,
+    child_alert,
+    notices_from_event,
+)
+from pipeline.contract import ErrorKind, JobMessage, new_job_id
+from pipeline.jobstore import JobStore
+from pipeline.queue import JobQueue
+from pipeline.webhooks import WebhookClient
+
+EVENT = "alarm_worker_child_fell_over"
+TEMPLATE = load_template()
+RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
+NAME = "spotline-worker-child-restarted"
+
+
+def read(event: Any, **kwargs: str) -> list[Any]:
+    return notices_from_event(event, child_notice_name=NAME, region="eu-west-1", **kwargs)
+
+
+def delivery(payload: dict[str, Any]) -> dict[str, Any]:
+    """A CloudWatch Logs delivery of ``payload`` (any JSON), packed as AWS packs it."""
+    data = gzip.compress(json.dumps(payload).encode("utf-8"))
+    return {"awslogs": {"data": base64.b64encode(data).decode("ascii")}}
+
+
+def with_lines(*lines: dict[str, Any]) -> dict[str, Any]:
+    """The sample delivery with its log events' lines replaced."""
+    event = load_event(EVENT)
+    payload = worker_log_payload(event)
+    texts = [json.dumps(line) for line in lines]
+    return worker_log_event(
+        texts,
+        log_group=payload["logGroup"],
+        log_stream=payload["logStream"],
+        start_ms=payload["logEvents"][0]["timestamp"],
+    )
+
+
+def sample_line(index: int = 0) -> dict[str, Any]:
+    payload = worker_log_payload(load_event(EVENT))
+    line: dict[str, Any] = json.loads(payload["logEvents"][index]["message"])
+    return line
+
+
+# -- reading a delivery ----------------------------------------------------------------------
+
+
+def test_each_log_event_of_a_delivery_is_one_notice_with_its_job() -> None:
+    oom, crash = read(load_event(EVENT))
+    assert isinstance(oom, ChildFellOver) and isinstance(crash, ChildFellOver)
+    assert (oom.job_id, oom.error_kind, oom.analyzer, oom.attempt, oom.next_step) == (
+        "0b8e9c4e-5f7a-4d21-9a3c-7e1f2d6b8a90",
+        "OOM",
+        "memory_hog",
+        1,
+        "retry",
+    )
+    assert (crash.error_kind, crash.attempt, crash.next_step) == ("UNKNOWN", 3, "dead-lettered")
+    assert (oom.instance, oom.log_group, oom.account, oom.region, oom.name) == (
+        "i-0a1b2c3d4e5f60718",
+        "/spotline/spotline/worker",
+        "123456789012",
+        "eu-west-1",
+        NAME,
+    )
+    assert oom.time == datetime(2026, 11, 23, 5, 43, 12, 345000, tzinfo=UTC)
+    assert oom.transition_key != crash.transition_key  # one per log event
+    assert oom.console_link == (
+        "https://eu-west-1.console.aws.amazon.com/cloudwatch/home?region=eu-west-1"
+        "#logsV2:log-groups/log-group/$252Fspotline$252Fspotline$252Fworker"
+        "/log-events/i-0a1b2c3d4e5f60718$3Fstart$3D1795412532345"
+    )
+
+
+def test_a_control_message_is_no_notice() -> None:
+    assert read(delivery({"messageType": "CONTROL_MESSAGE", "logEvents": []})) == []
+
+
+def test_keys_the_line_may_carry_later_are_shown() -> None:
+    line = {**sample_line(), "backoff_s": 20.0, "peak_memory_bytes": 3 * 2**30}
+    (notice,) = read(with_lines(line))
+    assert notice.next_step == "retry in 20 s"
+    alert = child_alert(notice)
+    assert ("Peak memory", "3.00 GiB") in alert.fields
+    assert "next: retry in 20 s" in alert.text
+
+
+GARBAGE_GZIP = base64.b64encode(b"\x1f\x8b\x08\x00garbage").decode()
+CUT_SHORT = load_event(EVENT)["awslogs"]["data"][:120]
+
+
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        ({"awslogs": None}, "awslogs.data missing"),
+        ({"awslogs": {"data": 7}}, "awslogs.data missing"),
+        ({"awslogs": {"data": "not base64 at all!"}}, "not base64"),
+        ({"awslogs": {"data": base64.b64encode(b"plain text").decode()}}, "not gzip"),
+        ({"awslogs": {"data": GARBAGE_GZIP}}, "not gzip"),
+        ({"awslogs": {"data": CUT_SHORT}}, "not gzip"),
+        ({"awslogs": {"data": "é"}}, "not base64"),
+        (
+            {"awslogs": {"data": base64.b64encode(gzip.compress(b"{cut")).decode()}},
+            "not JSON",
+        ),
+        (delivery([1, 2]), "not a JSON object"),
+        (delivery({"messageType": "SOMETHING"}), "neither DATA_MESSAGE"),
+        (delivery({"messageType": "DATA_MESSAGE", "logEvents": {}}), "logEvents missing"),
+        (
+            delivery({"messageType": "DATA_MESSAGE", "logEvents": [], "logStream": "i-1"}),
+            "missing logGroup",
+        ),
+    ],
+)
+def test_an_unreadable_delivery_is_one_unreadable_notice(event: Any, problem: str) -> None:
+    (notice,) = read(event)
+    assert isinstance(notice, Unreadable) and problem in notice.problem
+
+
+def test_a_delivery_that_unpacks_to_too_much_is_refused_unread() -> None:
+    bomb = gzip.compress(b" " * (9 * 1024 * 1024))  # 9 MiB of spaces, 9 KiB packed
+    (notice,) = read({"awslogs": {"data": base64.b64encode(bomb).decode()}})
+    assert isinstance(notice, Unreadable) and "more than a delivery can hold" in notice.problem
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"error_kind": "ANALYZER_ERROR"}, "not a job-finished line"),
+        ({"error_kind": None}, "not a job-finished line"),
+        ({"message": "job started"}, "not a job-finished line"),
+        ({"job_id": None}, "missing job_id"),
+        ({"job_id": 5}, "job_id is not text"),
+    ],
+)
+def test_a_line_the_filter_should_not_have_sent_is_unreadable_with_its_event_id(
+    change: dict[str, Any], problem: str
+) -> None:
+    (notice,) = read(with_lines({**sample_line(), **change}))
+    assert isinstance(notice, Unreadable) and problem in notice.problem
+    assert notice.ref and notice.ref in notice.transition_key
+
+
+def test_broken_log_events_are_unreadable_one_by_one_beside_good_ones() -> None:
+    payload = worker_log_payload(load_event(EVENT))
+    good = payload["logEvents"][0]
+    payload["logEvents"] = [
+        good,
+        "junk",
+        {**good, "id": "x1", "message": "[ERROR] not json"},
+        {**good, "id": "x2", "message": None},
+        {**good, "id": "x3", "timestamp": "yesterday"},
+        {**good, "id": "x4", "timestamp": 10**30},
+        {**good, "id": None},
+    ]
+    notices = read(delivery(payload))
+    assert isinstance(notices[0], ChildFellOver)
+    assert [type(n).__name__ for n in notices[1:]] == ["Unreadable"] * 6
+    assert notices[2].raw == "[ERROR] not json"
+
+
+def _variants(value: Any) -> Iterator[Any]:
+    """``value`` with each node in turn replaced by values of other types."""
+    yield from (None, 7, True, "x", "", [], {}, [1], {"a": 1}, 10**30)
+    if isinstance(value, dict):
+        for key in value:
+            for mutated in _variants(value[key]):
+                yield {**value, key: mutated}
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            for mutated in _variants(item):
+                yield [*value[:index], mutated, *value[index + 1 :]]
+
+
+def test_every_mutation_inside_the_packed_payload_reads_or_is_unreadable() -> None:
+    payload = worker_log_payload(load_event(EVENT))
+    variants = list(_variants(payload))
+    first = payload["logEvents"][0]
+    for line in _variants(json.loads(first["message"])):
+        log_event = {**first, "message": json.dumps(line)}
+        variants.append({**payload, "logEvents": [log_event]})
+    assert len(variants) > 300
+    for variant in variants:
+        for notice in read(delivery(variant)):
+            assert isinstance(notice, ChildFellOver | Unreadable), variant
+            if isinstance(notice, ChildFellOver):
+                child_alert(notice)  # renders, too
+
+
+# -- rendering, routing and delivery through the real handler ---------------------------------
+
+
+@pytest.fixture
+def sink() -> Iterator[WebhookSink]:
+    with WebhookSink() as server:
+        yield server
+
+
+class _Devstack:
+    def client(self, service: str) -> Any:
+        return boto3.client(service, region_name="us-east-1")
+
+
+@pytest.fixture
+def make_fanout_app(stack: Stack, sink: WebhookSink) -> Callable[..., ModuleType]:
+    from aws_lambda_powertools.utilities import parameters
+
+    def make(**extra: str) -> ModuleType:
+        parameters.clear_caches()
+        env = {
+            **fanout_env(sink.url, _Devstack()),  # type: ignore[arg-type]
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "AWS_REGION": "eu-west-1",
+            **extra,
+        }
+        return load_handler_module("alarm_fanout.app", stack, "AlarmFanoutFunction", env)
+
+    return make
+
+
+def invoke(app: ModuleType, event: Any) -> dict[str, Any]:
+    result: dict[str, Any] = app.handler(event, LambdaContext(function_name="AlarmFanout"))
+    return result
+
+
+def test_each_fall_is_posted_once_to_every_channel_with_job_instance_and_link(
+    make_fanout_app: Callable[..., ModuleType], sink: WebhookSink
+) -> None:
+    app = make_fanout_app()
+    app.fanout().sender.client = WebhookClient(max_attempts=1)  # no backoff waits here
+    sink.script = {"/discord": [500, 500, 200]}
+    with pytest.raises(app.FanoutIncomplete, match="discord"):
+        invoke(app, load_event(EVENT))
+    slack = [r.json() for r in sink.on("/slack")]
+    assert [s["attachments"][0]["blocks"][0]["text"]["text"] for s in slack] == [
+        "Analysis child fell over: OOM on job 0b8e9c4e-5f7a-4d21-9a3c-7e1f2d6b8a90",
+        "Analysis child fell over: UNKNOWN on job c4a1e7d2-9b3f-4e58-8d60-2f1a7c9e3b54",
+    ]
+    assert slack[0]["attachments"][0]["color"] == "#f2a33a"  # warning, like the alarm
+    assert slack[0]["text"] == (
+        "Analysis child fell over: OOM on job 0b8e9c4e-5f7a-4d21-9a3c-7e1f2d6b8a90: "
+        "memory_hog, attempt 1, next: retry\nout of memory (the memory guard's limit or the "
+        "GPU's); after 41.203 s; OOM on attempt 1 of 3"
+    )
+    (hook, _) = [r.json() for r in sink.on("/webhook")]
+    assert hook["child_fell_over"]["job_id"] == "0b8e9c4e-5f7a-4d21-9a3c-7e1f2d6b8a90"
+    assert hook["child_fell_over"]["log_event_id"] == hook["dedupe_key"].rsplit("|", 1)[1]
+
+    # Lambda's retry: only the channel that failed gets them; the next retry changes nothing.
+    assert invoke(app, load_event(EVENT)) == {"notices": 2, "delivered": 2, "skipped": 4}
+    assert invoke(app, load_event(EVENT)) == {"notices": 2, "delivered": 0, "skipped": 6}
+    assert len(sink.on("/slack")) == len(sink.on("/webhook")) == 2
+    assert len(sink.on("/discord")) == 4  # two refused, then each taken once
+    discord = [r.json()["embeds"][0] for r in sink.on("/discord")[2:]]
+    fields = {f["name"]: f["value"] for f in discord[1]["fields"]}
+    assert fields["Instance"] == "i-0a1b2c3d4e5f60718" and fields["Next"] == "dead-lettered"
+    assert fields["Time"] == "2026-11-23 05:43:12 UTC" and fields["Region"] == "eu-west-1"
+    assert discord[1]["url"].startswith("https://eu-west-1.console.aws.amazon.com/")
+
+
+def test_falls_route_like_the_child_restarted_alarm_and_garbage_goes_to_the_default(
+    make_fanout_app: Callable[..., ModuleType], sink: WebhookSink, stack: Stack
+) -> None:
+    # The template names the notices STACK-worker-child-restarted (the alarm's name), severity
+    # warning (the alarm's tag).
+    app = make_fanout_app(
+        ALARM_ROUTES=f"prefix:{stack.name}-worker-=discord; severity:warning=webhook",
+        ALARM_DEFAULT_CHANNELS="slack",
+    )
+    assert app.settings.child_notice_name == f"{stack.name}-worker-child-restarted"
+    invoke(app, load_event(EVENT))
+    assert len(sink.on("/discord")) == len(sink.on("/webhook")) == 2
+    assert sink.on("/slack") == []
+    # An unreadable delivery is forwarded to the first default channel, never raised.
+    result = invoke(app, {"awslogs": {"data": CUT_SHORT}})
+    assert result == {"notices": 1, "delivered": 1, "skipped": 0}
+    (forwarded,) = [r.json() for r in sink.on("/slack")]
+    assert "not gzip" in json.dumps(forwarded)
+    assert invoke(app, delivery({"messageType": "CONTROL_MESSAGE"}))["notices"] == 0
+
+
+# -- the template: log group, role, user data, subscription and permission agree ---------------
+
+
+def _tokens(pattern: str) -> list[str]:
+    token = re.compile(r'\s*(\{|\}|\(|\)|&&|\|\||!=|=|\$\.[A-Za-z_][\w.]*|"[^"*]*")')
+    out, position = [], 0
+    while position < len(pattern.rstrip()):
+        match = token.match(pattern, position)
+        assert match, f"filter pattern not in the supported subset at {pattern[position:]!r}"
+        out.append(match.group(1))
+        position = match.end()
+    return out
+
+
+def filter_matches(pattern: str, line: dict[str, Any]) -> bool:
+    """CloudWatch Logs JSON filter patterns, the subset the template uses:
+    ``{ EXPR }``, EXPR = TERM (``&&`` / ``||`` TERM)*, TERM = ``(EXPR)`` or
+    ``$.key = "text"`` / ``$.key != "text"`` (no wildcards)."""
+    tokens = _tokens(pattern)
+    assert tokens[0] == "{" and tokens[-1] == "}"
+    position = 1
+
+    def take() -> str:
+        nonlocal position
+        position += 1
+        return tokens[position - 1]
+
+    def term() -> bool:
+        if tokens[position] == "(":
+            take()
+            value = expression()
+            assert take() == ")"
+            return value
+        selector, operator, literal = take(), take(), take()
+        assert selector.startswith("$.") and operator in ("=", "!=") and literal[0] == '"'
+        value: Any = line
+        for key in selector[2:].split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        equal = isinstance(value, str) and value == literal[1:-1]
+        return equal if operator == "=" else not equal
+
+    def expression() -> bool:
+        value = term()
+        while tokens[position] in ("&&", "||"):
+            operator, right = take(), term()
+            value = (value and right) if operator == "&&" else (value or right)
+        return value
+
+    result = expression()
+    assert tokens[position:] == ["}"]
+    return result
+
+
+PATTERN = RESOURCES["WorkerChildFellOverSubscription"]["Properties"]["FilterPattern"]
+
+
+class _Capture:
+    """The worker's log lines exactly as it writes them (its Powertools handler's stream)."""
+
+    def __enter__(self) -> list[dict[str, Any]]:
+        self.buffer = io.StringIO()
+        self.previous = consumer.logger.registered_handler.setStream(self.buffer)  # type: ignore[attr-defined]
+        self.lines: list[dict[str, Any]] = []
+        return self.lines
+
+    def __exit__(self, *_: Any) -> None:
+        consumer.logger.registered_handler.setStream(self.previous)  # type: ignore[attr-defined]
+        self.lines += [json.loads(t) for t in self.buffer.getvalue().splitlines() if t.strip()]
+
+
+@pytest.fixture
+def real_lines(stack: Stack, job_store: JobStore, queue: JobQueue) -> list[dict[str, Any]]:
+    """The "job finished" lines of a real worker that ran a job that succeeded, one whose
+    analyzer failed (the child lives) and one that killed the analysis child (SIGKILL)."""
+    config = WorkerConfig(
+        queue_url=stack.ref("JobsQueue"),
+        dlq_url=stack.ref("JobsDeadLetterQueue"),
+        table_name=stack.ref("JobsTable"),
+        bucket=stack.ref("DataBucket"),
+        worker_id="unit",
+        wait_s=0,
+        visibility_window_s=30,
+        metrics_sink="off",
+        imds_endpoint="",
+    )
+    worker = Worker(
+        config, sqs=boto3.client("sqs"), dynamodb=boto3.client("dynamodb"), s3=boto3.client("s3")
+    )
+    requests = [
+        {"analyzer": "echo", "input": {"ok": True}},
+        {"analyzer": "fail", "input": None, "params": {"error": "retryable"}},
+        {"analyzer": "crash", "input": None, "params": {"signal": "SIGKILL"}},
+    ]
+    try:
+        with _Capture() as lines:
+            for request in requests:
+                job_id = new_job_id()
+                job_store.create(job_id, request)
+                queue.send(JobMessage(job_id, request))
+                worker.poll_once()
+        restarts = worker.supervisor.restarts
+    finally:
+        worker.supervisor.close()
+    assert restarts == 1, "only the crash takes the analysis child down"
+    return [line for line in lines if line.get("message") == "job finished"]
+
+
+def test_the_filter_pattern_matches_the_real_line_of_a_fall_and_nothing_else(
+    real_lines: list[dict[str, Any]],
+) -> None:
+    succeeded, failed, crashed = real_lines
+    assert (succeeded.get("error_kind"), failed["error_kind"], crashed["error_kind"]) == (
+        None,
+        "ANALYZER_ERROR",
+        "UNKNOWN",
+    )
+    assert filter_matches(PATTERN, crashed)
+    assert not filter_matches(PATTERN, succeeded) and not filter_matches(PATTERN, failed)
+    for kind in ErrorKind:
+        expected = kind in CHILD_FELL_OVER_KINDS
+        assert filter_matches(PATTERN, {**crashed, "error_kind": str(kind)}) is expected, kind
+    assert not filter_matches(PATTERN, {**crashed, "message": "job started"})
+    # And the fan-out reads that very line into its notice.
+    (notice,) = read(with_lines(crashed))
+    assert isinstance(notice, ChildFellOver)
+    assert (notice.job_id, notice.analyzer, notice.attempt, notice.next_step) == (
+        crashed["job_id"],
+        "crash",
+        1,
+        "retry",
+    )
+
+
+def test_the_pattern_names_exactly_the_kinds_the_fanout_reads() -> None:
+    tokens = _tokens(PATTERN)
+    kinds = {tokens[i + 2].strip('"') for i, t in enumerate(tokens) if t == "$.error_kind"}
+    assert kinds == {str(k) for k in CHILD_FELL_OVER_KINDS}
+    assert ErrorKind.INTERRUPTED not in CHILD_FELL_OVER_KINDS  # preemption has its own path
+
+
+def test_log_group_subscription_and_permission_agree() -> None:
+    group = RESOURCES["WorkerLogGroup"]
+    subscription = RESOURCES["WorkerChildFellOverSubscription"]
+    permission = RESOURCES["WorkerChildFellOverPermission"]
+    assert {r["Condition"] for r in (group, subscription, permission)} == {"DeployWorkers"}
+    assert group["Properties"]["RetentionInDays"] == {"Ref": "WorkerLogRetentionDays"}
+    assert subscription["Properties"]["LogGroupName"] == {"Ref": "WorkerLogGroup"}
+    assert subscription["Properties"]["DestinationArn"] == {
+        "Fn::GetAtt": ["AlarmFanoutFunction", "Arn"]
+    }
+    assert subscription["DependsOn"] == "WorkerChildFellOverPermission"
+    assert permission["Properties"] == {
+        "Action": "lambda:InvokeFunction",
+        "FunctionName": {"Ref": "AlarmFanoutFunction"},
+        "Principal": "logs.amazonaws.com",
+        "SourceAccount": {"Ref": "AWS::AccountId"},
+        "SourceArn": {"Fn::GetAtt": ["WorkerLogGroup", "Arn"]},
+    }
+
+
+def test_the_notice_is_named_and_tagged_like_the_child_restarted_alarm() -> None:
+    alarm = RESOURCES["WorkerChildRestartedAlarm"]["Properties"]
+    env = RESOURCES["AlarmFanoutFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["CHILD_NOTICE_NAME"] == alarm["AlarmName"]
+    assert alarm["AlarmName"]["Fn::Sub"].endswith(f"-{CHILD_NOTICE_NAME}")
+    assert {"Key": "severity", "Value": str(CHILD_NOTICE_SEVERITY)} in alarm["Tags"]
+    assert "/spotline/STACK/worker" in alarm["AlarmDescription"]
+
+
+def test_the_worker_role_may_write_to_its_log_group_only() -> None:
+    statements = RESOURCES["WorkerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    logs = [s for s in statements if any(str(a).startswith("logs:") for a in _list(s["Action"]))]
+    (statement,) = logs
+    assert sorted(statement["Action"]) == ["logs:CreateLogStream", "logs:PutLogEvents"]
+    for resource in statement["Resource"]:
+        assert "${WorkerLogGroup}" in resource["Fn::Sub"]
+        assert resource["Fn::Sub"].startswith("arn:${AWS::Partition}:logs:${AWS::Region}:")
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _user_data() -> str:
+    data = RESOURCES["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+    text: str = data["Fn::Base64"]["Fn::Sub"]
+    return text
+
+
+def test_the_worker_container_logs_to_its_group_without_ever_blocking() -> None:
+    script = _user_data()
+    compose_text = script.split("<<'COMPOSE'\n", 1)[1].split("\nCOMPOSE\n", 1)[0]
+    compose = yaml.safe_load(compose_text)
+    logging = compose["services"]["worker"]["logging"]
+    assert logging["driver"] == "awslogs"
+    options = logging["options"]
+    assert options["awslogs-group"] == "${WorkerLogGroup}"
+    assert options["awslogs-region"] == "${AWS::Region}"
+    assert options["awslogs-stream"] == "${!WORKER_ID}"  # compose reads it from .env
+    assert "WORKER_ID=$INSTANCE_ID" in script
+    assert options["mode"] == "non-blocking"
+    size = re.fullmatch(r"(\d+)([kmg])", options["max-buffer-size"])
+    assert size is not None
+    assert int(size.group(1)) * {"k": 2**10, "m": 2**20, "g": 2**30}[size.group(2)] <= 64 * 2**20
+    assert "awslogs-create-group" not in options  # the template owns the group (retention)
+
+
+def test_the_sample_event_is_what_cloudwatch_logs_sends() -> None:
+    payload = worker_log_payload(load_event(EVENT))
+    assert set(payload) == {
+        "messageType",
+        "owner",
+        "logGroup",
+        "logStream",
+        "subscriptionFilters",
+        "logEvents",
+    }
+    for log_event in payload["logEvents"]:
+        assert set(log_event) == {"id", "timestamp", "message"} and len(log_event["id"]) == 56
+        assert filter_matches(PATTERN, json.loads(log_event["message"]))
+
+
+def test_devstack_creates_the_worker_log_group_with_its_retention(aws: None) -> None:
+    stack = provision(
+        boto3.Session(region_name="us-east-1"),
+        stack_name="fleet",
+        parameters={"DeployWorkers": "true", "WorkerLogRetentionDays": 14},
+        types={"AWS::Logs::LogGroup"},
+    )
+    (group,) = boto3.client("logs", region_name="us-east-1").describe_log_groups(
+        logGroupNamePrefix="/spotline/fleet/worker"
+    )["logGroups"]
+    assert group["retentionInDays"] == 14
+    assert stack.attr("WorkerLogGroup", "Arn") == group["arn"]
