@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 SAM_STAMP := $(SAM_VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+MODEL_STAMP := $(VENV)/.model-installed
 
 # sam build targets python3.13 (arm64, no Docker): pyenv must expose python3.13 beside 3.11.
 ifneq ($(shell command -v pyenv 2>/dev/null),)
@@ -15,6 +16,7 @@ export PYENV_VERSION ?= 3.11.7:3.13.0
 endif
 
 .PHONY: checkov chaos help demo test test-unit test-e2e lint format validate build cfn-lint doctor clean
+.PHONY: model test-model
 
 help:
 	@echo "make demo      run the whole pipeline locally (moto server, real worker, real handlers)"
@@ -24,6 +26,8 @@ help:
 	@echo "make validate  sam validate --lint"
 	@echo "make doctor    check template.yaml for misconfigurations (python -m pipeline.doctor)"
 	@echo "make build     sam build"
+	@echo "make model     add the optional real model (torch CPU + all-MiniLM-L6-v2, ~1.5 GB) to .venv"
+	@echo "make test-model  the text_embed tests, failing (not skipping) without the model"
 
 $(STAMP): requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +47,18 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
+
+# The optional model extra. torch first and alone: its CPU build lies on local disk, and a
+# resolver left to choose a torch downloads gigabytes of CUDA wheels.
+$(MODEL_STAMP): $(STAMP) requirements-model.txt
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -r requirements-model.txt
+	touch $(MODEL_STAMP)
+
+model: $(MODEL_STAMP)
+
+test-model: $(MODEL_STAMP)
+	SPOTLINE_REQUIRE_MODEL=1 $(BIN)/python -m pytest tests/unit/test_text_embed.py tests/e2e/test_text_embed.py
 
 demo: $(STAMP)
 	$(BIN)/python -m devstack demo

@@ -150,6 +150,12 @@ class ResultStore:
         )
         return f"s3://{self._bucket}/{key}"
 
+    def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str) -> str:
+        """``results/{job_id}/{name}``: keyed by job, so a second writer overwrites, never adds."""
+        key = f"{RESULT_PREFIX}{job_id}/{name}"
+        self._s3.put_object(Bucket=self._bucket, Key=key, Body=data, ContentType=content_type)
+        return f"s3://{self._bucket}/{key}"
+
     def load_input(self, uri: str, max_bytes: int) -> Any:
         parsed = urlparse(uri)
         if parsed.scheme != "s3" or parsed.netloc != self._bucket:

@@ -2,7 +2,9 @@
 
 Messages from the supervisor: ``("run", job_dict, restored_state)`` and ``("shutdown",)``.
 Messages to the supervisor: ``("ready",)``, ``("checkpoint", state)``, ``("progress", fields)``,
-``("result", output_json)`` and ``("error", kind, message, permanent)``.
+``("artifact", name, data, content_type)`` (answered with ``("artifact_stored", uri)`` or
+``("artifact_failed", message)``), ``("result", output_json)`` and
+``("error", kind, message, permanent)``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import traceback
 from multiprocessing.connection import Connection
@@ -17,12 +20,14 @@ from multiprocessing.synchronize import Event
 from typing import Any
 
 from gpu_worker import analyzers
-from gpu_worker.analyzers import Interrupted, InvalidInput, Job, PermanentError
+from gpu_worker.analyzers import Interrupted, InvalidInput, Job, PermanentError, RetryableError
 from pipeline.contract import ErrorKind
 
 CHILD_NICENESS = 10
 # Raised by frameworks when the GPU runs out of memory; matched by name so torch is optional.
 _OOM_TYPE_NAMES = {"OutOfMemoryError", "OutOfMemory", "CUDAOutOfMemoryError"}
+# Artifact names become S3 key suffixes under results/{job_id}/: no slashes, no surprises.
+_ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -73,6 +78,18 @@ class ChildContext:
 
     def progress(self, **fields: Any) -> None:
         self._conn.send(("progress", fields))
+
+    def put_artifact(
+        self, name: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> str:
+        if not _ARTIFACT_NAME.match(name):
+            raise PermanentError(f"artifact name {name!r} is not a plain file name")
+        # The supervisor answers before it sends anything else: nothing else is in flight.
+        self._conn.send(("artifact", name, bytes(data), content_type))
+        reply = self._conn.recv()
+        if reply[0] != "artifact_stored":
+            raise RetryableError(f"artifact {name} was not stored: {reply[1]}")
+        return str(reply[1])
 
 
 def main(conn: Connection, stop_event: Event) -> None:

@@ -112,7 +112,11 @@ class Worker:
             if config.checkpoint_dir
             else CheckpointStore(s3, config.bucket)
         )
-        self.supervisor = Supervisor(on_checkpoint=self.checkpoints.save, tick_s=config.tick_s)
+        self.supervisor = Supervisor(
+            on_checkpoint=self.checkpoints.save,
+            on_artifact=self.results.put_artifact,
+            tick_s=config.tick_s,
+        )
         self.stopping = threading.Event()
         self.draining = threading.Event()  # take no new job (rebalance recommendation)
         self.interruption: Interruption | None = None

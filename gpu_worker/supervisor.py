@@ -26,6 +26,8 @@ from pipeline.jobstore import JobError
 # It may also have ``start(pid)`` / ``stop()``, called when a job begins and ends (the memory
 # guard samples on a thread of its own between ticks, and may kill the child itself).
 Watcher = Callable[[int], JobError | None]
+# Stores an analyzer's binary output: (job_id, name, data, content_type) -> its URI.
+ArtifactSink = Callable[[str, str, bytes, str], str]
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,11 @@ class Supervisor:
         tick_s: float = 0.5,
         start_timeout_s: float = 120.0,
         watchers: list[Watcher] | None = None,
+        on_artifact: ArtifactSink | None = None,
     ) -> None:
         self._context = multiprocessing.get_context("spawn")
         self._on_checkpoint = on_checkpoint
+        self._on_artifact = on_artifact
         self._tick_s = tick_s
         self._start_timeout_s = start_timeout_s
         self.watchers: list[Watcher] = list(watchers or [])
@@ -171,6 +175,8 @@ class Supervisor:
                         checkpoints += 1
                     elif kind == "progress":
                         self.progress = dict(message[1])
+                    elif kind == "artifact":
+                        self._store_artifact(job.job_id, message)
                     elif kind == "result":
                         return Outcome(
                             True,
@@ -247,3 +253,16 @@ class Supervisor:
             method = getattr(watcher, hook, None)
             if callable(method):
                 method(*args)
+
+    def _store_artifact(self, job_id: str, message: tuple[Any, ...]) -> None:
+        """Store first, answer after: the analyzer cites the URI only once it is durable."""
+        assert self._conn is not None
+        _, name, data, content_type = message
+        try:
+            if self._on_artifact is None:
+                raise RuntimeError("this worker stores no artifacts")
+            reply = ("artifact_stored", self._on_artifact(job_id, name, data, content_type))
+        except Exception as exc:  # noqa: BLE001 - the analyzer's job fails (retryable), not us
+            reply = ("artifact_failed", f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self._conn.send(reply)

@@ -10,6 +10,7 @@ import botocore.session
 import pytest
 
 from devstack.motoserver import AWS_TEST_ENV
+from gpu_worker.analyzers import OPTIONAL_ANALYZERS
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -32,3 +33,17 @@ def _share_model_loader(session: botocore.session.Session) -> None:
 
 
 botocore.register_initializer(_share_model_loader)
+
+
+# The one rule for tests of the real model (`@pytest.mark.requires_model`): they skip only where
+# the optional extra is absent, and fail instead under SPOTLINE_REQUIRE_MODEL=1 (make test-model).
+MODEL_MISSING = OPTIONAL_ANALYZERS["text_embed"].missing()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if MODEL_MISSING and item.get_closest_marker("requires_model") is not None:
+        reason = f"the model extra is not installed (no {', '.join(MODEL_MISSING)}): make model"
+        if os.environ.get("SPOTLINE_REQUIRE_MODEL") == "1":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)

@@ -12,6 +12,7 @@ from devstack.drills.deadletter import DeadLetterDrill
 from devstack.drills.poison import PoisonJob
 from devstack.drills.spot import HardCrash, SpotNotice
 from devstack.drills.standby import StandbyDrill
+from devstack.drills.text_embed import TextEmbedJobs
 
 DRILLS: list[type[Drill]] = [
     BasicJobs,
@@ -21,6 +22,7 @@ DRILLS: list[type[Drill]] = [
     DeadLetterDrill,
     StandbyDrill,
     PoisonJob,
+    TextEmbedJobs,
 ]
 
 __all__ = ["DRILLS", "Check", "Drill", "Expectation"]

