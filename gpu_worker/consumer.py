@@ -296,9 +296,7 @@ class Worker:
         prefetch, finisher, acker = self.prefetch, self.finisher, self.acker
         self.prefetch, self.finisher, self.acker = None, None, None
         if prefetch is not None:
-            released = prefetch.close()
-            if released:
-                logger.info("prefetched messages released", extra={"released": released})
+            prefetch.close()
         if finisher is not None:
             finisher.close()
         if acker is not None:

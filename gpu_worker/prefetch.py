@@ -140,8 +140,7 @@ class Prefetcher:
             held = [item.message for item in self._held]
             self._held.clear()
             self._changed.notify_all()
-        for message in held:
-            self._release(message)
+        self._release_all(held)
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
         return len(held)
@@ -165,8 +164,7 @@ class Prefetcher:
                 due = self._due_for_extension()
                 want = self._wants_receive()
                 room = self.capacity - len(self._held)
-            for message in released:
-                self._release(message)
+            self._release_all(released)
             self._extend(due)
             if want:
                 self._refill(room)
@@ -225,6 +223,12 @@ class Prefetcher:
             with self._changed:
                 item.extended_at = time.monotonic()
             self.extensions += 1
+
+    def _release_all(self, messages: list[ReceivedMessage]) -> None:
+        for message in messages:
+            self._release(message)
+        if messages:
+            logger.info("prefetched messages released", extra={"released": len(messages)})
 
     def _release(self, message: ReceivedMessage) -> None:
         try:
