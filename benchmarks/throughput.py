@@ -42,6 +42,7 @@ from devstack.workers import worker_env  # noqa: E402
 from gpu_worker.config import WorkerConfig  # noqa: E402
 from gpu_worker.consumer import Worker, logger  # noqa: E402
 from pipeline.contract import JobStatus  # noqa: E402
+from pipeline.jobstore import JobStore  # noqa: E402
 from pipeline.submission import submit  # noqa: E402
 
 # The worker's own client settings (gpu_worker/__main__.py), so neither side is favoured.
@@ -204,6 +205,78 @@ def calls_per_job(dev: Devstack, jobs: int, **env: str) -> dict[str, float]:
     return {name: round(n / jobs, 2) for name, n in sorted(counts.items())}
 
 
+def call_costs(dev: Devstack, meter: CpuMeter, depth: int, calls: int = 40) -> dict[str, Any]:
+    """Moto CPU and wall ms of one call, by operation, with the queue ``depth`` messages deep
+    (moto scans the whole queue on every receive and delete: its costs grow with the depth)."""
+    sqs = boto3.client("sqs", config=CLIENT_CONFIG)
+    store = JobStore(
+        boto3.client("dynamodb", config=CLIENT_CONFIG), dev.require_stack.ref("JobsTable")
+    )
+    s3 = boto3.client("s3", config=CLIENT_CONFIG)
+    url = sqs.create_queue(QueueName="costs", Attributes={"VisibilityTimeout": "120"})["QueueUrl"]
+    body = json.dumps({"job_id": "x" * 36, "request": {"analyzer": "echo", "input": {"n": 1}}})
+    for _ in range(0, depth + 2 * calls, 10):
+        entries = [{"Id": str(i), "MessageBody": body} for i in range(10)]
+        sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    job_ids = submit_jobs(dev, calls)
+    received: list[dict[str, Any]] = []
+    out: dict[str, Any] = {}
+
+    def measure(name: str, call: Any, count: int = calls) -> None:
+        cpu, wall = meter.seconds(), time.perf_counter()
+        for index in range(count):
+            call(index)
+        out[name] = {
+            "moto_cpu_ms": round(1000 * (meter.seconds() - cpu) / count, 2),
+            "wall_ms": round(1000 * (time.perf_counter() - wall) / count, 2),
+        }
+
+    def receive(_: int) -> None:
+        received.extend(
+            sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=1,
+                VisibilityTimeout=120,
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                MessageAttributeNames=["All"],
+            )["Messages"]
+        )
+
+    measure("ReceiveMessage", receive, 2 * calls)
+    measure(
+        "DeleteMessage",
+        lambda i: sqs.delete_message(QueueUrl=url, ReceiptHandle=received[i]["ReceiptHandle"]),
+    )
+    batch = received[calls:]
+    measure(
+        "DeleteMessageBatch of 10",
+        lambda i: sqs.delete_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]}
+                for n, m in enumerate(batch[10 * i : 10 * i + 10])
+            ],
+        ),
+        calls // 10,
+    )
+    measure("UpdateItem (claim)", lambda i: store.claim_queued(job_ids[i], f"t{i}", "costs"))
+    measure(
+        "PutObject (result)",
+        lambda i: s3.put_object(
+            Bucket=dev.bucket,
+            Key=f"results/{job_ids[i]}.json",
+            Body=b"{}",
+            ContentType="application/json",
+        ),
+    )
+    measure(
+        "UpdateItem (complete)",
+        lambda i: store.complete_quietly(job_ids[i], f"t{i}", f"s3://{dev.bucket}/results/x"),
+    )
+    sqs.delete_queue(QueueUrl=url)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300)
@@ -236,6 +309,7 @@ def main() -> int:
                     f"prefetch off {series['plain'][-1]:.1f}/s",
                     file=sys.stderr,
                 )
+            costs = call_costs(dev, meter, depth=args.jobs // 2)
             calls = calls_per_job(dev, min(args.jobs, 100))
             calls_plain = calls_per_job(dev, min(args.jobs, 100), WORKER_PREFETCH="0")
         finally:
@@ -254,6 +328,7 @@ def main() -> int:
         "moto_cpu_ms_per_job_worker": round(median["worker_cpu"], 2),
         "moto_cpu_ms_per_job_prefetch_off": round(median["plain_cpu"], 2),
         "worker_calls_per_job": calls,
+        "call_costs_at_half_depth": costs,
         "worker_prefetch_off_calls_per_job": calls_plain,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
@@ -271,6 +346,12 @@ def main() -> int:
     print("AWS calls per job, worker:", calls)
     print("AWS calls per job, worker with WORKER_PREFETCH=0:", calls_plain)
     print("bare loop: ReceiveMessage 1, DeleteMessage 1")
+    print(
+        f"{'one call, queue ~' + str(args.jobs // 2) + ' deep':<26}{'operation':<26} "
+        f"{'moto CPU ms':>12} {'wall ms':>9}"
+    )
+    for name, cost in costs.items():
+        print(f"{'':<26}{name:<26} {cost['moto_cpu_ms']:>12.2f} {cost['wall_ms']:>9.2f}")
     print(json.dumps(figures))
     return 0
 

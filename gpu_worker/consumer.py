@@ -287,7 +287,8 @@ class Worker:
             may_receive=lambda: not (self.stopping.is_set() or self.draining.is_set()),
             may_refill=lambda: self._short_jobs,
         ).start()
-        self.finisher = Finisher().start()
+        # As many finished jobs may wait to be recorded as messages may wait to be run.
+        self.finisher = Finisher(depth=self.config.prefetch).start()
         self.acker = Acker(self.queue, max_delay_s=self.config.ack_delay_s).start()
 
     def close_intake(self) -> None:
