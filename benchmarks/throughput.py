@@ -88,8 +88,9 @@ class CpuMeter:
         return total
 
 
-def bare_loop(dev: Devstack, jobs: int, name: str, meter: CpuMeter) -> tuple[float, float]:
-    """(jobs/s, moto CPU ms per job) of receive 1 -> delete 1, on a queue like the job queue."""
+def bare_loop(dev: Devstack, jobs: int, name: str, meter: CpuMeter) -> tuple[float, float, float]:
+    """(jobs/s, moto CPU ms per job, client CPU ms per job) of receive 1 -> delete 1, on a
+    queue like the job queue."""
     sqs = boto3.client("sqs", config=CLIENT_CONFIG)
     attributes = sqs.get_queue_attributes(QueueUrl=dev.queue.url, AttributeNames=["All"])
     settings = {k: v for k, v in attributes["Attributes"].items() if k in SETTABLE}
@@ -99,7 +100,7 @@ def bare_loop(dev: Devstack, jobs: int, name: str, meter: CpuMeter) -> tuple[flo
         entries = [{"Id": str(i), "MessageBody": body} for i in range(min(10, jobs - start))]
         sqs.send_message_batch(QueueUrl=url, Entries=entries)
     done: list[float] = []
-    cpu_before = meter.seconds()
+    cpu_before, client_before = meter.seconds(), time.process_time()
     while len(done) < jobs:
         messages = sqs.receive_message(
             QueueUrl=url,
@@ -112,7 +113,8 @@ def bare_loop(dev: Devstack, jobs: int, name: str, meter: CpuMeter) -> tuple[flo
         for message in messages:
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
             done.append(time.monotonic())
-    return rate(done), 1000 * (meter.seconds() - cpu_before) / jobs
+    client_ms = 1000 * (time.process_time() - client_before) / jobs
+    return rate(done), 1000 * (meter.seconds() - cpu_before) / jobs, client_ms
 
 
 def _timestamp(value: str) -> float:
@@ -141,12 +143,23 @@ def check_succeeded(dev: Devstack, job_ids: list[str]) -> list[Any]:
 
 def worker_rate(
     dev: Devstack, jobs: int, name: str, meter: CpuMeter, **env: str
-) -> tuple[float, float]:
-    """(jobs/s, moto CPU ms per job) of a real worker process on ``jobs`` no-op (echo) jobs."""
+) -> tuple[float, float, float]:
+    """(jobs/s, moto CPU ms per job, worker CPU ms per job: supervisor and analysis child) of
+    a real worker process on ``jobs`` no-op (echo) jobs."""
     job_ids = submit_jobs(dev, jobs)
     cpu_before = meter.seconds()
     worker = dev.start_worker(name, **QUIET, **env)
+    own = CpuMeter(worker.pid)
+    worker_cpu = 0.0
     try:
+        # Its start-up (imports, spawning the analysis child) is not a job's cost.
+        wait_until(
+            lambda: dev.queue.approximate_counts()[0] < jobs,
+            timeout=60,
+            interval=0.02,
+            what=f"{name} to start receiving",
+        )
+        started_cpu = own.seconds()
         wait_until(
             lambda: dev.queue.approximate_counts() == (0, 0),
             timeout=max(60.0, jobs / 5),
@@ -154,12 +167,13 @@ def worker_rate(
             interval=1.0,
             what=f"{name} to drain the queue",
         )
+        worker_cpu = own.seconds() - started_cpu
     finally:
         worker.stop()
         dev.workers.remove(worker)
     cpu_ms = 1000 * (meter.seconds() - cpu_before) / jobs
     records = check_succeeded(dev, job_ids)
-    return rate([_timestamp(r.finished_at) for r in records]), cpu_ms
+    return rate([_timestamp(r.finished_at) for r in records]), cpu_ms, 1000 * worker_cpu / jobs
 
 
 def calls_per_job(dev: Devstack, jobs: int, **env: str) -> dict[str, float]:
@@ -218,7 +232,10 @@ def call_costs(dev: Devstack, meter: CpuMeter, depth: int, calls: int = 40) -> d
     for _ in range(0, depth + 2 * calls, 10):
         entries = [{"Id": str(i), "MessageBody": body} for i in range(10)]
         sqs.send_message_batch(QueueUrl=url, Entries=entries)
-    job_ids = submit_jobs(dev, calls)
+    # Records only: their messages must not reach the job queue the workers drain.
+    job_ids = [f"costs-{index}" for index in range(calls)]
+    for job_id in job_ids:
+        store.create(job_id, {"analyzer": "echo", "input": {"n": 1}})
     received: list[dict[str, Any]] = []
     out: dict[str, Any] = {}
 
@@ -292,17 +309,17 @@ def main() -> int:
         try:
             # Interleaved rounds: drift of a shared machine hits both sides alike.
             for index in range(args.rounds):
-                jobs_per_s, cpu_ms = bare_loop(dev, args.jobs, f"bare-{index}", meter)
-                series["bare"].append(jobs_per_s)
-                series["bare_cpu"].append(cpu_ms)
-                jobs_per_s, cpu_ms = worker_rate(dev, args.jobs, f"worker-{index}", meter)
-                series["worker"].append(jobs_per_s)
-                series["worker_cpu"].append(cpu_ms)
-                jobs_per_s, cpu_ms = worker_rate(
-                    dev, args.jobs, f"plain-{index}", meter, WORKER_PREFETCH="0"
-                )
-                series["plain"].append(jobs_per_s)
-                series["plain_cpu"].append(cpu_ms)
+                for key, measured in (
+                    ("bare", bare_loop(dev, args.jobs, f"bare-{index}", meter)),
+                    ("worker", worker_rate(dev, args.jobs, f"worker-{index}", meter)),
+                    (
+                        "plain",
+                        worker_rate(dev, args.jobs, f"plain-{index}", meter, WORKER_PREFETCH="0"),
+                    ),
+                ):
+                    series[key].append(measured[0])
+                    series[key + "_cpu"].append(measured[1])
+                    series[key + "_client_cpu"].append(measured[2])
                 print(
                     f"round {index + 1}: bare {series['bare'][-1]:.1f}/s, "
                     f"worker {series['worker'][-1]:.1f}/s, "
@@ -327,21 +344,30 @@ def main() -> int:
         "moto_cpu_ms_per_job_bare": round(median["bare_cpu"], 2),
         "moto_cpu_ms_per_job_worker": round(median["worker_cpu"], 2),
         "moto_cpu_ms_per_job_prefetch_off": round(median["plain_cpu"], 2),
+        "client_cpu_ms_per_job_bare": round(median["bare_client_cpu"], 2),
+        "client_cpu_ms_per_job_worker": round(median["worker_client_cpu"], 2),
+        "client_cpu_ms_per_job_prefetch_off": round(median["plain_client_cpu"], 2),
         "worker_calls_per_job": calls,
         "call_costs_at_half_depth": costs,
         "worker_prefetch_off_calls_per_job": calls_plain,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
     }
-    print(f"{'side':<22} {'jobs/s (rounds)':<36} {'median':>8} {'moto CPU ms/job':>16}")
-    print("-" * 86)
+    print(
+        f"{'side':<22} {'jobs/s (rounds)':<26} {'median':>8} {'moto CPU ms/job':>16} "
+        f"{'client CPU ms/job':>18}"
+    )
+    print("-" * 94)
     for key, label in (
         ("bare", "bare boto3 loop"),
         ("worker", "worker"),
         ("plain", "worker, prefetch 0"),
     ):
         rounds = ", ".join(f"{x:.1f}" for x in series[key])
-        print(f"{label:<22} {rounds:<36} {median[key]:>8.1f} {median[key + '_cpu']:>16.2f}")
+        print(
+            f"{label:<22} {rounds:<26} {median[key]:>8.1f} {median[key + '_cpu']:>16.2f} "
+            f"{median[key + '_client_cpu']:>18.2f}"
+        )
     print(f"worker / bare loop: {figures['worker_vs_bare_ratio']:.3f} (goal >= 0.9)")
     print("AWS calls per job, worker:", calls)
     print("AWS calls per job, worker with WORKER_PREFETCH=0:", calls_plain)
