@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
 
-from devstack.cfn import load_template
+from devstack.cfn import Stack, load_template, provision
 from devstack.motoserver import wait_until
 from gpu_worker.config import WorkerConfig
 from gpu_worker.prefetch import PREFETCH_RELEASE_ALLOWANCE, Acker, Finisher, Prefetcher
@@ -18,6 +22,35 @@ from pipeline.queue import JobQueue, QueueError, ReceivedMessage
 from pipeline.settings import MissingSetting
 from pipeline.submission import submit
 from tests.unit.test_doctor import errors
+
+_queue_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def module_stack() -> Iterator[Stack]:
+    """One stack for the module (provisioning the whole template takes a second per test)."""
+    with mock_aws():
+        yield provision(boto3.Session(region_name="us-east-1"), stack_name="prefetch")
+
+
+@pytest.fixture
+def job_store(module_stack: Stack) -> JobStore:
+    return JobStore(boto3.client("dynamodb"), module_stack.ref("JobsTable"))
+
+
+@pytest.fixture
+def queue(module_stack: Stack) -> JobQueue:
+    """A fresh queue per test with the job queue's own settings (redrive included)."""
+    sqs = boto3.client("sqs")
+    settings = sqs.get_queue_attributes(
+        QueueUrl=module_stack.ref("JobsQueue"), AttributeNames=["All"]
+    )["Attributes"]
+    keep = {"VisibilityTimeout", "RedrivePolicy", "MessageRetentionPeriod", "MaximumMessageSize"}
+    url = sqs.create_queue(
+        QueueName=f"prefetch-{next(_queue_numbers)}",
+        Attributes={k: v for k, v in settings.items() if k in keep},
+    )["QueueUrl"]
+    return JobQueue(sqs, url)
 
 
 class CountingQueue(JobQueue):
