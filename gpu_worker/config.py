@@ -70,6 +70,10 @@ class WorkerConfig:
     metrics_service: str = "spotline-worker"  # the Service dimension the alarms query
     metrics_dimensions: str = ""  # more dimensions: "Fleet=gpu,Region=eu"
     metrics_interval_s: float = 60.0
+    # -- throughput (gpu_worker/prefetch.py): messages held ahead while a backlog lasts --
+    prefetch: int = 4
+    prefetch_max_job_s: float = 2.0
+    ack_delay_s: float = 0.2
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -104,6 +108,9 @@ class WorkerConfig:
             or "spotline-worker",
             metrics_dimensions=os.environ.get("WORKER_METRICS_DIMENSIONS", ""),
             metrics_interval_s=_float("WORKER_METRICS_INTERVAL_S", 60.0),
+            prefetch=_int("WORKER_PREFETCH", 4),
+            prefetch_max_job_s=_float("WORKER_PREFETCH_MAX_JOB_S", 2.0),
+            ack_delay_s=_float("WORKER_ACK_DELAY_S", 0.2),
         )
         config.check()
         return config
@@ -136,6 +143,12 @@ class WorkerConfig:
             raise MissingSetting("WORKER_METRICS must be emf, cloudwatch or off")
         if not 0.001 <= self.memory_sample_s <= 1:
             raise MissingSetting("WORKER_MEMORY_SAMPLE_S must be between 0.001 and 1")
+        if not 0 <= self.prefetch <= 9:
+            raise MissingSetting("WORKER_PREFETCH must be between 0 (off) and 9")
+        if self.prefetch_max_job_s < 0:
+            raise MissingSetting("WORKER_PREFETCH_MAX_JOB_S must not be negative")
+        if not 0 <= self.ack_delay_s <= self.visibility_window_s / 3:
+            raise MissingSetting("WORKER_ACK_DELAY_S must be between 0 and a third of the window")
 
     def describe(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

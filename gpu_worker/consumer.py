@@ -28,6 +28,7 @@ from gpu_worker.interruption import (
 from gpu_worker.lifecycle import LifecycleHookMonitor
 from gpu_worker.memory import MemoryGuard, container_memory, job_limit_bytes
 from gpu_worker.metrics import WorkerMetrics, metric_dimensions, sink_for
+from gpu_worker.prefetch import Acker, Finisher, Prefetcher
 from gpu_worker.supervisor import Outcome, Supervisor
 from pipeline.contract import (
     ErrorKind,
@@ -68,11 +69,18 @@ class ShutdownRequested(BaseException):
 class Heartbeat:
     """Keeps a received message invisible while its job runs: extends every third of the window."""
 
-    def __init__(self, queue: JobQueue, receipt_handle: str, window_s: int) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        receipt_handle: str,
+        window_s: int,
+        extended_at: float | None = None,
+    ) -> None:
         self._queue = queue
         self._receipt = receipt_handle
         self._window_s = window_s
-        self._last = time.monotonic()
+        # A prefetched message was last extended while it was held, not when its job began.
+        self._last = time.monotonic() if extended_at is None else extended_at
         self.extensions = 0
 
     def tick(self) -> None:
@@ -119,6 +127,14 @@ class Worker:
         )
         self.stopping = threading.Event()
         self.draining = threading.Event()  # take no new job (rebalance recommendation)
+        # Throughput on a backlog (gpu_worker/prefetch.py); None with WORKER_PREFETCH=0.
+        self.prefetch: Prefetcher | None = None
+        self.finisher: Finisher | None = None
+        self.acker: Acker | None = None
+        # Prefetch only while jobs are short (WORKER_PREFETCH_MAX_JOB_S): behind a long job a
+        # held message would wait the whole job while another GPU may sit idle, and the
+        # receive it saves is a negligible part of a long job anyway.
+        self._short_jobs = False
         self.interruption: Interruption | None = None
         self.watch = InterruptionWatch(
             monitors_from_settings(
@@ -226,10 +242,12 @@ class Worker:
         self.start_services()
         self.supervisor.ensure_child()
         self.watch.start()
+        self.start_intake()
         try:
             while not self.stopping.is_set():
                 if self.draining.is_set():
                     # Drained: no new jobs; wait for the notice (or a signal) that ends us.
+                    self.close_intake()  # a drained worker holds no prefetched message either
                     self.stopping.wait(1.0)
                     continue
                 try:
@@ -238,6 +256,7 @@ class Worker:
                     continue
         finally:
             self.watch.stop()
+            self.close_intake()
             self.supervisor.close()
             self.complete_lifecycle_action()
             self.stop_services()
@@ -261,11 +280,52 @@ class Worker:
             return
         logger.info("lifecycle action completed", extra={"completed": completed})
 
+    def start_intake(self) -> None:
+        """The prefetcher, finisher and acker threads (WORKER_PREFETCH > 0)."""
+        if not self.config.prefetch or self.prefetch is not None:
+            return
+        self.prefetch = Prefetcher(
+            self.queue,
+            capacity=self.config.prefetch,
+            visibility_window_s=self.config.visibility_window_s,
+            may_receive=lambda: not (self.stopping.is_set() or self.draining.is_set()),
+            may_refill=lambda: self._short_jobs,
+        ).start()
+        # As many finished jobs may wait to be recorded as messages may wait to be run.
+        self.finisher = Finisher(depth=self.config.prefetch).start()
+        self.acker = Acker(self.queue, max_delay_s=self.config.ack_delay_s).start()
+
+    def close_intake(self) -> None:
+        """Stopping or draining: held messages go back at once, succeeded jobs are recorded,
+        pending acks are sent. Later outcomes take the synchronous path."""
+        prefetch, finisher, acker = self.prefetch, self.finisher, self.acker
+        self.prefetch, self.finisher, self.acker = None, None, None
+        if prefetch is not None:
+            prefetch.close()
+        if finisher is not None:
+            finisher.close()
+        if acker is not None:
+            acker.close()
+
     def poll_once(self) -> None:
+        taken = self.prefetch.take() if self.prefetch is not None else None
+        if taken is not None:
+            message, extended_at = taken
+            if self.stopping.is_set() or self.draining.is_set():
+                self._release_unstarted(message)
+                return
+            self.handle(message, extended_at=extended_at)
+            return
+        # Idle: the long poll. With prefetch it asks for more: if it gets all it asked for,
+        # there is a backlog, and the prefetcher keeps the next job at hand.
+        if self.acker is not None:
+            self.acker.flush()  # a burst ended: its last acks need not wait for a batch
+        prefetching = self.prefetch is not None and self._short_jobs
+        wanted = 1 + (self.config.prefetch if prefetching else 0)
         self._receiving = True
         try:
             messages = self.queue.receive(
-                max_messages=1,
+                max_messages=wanted,
                 wait_s=self.config.wait_s,
                 visibility_s=self.config.visibility_window_s,
             )
@@ -276,6 +336,9 @@ class Worker:
             return
         finally:
             self._receiving = False
+        if self.prefetch is not None and prefetching and messages:
+            self.prefetch.offer(messages[1:], backlog=len(messages) >= wanted)
+            messages = messages[:1]
         for message in messages:
             if self.stopping.is_set() or self.draining.is_set():
                 # Received but not started: give it back at once, not after a window.
@@ -319,21 +382,29 @@ class Worker:
 
     # -- one message -------------------------------------------------------------------------
 
-    def handle(self, message: ReceivedMessage) -> None:
+    def handle(self, message: ReceivedMessage, *, extended_at: float | None = None) -> None:
         job_id = job_id_from_body(message.body)
         logger.append_keys(job_id=job_id, message_id=message.message_id)
         try:
-            self._handle(message)
+            self._handle(message, extended_at)
         finally:
             self.jobs_handled += 1
             logger.remove_keys(["job_id", "message_id", "attempt", "analyzer"])
 
-    def _handle(self, message: ReceivedMessage) -> None:
+    def _handle(self, message: ReceivedMessage, extended_at: float | None = None) -> None:
         try:
             job_message = JobMessage.from_json(message.body)
         except InvalidJob as exc:
             self._dead_letter_unknown(message, str(exc))
             return
+        token = f"{self.config.worker_id}/{message.message_id}/{uuid.uuid4().hex[:12]}"
+        claimed = self._claim_if_queued(job_message, token)
+        if claimed is not None:
+            request, record, ran_before = claimed
+            self._start(message, record, request, token, job_message, ran_before, extended_at)
+            return
+        # Everything else (a takeover, a duplicate, a dead letter to finish, an invalid
+        # request, no record) reads the record first and decides from it.
         record = self.store.get(job_message.job_id)
         if record is None:
             self._dead_letter_unknown(message, "no job record for this job_id")
@@ -354,7 +425,6 @@ class Worker:
                 message, record, JobError(ErrorKind.INVALID_INPUT, f"{exc}: {details}"), None
             )
             return
-        token = f"{self.config.worker_id}/{message.message_id}/{uuid.uuid4().hex[:12]}"
         try:
             record = self.store.claim(
                 record.job_id, token, self.config.worker_id, expect_owner=record.owner_token
@@ -368,10 +438,36 @@ class Worker:
                 extra={"status": str(current.status) if current else None},
             )
             return
+        self._start(message, record, request, token, job_message, True, extended_at)
+
+    def _claim_if_queued(
+        self, job_message: JobMessage, token: str
+    ) -> tuple[dict[str, Any], JobRecord, bool] | None:
+        """The common case in one conditional write, no read first: a valid request whose
+        job is QUEUED. None sends every other case down the path that reads the record."""
+        try:
+            request = validate_request(job_message.request)
+            record, ran_before = self.store.claim_queued(
+                job_message.job_id, token, self.config.worker_id
+            )
+        except (InvalidJob, TransitionRefused):
+            return None
+        return request, record, ran_before
+
+    def _start(
+        self,
+        message: ReceivedMessage,
+        record: JobRecord,
+        request: dict[str, Any],
+        token: str,
+        job_message: JobMessage,
+        ran_before: bool,
+        extended_at: float | None,
+    ) -> None:
         attempt = record.attempts + 1
         logger.append_keys(attempt=attempt, analyzer=request["analyzer"])
         logger.info("job started", extra={"receive_count": message.receive_count})
-        self._run(message, record, request, token, job_message)
+        self._run(message, record, request, token, job_message, ran_before, extended_at)
 
     def _run(
         self,
@@ -380,6 +476,8 @@ class Worker:
         request: dict[str, Any],
         token: str,
         job_message: JobMessage,
+        ran_before: bool = True,
+        extended_at: float | None = None,
     ) -> None:
         try:
             job_input = request.get("input")
@@ -387,7 +485,8 @@ class Worker:
                 job_input = self.results.load_input(
                     request["input_uri"], self.config.max_input_bytes
                 )
-            restored = self.checkpoints.load(record.job_id)
+            # Only a job that started before can have left a checkpoint: skip the GET (a 404).
+            restored = self.checkpoints.load(record.job_id) if ran_before else None
         except InputError as exc:
             self._dead_letter(message, record, JobError(ErrorKind.INVALID_INPUT, str(exc)), token)
             return
@@ -399,7 +498,9 @@ class Worker:
             attempt=record.attempts + 1,
             interruptions=record.interruptions,
         )
-        heartbeat = Heartbeat(self.queue, message.receipt_handle, self.config.visibility_window_s)
+        heartbeat = Heartbeat(
+            self.queue, message.receipt_handle, self.config.visibility_window_s, extended_at
+        )
         outcome = self.supervisor.run(
             job, restored, max_runtime_s=request.get("max_runtime_s"), on_tick=heartbeat.tick
         )
@@ -428,7 +529,9 @@ class Worker:
                 "heartbeats": heartbeat.extensions,
             },
         )
-        self.apply(decision, outcome, message, record, token, job_message)
+        checkpointed = ran_before or outcome.checkpoints > 0
+        self._short_jobs = outcome.duration_s <= self.config.prefetch_max_job_s
+        self.apply(decision, outcome, message, record, token, job_message, checkpointed)
         self.metrics.record_job(
             OUTCOME_LABELS[decision.action],
             error_kind=str(outcome.error.kind) if outcome.error else None,
@@ -446,16 +549,19 @@ class Worker:
         record: JobRecord,
         token: str,
         job_message: JobMessage,
+        checkpointed: bool = True,
     ) -> None:
         try:
             if decision.action is Action.ACK:
-                self._acknowledge(message, record, token, outcome)
+                self._acknowledge(message, record, token, outcome, checkpointed)
             elif decision.action is Action.RETRY:
                 assert outcome.error is not None
                 self.store.release(record.job_id, token, outcome.error)
                 self.queue.change_visibility(message.receipt_handle, int(decision.backoff_s))
             elif decision.action is Action.REQUEUE:
                 assert outcome.error is not None
+                # Stopping: nothing of ours may be receiving when the fresh copy goes out.
+                self.close_intake()
                 self._requeue(message, record, token, outcome.error, job_message)
             else:
                 assert outcome.error is not None
@@ -471,16 +577,52 @@ class Worker:
             )
 
     def _acknowledge(
-        self, message: ReceivedMessage, record: JobRecord, token: str, outcome: Outcome
+        self,
+        message: ReceivedMessage,
+        record: JobRecord,
+        token: str,
+        outcome: Outcome,
+        checkpointed: bool = True,
     ) -> None:
         assert outcome.output_json is not None
-        uri = self.results.put(record.job_id, outcome.output_json)
-        self.store.complete(record.job_id, token, uri)
-        self.queue.delete(message.receipt_handle)
-        try:
-            self.checkpoints.delete(record.job_id)
-        except Exception:
-            logger.warning("checkpoint cleanup failed", exc_info=True)
+        output_json = outcome.output_json
+        prefetch, finisher = self.prefetch, self.finisher
+        if prefetch is None or finisher is None or not prefetch.backlog:
+            # No backlog: record it now, and acknowledge at once.
+            self._record_success(message, record, token, output_json, checkpointed, now=True)
+            return
+
+        def finish() -> None:
+            try:
+                self._record_success(message, record, token, output_json, checkpointed)
+            except TransitionRefused:
+                logger.warning("outcome refused: ownership lost", extra={"job_id": record.job_id})
+
+        # The next job starts while this one is recorded: the same steps and guards, later.
+        finisher.submit(record.job_id, finish)
+
+    def _record_success(
+        self,
+        message: ReceivedMessage,
+        record: JobRecord,
+        token: str,
+        output_json: str,
+        checkpointed: bool,
+        *,
+        now: bool = False,
+    ) -> None:
+        uri = self.results.put(record.job_id, output_json)
+        self.store.complete_quietly(record.job_id, token, uri)
+        acker = self.acker
+        if acker is not None:
+            acker.ack(message.receipt_handle, now=now)  # SUCCEEDED is durable: it may wait
+        else:
+            self.queue.delete(message.receipt_handle)
+        if checkpointed:
+            try:
+                self.checkpoints.delete(record.job_id)
+            except Exception:
+                logger.warning("checkpoint cleanup failed", exc_info=True)
 
     def _requeue(
         self,

@@ -221,7 +221,10 @@ class MemoryGuard:
             self.peak_bytes = 0
             self.last_rss_bytes = 0
             self.samples = 0
-            self._tree, self._tree_at = [], 0.0
+            if not self._tree or self._tree[0] != pid:
+                # The same long-lived child keeps its cached tree (refreshed every
+                # tree_refresh_s as during a job): no process scan on every job's start.
+                self._tree, self._tree_at = [], 0.0
         self._sample(pid)
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._loop, name="memory-guard", daemon=True)

@@ -30,6 +30,9 @@ from pipeline.metrics_names import FUNCTION_METRICS, NAMESPACE, WORKER_METRICS
 
 # gpu_worker.config.WorkerConfig.max_attempts (a test keeps the two equal).
 DEFAULT_WORKER_MAX_ATTEMPTS = 3
+# gpu_worker.prefetch.PREFETCH_RELEASE_ALLOWANCE: receives of one message that a prefetching
+# worker may hand back unstarted (it stopped, drained or died holding it), never attempts.
+PREFETCH_RELEASE_ALLOWANCE = 2
 DEFAULT_RETENTION_S = 345600
 DEFAULT_VISIBILITY_S = 30
 FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")
@@ -317,17 +320,19 @@ def check_max_receive_count(view: View) -> list[Finding]:
     findings = []
     for queue_id in _worker_queues(view):
         _, receives = view.redrive(queue_id) or (None, None)
-        if receives is not None and receives <= max_attempts:
+        if receives is not None and receives <= max_attempts + PREFETCH_RELEASE_ALLOWANCE:
             findings.append(
                 Finding(
                     "max-receive-count",
                     "error",
                     queue_id,
                     f"maxReceiveCount {receives:g} is not above the worker's MaxAttempts "
-                    f"{max_attempts:g} ({source}): receives that are not attempts (a crash "
-                    "before the claim, a prefetched message released at shutdown) send the job "
-                    "to the DLQ by redrive, without its reason",
-                    f"raise maxReceiveCount to at least {max_attempts + 2:g} (MaxReceiveCount), "
+                    f"{max_attempts:g} ({source}) plus the {PREFETCH_RELEASE_ALLOWANCE} "
+                    "receives that are not attempts (a crash before the claim, a prefetched "
+                    "message released at shutdown): redrive would send the job to the DLQ "
+                    "without its reason",
+                    "raise maxReceiveCount to at least "
+                    f"{max_attempts + PREFETCH_RELEASE_ALLOWANCE + 1:g} (MaxReceiveCount), "
                     "so the worker dead-letters with the reason and redrive stays the net for "
                     "hard crashes",
                 )

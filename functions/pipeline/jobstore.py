@@ -8,7 +8,7 @@ again, and only the holder of the current ownership token may record an outcome.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -237,6 +237,7 @@ class JobStore:
         set_values: dict[str, Any] | None = None,
         remove: tuple[str, ...] = (),
         increment: dict[str, int] | None = None,
+        return_record: bool = True,
     ) -> JobRecord:
         """Move a job to ``target`` if the status machine allows it from its current status.
 
@@ -267,6 +268,7 @@ class JobStore:
             names=names,
             values=values,
             target=target,
+            return_record=return_record,
         )
 
     def claim(self, job_id: str, owner: str, worker: str, expect_owner: str | None) -> JobRecord:
@@ -299,12 +301,61 @@ class JobStore:
             )
         raise TransitionRefused(job_id, JobStatus.RUNNING, current)
 
+    def claim_queued(self, job_id: str, owner: str, worker: str) -> tuple[JobRecord, bool]:
+        """QUEUED -> RUNNING in one conditional write, without a read first (a worker's
+        common case). Returns the claimed record and whether the job had started before (so
+        it may have left a checkpoint). TransitionRefused for any other status, or none."""
+        now = utc_now()
+        values = {"owner_token": owner, "worker": worker, "started_at": now, "updated_at": now}
+        names = {"#status": "status", **{f"#s{i}": key for i, key in enumerate(values)}}
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": {"S": job_id}},
+                UpdateExpression="SET #status = :running, "
+                + ", ".join(f"#s{i} = :s{i}" for i in range(len(values))),
+                ConditionExpression="#status = :queued",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={
+                    ":running": {"S": str(JobStatus.RUNNING)},
+                    ":queued": {"S": str(JobStatus.QUEUED)},
+                    **{f":s{i}": {"S": value} for i, value in enumerate(values.values())},
+                },
+                # The old item: what the job was (attempts, started before?) plus what we set.
+                ReturnValues="ALL_OLD",
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                raise TransitionRefused(job_id, JobStatus.RUNNING, None) from exc
+            raise JobStoreError(f"update_item failed for job {job_id}: {exc}") from exc
+        old = _record(response["Attributes"])
+        record = replace(
+            old,
+            status=JobStatus.RUNNING,
+            owner_token=owner,
+            worker=worker,
+            started_at=now,
+            updated_at=now,
+        )
+        return record, old.started_at is not None
+
     def complete(self, job_id: str, owner: str, result_uri: str) -> JobRecord:
         return self.transition(
             job_id,
             JobStatus.SUCCEEDED,
             expect_owner=owner,
             set_values={"result_uri": result_uri, "finished_at": utc_now()},
+        )
+
+    def complete_quietly(self, job_id: str, owner: str, result_uri: str) -> None:
+        """``complete()`` without the record sent back (the worker needs none): the same
+        conditional write, a lighter reply."""
+        self.transition(
+            job_id,
+            JobStatus.SUCCEEDED,
+            expect_owner=owner,
+            set_values={"result_uri": result_uri, "finished_at": utc_now()},
+            return_record=False,
         )
 
     def release(
@@ -369,7 +420,10 @@ class JobStore:
         names: dict[str, str] | None = None,
         values: dict[str, Any] | None = None,
         target: JobStatus | None = None,
+        return_record: bool = True,
     ) -> JobRecord:
+        """The conditional UpdateItem behind every write. ``return_record=False`` asks
+        DynamoDB for no reply item; the JobRecord returned then holds only ``job_id``."""
         names = dict(names or {})
         values = dict(values or {})
         set_values = {**set_values, "updated_at": utc_now()}
@@ -398,7 +452,7 @@ class JobStore:
                 ConditionExpression=f"attribute_exists(job_id) AND ({condition})",
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues={k: _to_dynamo(v) for k, v in values.items()},
-                ReturnValues="ALL_NEW",
+                ReturnValues="ALL_NEW" if return_record else "NONE",
             )
         except ClientError as exc:
             if _is_conditional_failure(exc):
@@ -406,6 +460,8 @@ class JobStore:
                     job_id, target or JobStatus.QUEUED, self.get(job_id)
                 ) from exc
             raise JobStoreError(f"update_item failed for job {job_id}: {exc}") from exc
+        if not return_record:
+            return JobRecord(job_id=job_id, status=target or JobStatus.QUEUED, request={})
         return _record(response["Attributes"])
 
 

@@ -96,6 +96,22 @@ class JobQueue:
         except ClientError as exc:
             raise QueueError(f"delete_message failed: {exc}") from exc
 
+    def delete_batch(self, receipt_handles: list[str]) -> list[str]:
+        """Delete up to 10 messages in one call; returns the receipt handles that failed."""
+        if len(receipt_handles) > 10:
+            raise ValueError("DeleteMessageBatch takes at most 10 entries")
+        if not receipt_handles:
+            return []
+        entries = [
+            {"Id": str(index), "ReceiptHandle": handle}
+            for index, handle in enumerate(receipt_handles)
+        ]
+        try:
+            response = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)
+        except ClientError as exc:
+            raise QueueError(f"delete_message_batch failed: {exc}") from exc
+        return [receipt_handles[int(entry["Id"])] for entry in response.get("Failed", [])]
+
     def change_visibility(self, receipt_handle: str, visibility_s: int) -> None:
         try:
             self.client.change_message_visibility(

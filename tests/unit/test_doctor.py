@@ -58,7 +58,7 @@ def test_max_receive_count_not_above_max_attempts_is_an_error(
 ) -> None:
     assert doctor.main([str(TEMPLATE_PATH), "--parameter", "MaxReceiveCount=3"]) == 1
     out = capsys.readouterr().out
-    assert "max-receive-count" in out and "fix: raise maxReceiveCount to at least 5" in out
+    assert "max-receive-count" in out and "fix: raise maxReceiveCount to at least 6" in out
 
 
 def test_max_attempts_is_read_from_a_worker_parameter(template: dict[str, Any]) -> None:

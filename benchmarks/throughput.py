@@ -1,0 +1,386 @@
+"""Worker throughput: no-op jobs/s of the real worker process vs. a bare boto3 loop.
+
+Both run against the same moto server in the same run, in interleaved rounds (median taken).
+The bare loop is the floor of any SQS consumer: receive 1 -> delete 1, one call at a time. The
+worker does everything a job needs on top (claim with a conditional write, run it in the
+analysis child, result to S3, complete with a conditional write, delete) and hides what it can
+behind the running job when there is a backlog (prefetch, background finishing, batched
+deletes). Rates are taken between the first and the last completion, so process start-up (the
+spawn of the analysis child) counts on neither side. Each side starts from a queue of
+``--jobs`` messages (moto's ReceiveMessage costs grow with the queue's length: same for both).
+
+Also measured, to explain the ratio: the moto server's CPU per job on each side, and the worker's
+AWS calls per job by type (an in-process worker with counting clients, same code).
+
+    .venv/bin/python benchmarks/throughput.py [--jobs 300] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "functions"), str(REPO)]
+
+import boto3  # noqa: E402
+import psutil  # noqa: E402
+from botocore.config import Config  # noqa: E402
+
+from devstack.motoserver import MotoServer, wait_until  # noqa: E402
+from devstack.stack import Devstack  # noqa: E402
+from devstack.workers import worker_env  # noqa: E402
+from gpu_worker.config import WorkerConfig  # noqa: E402
+from gpu_worker.consumer import Worker, logger  # noqa: E402
+from pipeline.contract import JobStatus  # noqa: E402
+from pipeline.jobstore import JobStore  # noqa: E402
+from pipeline.submission import submit  # noqa: E402
+
+# The worker's own client settings (gpu_worker/__main__.py), so neither side is favoured.
+CLIENT_CONFIG = Config(
+    connect_timeout=5,
+    read_timeout=30,
+    retries={"max_attempts": 5, "mode": "adaptive"},
+    max_pool_connections=10,
+)
+# The job queue's own settings, so the bare loop's queue costs moto what the worker's does.
+SETTABLE = {
+    "DelaySeconds",
+    "MaximumMessageSize",
+    "MessageRetentionPeriod",
+    "ReceiveMessageWaitTimeSeconds",
+    "RedrivePolicy",
+    "SqsManagedSseEnabled",
+    "VisibilityTimeout",
+}
+QUIET = {"POWERTOOLS_LOG_LEVEL": "WARNING", "WORKER_METRICS": "off", "WORKER_IMDS_ENDPOINT": "off"}
+
+
+def rate(times: list[float]) -> float:
+    """Completions per second between the first and the last completion."""
+    times = sorted(times)
+    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+
+
+class CpuMeter:
+    """CPU seconds used by a process and its children (the moto server)."""
+
+    def __init__(self, pid: int) -> None:
+        self._process = psutil.Process(pid)
+
+    def seconds(self) -> float:
+        total = 0.0
+        for process in [self._process, *self._process.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+
+def bare_loop(dev: Devstack, jobs: int, name: str, meter: CpuMeter) -> tuple[float, float, float]:
+    """(jobs/s, moto CPU ms per job, client CPU ms per job) of receive 1 -> delete 1, on a
+    queue like the job queue."""
+    sqs = boto3.client("sqs", config=CLIENT_CONFIG)
+    attributes = sqs.get_queue_attributes(QueueUrl=dev.queue.url, AttributeNames=["All"])
+    settings = {k: v for k, v in attributes["Attributes"].items() if k in SETTABLE}
+    url = sqs.create_queue(QueueName=name, Attributes=settings)["QueueUrl"]
+    body = json.dumps({"job_id": "x" * 36, "request": {"analyzer": "echo", "input": {"n": 1}}})
+    for start in range(0, jobs, 10):
+        entries = [{"Id": str(i), "MessageBody": body} for i in range(min(10, jobs - start))]
+        sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    done: list[float] = []
+    cpu_before, client_before = meter.seconds(), time.process_time()
+    while len(done) < jobs:
+        messages = sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=1,
+            WaitTimeSeconds=1,
+            VisibilityTimeout=120,
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        for message in messages:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+            done.append(time.monotonic())
+    client_ms = 1000 * (time.process_time() - client_before) / jobs
+    return rate(done), 1000 * (meter.seconds() - cpu_before) / jobs, client_ms
+
+
+def _timestamp(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def submit_jobs(dev: Devstack, jobs: int) -> list[str]:
+    return [
+        submit(
+            {"analyzer": "echo", "input": {"n": i}},
+            store=dev.store,
+            queue=dev.queue,
+            max_message_bytes=262144,
+        ).job_id
+        for i in range(jobs)
+    ]
+
+
+def check_succeeded(dev: Devstack, job_ids: list[str]) -> list[Any]:
+    records = [dev.store.get(job_id) for job_id in job_ids]
+    failed = [r for r in records if r is None or r.status != JobStatus.SUCCEEDED]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(job_ids)} jobs did not succeed")
+    return records
+
+
+def worker_rate(
+    dev: Devstack, jobs: int, name: str, meter: CpuMeter, **env: str
+) -> tuple[float, float, float]:
+    """(jobs/s, moto CPU ms per job, worker CPU ms per job: supervisor and analysis child) of
+    a real worker process on ``jobs`` no-op (echo) jobs."""
+    job_ids = submit_jobs(dev, jobs)
+    cpu_before = meter.seconds()
+    worker = dev.start_worker(name, **QUIET, **env)
+    own = CpuMeter(worker.pid)
+    worker_cpu = 0.0
+    try:
+        # Its start-up (imports, spawning the analysis child) is not a job's cost.
+        wait_until(
+            lambda: dev.queue.approximate_counts()[0] < jobs,
+            timeout=60,
+            interval=0.02,
+            what=f"{name} to start receiving",
+        )
+        started_cpu = own.seconds()
+        wait_until(
+            lambda: dev.queue.approximate_counts() == (0, 0),
+            timeout=max(60.0, jobs / 5),
+            # Sparse: each poll costs moto an O(queue) scan, taken from the worker's share.
+            interval=1.0,
+            what=f"{name} to drain the queue",
+        )
+        worker_cpu = own.seconds() - started_cpu
+    finally:
+        worker.stop()
+        dev.workers.remove(worker)
+    cpu_ms = 1000 * (meter.seconds() - cpu_before) / jobs
+    records = check_succeeded(dev, job_ids)
+    return rate([_timestamp(r.finished_at) for r in records]), cpu_ms, 1000 * worker_cpu / jobs
+
+
+def calls_per_job(dev: Devstack, jobs: int, **env: str) -> dict[str, float]:
+    """The worker's AWS calls per job, by operation: the same Worker code in this process,
+    with clients that count what they send."""
+    counts: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+
+    def count(model: Any, **_: Any) -> None:
+        with lock:
+            counts[model.name] += 1
+
+    clients = {}
+    for service in ("sqs", "dynamodb", "s3"):
+        client = boto3.client(service, config=CLIENT_CONFIG)
+        client.meta.events.register("before-call", lambda model, **kw: count(model))
+        clients[service] = client
+    logger.setLevel("WARNING")  # this process's worker logs as quietly as the others
+    saved = dict(os.environ)
+    os.environ.update(worker_env(dev.require_stack, dev.server.env(), **QUIET, **env))
+    os.environ["WORKER_ID"] = "counting-worker"
+    try:
+        config = WorkerConfig.from_env()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    worker = Worker(config, sqs=clients["sqs"], dynamodb=clients["dynamodb"], s3=clients["s3"])
+    job_ids = submit_jobs(dev, jobs)
+    thread = threading.Thread(target=worker.run, name="counting-worker", daemon=True)
+    thread.start()
+    try:
+        wait_until(
+            lambda: dev.queue.approximate_counts() == (0, 0),
+            timeout=max(60.0, jobs / 5),
+            interval=1.0,
+            what="the counting worker to drain the queue",
+        )
+    finally:
+        worker.request_stop("benchmark done")
+        thread.join(timeout=30)
+    check_succeeded(dev, job_ids)
+    # Idle long polls after the queue ran dry are not a job's cost.
+    return {name: round(n / jobs, 2) for name, n in sorted(counts.items())}
+
+
+def call_costs(dev: Devstack, meter: CpuMeter, depth: int, calls: int = 40) -> dict[str, Any]:
+    """Moto CPU and wall ms of one call, by operation, with the queue ``depth`` messages deep
+    (moto scans the whole queue on every receive and delete: its costs grow with the depth)."""
+    sqs = boto3.client("sqs", config=CLIENT_CONFIG)
+    store = JobStore(
+        boto3.client("dynamodb", config=CLIENT_CONFIG), dev.require_stack.ref("JobsTable")
+    )
+    s3 = boto3.client("s3", config=CLIENT_CONFIG)
+    url = sqs.create_queue(QueueName="costs", Attributes={"VisibilityTimeout": "120"})["QueueUrl"]
+    body = json.dumps({"job_id": "x" * 36, "request": {"analyzer": "echo", "input": {"n": 1}}})
+    for _ in range(0, depth + 2 * calls, 10):
+        entries = [{"Id": str(i), "MessageBody": body} for i in range(10)]
+        sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    # Records only: their messages must not reach the job queue the workers drain.
+    job_ids = [f"costs-{index}" for index in range(calls)]
+    for job_id in job_ids:
+        store.create(job_id, {"analyzer": "echo", "input": {"n": 1}})
+    received: list[dict[str, Any]] = []
+    out: dict[str, Any] = {}
+
+    def measure(name: str, call: Any, count: int = calls) -> None:
+        cpu, wall = meter.seconds(), time.perf_counter()
+        for index in range(count):
+            call(index)
+        out[name] = {
+            "moto_cpu_ms": round(1000 * (meter.seconds() - cpu) / count, 2),
+            "wall_ms": round(1000 * (time.perf_counter() - wall) / count, 2),
+        }
+
+    def receive(_: int) -> None:
+        received.extend(
+            sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=1,
+                VisibilityTimeout=120,
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                MessageAttributeNames=["All"],
+            )["Messages"]
+        )
+
+    measure("ReceiveMessage", receive, 2 * calls)
+    measure(
+        "DeleteMessage",
+        lambda i: sqs.delete_message(QueueUrl=url, ReceiptHandle=received[i]["ReceiptHandle"]),
+    )
+    batch = received[calls:]
+    measure(
+        "DeleteMessageBatch of 10",
+        lambda i: sqs.delete_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]}
+                for n, m in enumerate(batch[10 * i : 10 * i + 10])
+            ],
+        ),
+        calls // 10,
+    )
+    measure("UpdateItem (claim)", lambda i: store.claim_queued(job_ids[i], f"t{i}", "costs"))
+    measure(
+        "PutObject (result)",
+        lambda i: s3.put_object(
+            Bucket=dev.bucket,
+            Key=f"results/{job_ids[i]}.json",
+            Body=b"{}",
+            ContentType="application/json",
+        ),
+    )
+    measure(
+        "UpdateItem (complete)",
+        lambda i: store.complete_quietly(job_ids[i], f"t{i}", f"s3://{dev.bucket}/results/x"),
+    )
+    sqs.delete_queue(QueueUrl=url)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    series: dict[str, list[float]] = collections.defaultdict(list)
+    with MotoServer() as server:
+        dev = Devstack(server=server, handler_env={"POWERTOOLS_LOG_LEVEL": "WARNING"})
+        dev.start(stack_name="bench")
+        assert server._process is not None
+        meter = CpuMeter(server._process.pid)
+        try:
+            # Interleaved rounds: drift of a shared machine hits both sides alike.
+            for index in range(args.rounds):
+                for key, measured in (
+                    ("bare", bare_loop(dev, args.jobs, f"bare-{index}", meter)),
+                    ("worker", worker_rate(dev, args.jobs, f"worker-{index}", meter)),
+                    (
+                        "plain",
+                        worker_rate(dev, args.jobs, f"plain-{index}", meter, WORKER_PREFETCH="0"),
+                    ),
+                ):
+                    series[key].append(measured[0])
+                    series[key + "_cpu"].append(measured[1])
+                    series[key + "_client_cpu"].append(measured[2])
+                print(
+                    f"round {index + 1}: bare {series['bare'][-1]:.1f}/s, "
+                    f"worker {series['worker'][-1]:.1f}/s, "
+                    f"prefetch off {series['plain'][-1]:.1f}/s",
+                    file=sys.stderr,
+                )
+            costs = call_costs(dev, meter, depth=args.jobs // 2)
+            calls = calls_per_job(dev, min(args.jobs, 100))
+            calls_plain = calls_per_job(dev, min(args.jobs, 100), WORKER_PREFETCH="0")
+        finally:
+            dev.stop()
+
+    median = {key: statistics.median(values) for key, values in series.items()}
+    figures: dict[str, Any] = {
+        "jobs": args.jobs,
+        "rounds": args.rounds,
+        "bare_loop_jobs_per_s": round(median["bare"], 1),
+        "worker_jobs_per_s": round(median["worker"], 1),
+        "worker_prefetch_off_jobs_per_s": round(median["plain"], 1),
+        "worker_vs_bare_ratio": round(median["worker"] / median["bare"], 3),
+        "prefetch_off_vs_bare_ratio": round(median["plain"] / median["bare"], 3),
+        "moto_cpu_ms_per_job_bare": round(median["bare_cpu"], 2),
+        "moto_cpu_ms_per_job_worker": round(median["worker_cpu"], 2),
+        "moto_cpu_ms_per_job_prefetch_off": round(median["plain_cpu"], 2),
+        "client_cpu_ms_per_job_bare": round(median["bare_client_cpu"], 2),
+        "client_cpu_ms_per_job_worker": round(median["worker_client_cpu"], 2),
+        "client_cpu_ms_per_job_prefetch_off": round(median["plain_client_cpu"], 2),
+        "worker_calls_per_job": calls,
+        "call_costs_at_half_depth": costs,
+        "worker_prefetch_off_calls_per_job": calls_plain,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
+    }
+    print(
+        f"{'side':<22} {'jobs/s (rounds)':<26} {'median':>8} {'moto CPU ms/job':>16} "
+        f"{'client CPU ms/job':>18}"
+    )
+    print("-" * 94)
+    for key, label in (
+        ("bare", "bare boto3 loop"),
+        ("worker", "worker"),
+        ("plain", "worker, prefetch 0"),
+    ):
+        rounds = ", ".join(f"{x:.1f}" for x in series[key])
+        print(
+            f"{label:<22} {rounds:<26} {median[key]:>8.1f} {median[key + '_cpu']:>16.2f} "
+            f"{median[key + '_client_cpu']:>18.2f}"
+        )
+    print(f"worker / bare loop: {figures['worker_vs_bare_ratio']:.3f} (goal >= 0.9)")
+    print("AWS calls per job, worker:", calls)
+    print("AWS calls per job, worker with WORKER_PREFETCH=0:", calls_plain)
+    print("bare loop: ReceiveMessage 1, DeleteMessage 1")
+    print(
+        f"{'one call, queue ~' + str(args.jobs // 2) + ' deep':<26}{'operation':<26} "
+        f"{'moto CPU ms':>12} {'wall ms':>9}"
+    )
+    for name, cost in costs.items():
+        print(f"{'':<26}{name:<26} {cost['moto_cpu_ms']:>12.2f} {cost['wall_ms']:>9.2f}")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":  # the analysis child is spawned: it re-imports this module
+    sys.exit(main())
