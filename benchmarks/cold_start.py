@@ -30,7 +30,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "functions"), str(REPO)]
 
-from devstack.cfn import PROVISIONERS, Stack, function_environment, load_template  # noqa: E402
+from devstack.cfn import function_environment, load_template  # noqa: E402
+from devstack.drills.standby import with_fleet  # noqa: E402
 from devstack.lambdas import FUNCTIONS_DIR  # noqa: E402
 from devstack.motoserver import MotoServer  # noqa: E402
 from devstack.stack import Devstack  # noqa: E402
@@ -119,26 +120,6 @@ SAMPLE_EVENTS = {
 }
 # No traffic leaves this machine: alerts go to no channel, callbacks are not followed.
 QUIET = {"ALERT_CHANNELS": "", "POWERTOOLS_LOG_LEVEL": "WARNING"}
-
-
-def with_fleet(dev: Devstack) -> Stack:
-    """The demo stack plus the two resources behind DeployWorkers that spot_events needs (as
-    devstack's standby drill does): every handler then finds its whole environment."""
-    base = dev.require_stack
-    fleet = Stack(
-        base.name,
-        base.region,
-        base.template,
-        {**base.parameters, "DeployWorkers": "true"},
-        dict(base.resources),
-    )
-    for logical_id in ("StandbyScheduleGroup", "StandbySchedulerRole"):
-        resource = base.template["Resources"][logical_id]
-        props = fleet.resolve(resource.get("Properties", {}))
-        fleet.resources[logical_id] = PROVISIONERS[resource["Type"]](
-            dev.session, fleet, logical_id, props
-        )
-    return fleet
 
 
 def main() -> int:

@@ -28,6 +28,26 @@ AMI_ID = "ami-12c6146b"  # one of moto's built-in images
 CONTEXT = LambdaContext(function_name="SpotEventsFunction")
 
 
+def with_fleet(dev: Devstack) -> Stack:
+    """The demo stack plus the two resources behind DeployWorkers (off in the demo) that the
+    spot events function needs, created from the template beside the demo's queue and table."""
+    base = dev.require_stack
+    fleet = Stack(
+        base.name,
+        base.region,
+        base.template,
+        {**base.parameters, "DeployWorkers": "true"},
+        dict(base.resources),
+    )
+    for logical_id in ("StandbyScheduleGroup", "StandbySchedulerRole"):
+        resource = base.template["Resources"][logical_id]
+        props = fleet.resolve(resource.get("Properties", {}))
+        fleet.resources[logical_id] = PROVISIONERS[resource["Type"]](
+            dev.session, fleet, logical_id, props
+        )
+    return fleet
+
+
 class StandbyDrill(Drill):
     name = "standby"
 
@@ -45,22 +65,7 @@ class StandbyDrill(Drill):
     # -- setup ------------------------------------------------------------------------------
 
     def setup(self, dev: Devstack) -> None:
-        base = dev.require_stack
-        # The fleet half is behind DeployWorkers (off in the demo): create the two resources the
-        # function needs, from the template, beside the demo's queue and table.
-        fleet = Stack(
-            base.name,
-            base.region,
-            base.template,
-            {**base.parameters, "DeployWorkers": "true"},
-            dict(base.resources),
-        )
-        for logical_id in ("StandbyScheduleGroup", "StandbySchedulerRole"):
-            resource = base.template["Resources"][logical_id]
-            props = fleet.resolve(resource.get("Properties", {}))
-            fleet.resources[logical_id] = PROVISIONERS[resource["Type"]](
-                dev.session, fleet, logical_id, props
-            )
+        fleet = with_fleet(dev)
         self._stack = fleet
         self._handler = load_handler_module(
             "spot_events.app",
@@ -78,8 +83,8 @@ class StandbyDrill(Drill):
             e["Properties"]["Pattern"] for e in events.values() if e["Type"] == "EventBridgeRule"
         ]
         ec2 = dev.client("ec2")
-        self._workers = [self._launch(ec2, base.name, "worker") for _ in range(2)]
-        self._standby = self._launch(ec2, base.name, "standby")
+        self._workers = [self._launch(ec2, fleet.name, "worker") for _ in range(2)]
+        self._standby = self._launch(ec2, fleet.name, "standby")
         ec2.stop_instances(InstanceIds=[self._standby])
         self._record_state(dev)
 
