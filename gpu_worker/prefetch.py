@@ -15,11 +15,11 @@ release never counts as an attempt; it does add an SQS receive, which is why the
 ``MaxReceiveCount`` keeps ``PREFETCH_RELEASE_ALLOWANCE`` receives above ``MaxAttempts``
 (``python -m pipeline.doctor`` and a test check it).
 
-``Finisher`` records a succeeded job (result to S3, ``SUCCEEDED``, then the ack) while the
-next held job already runs. Every step keeps its order and its guard: the result is keyed by
-job id, the completion is conditional on the ownership token, the ack is queued only once the
-completion is durable. A holder that dies here leaves a RUNNING job whose message comes back
-within a window: taken over, as after any crash.
+``Finisher`` records succeeded jobs (result to S3, ``SUCCEEDED``, then the ack), two side by
+side, while the next held job already runs. Every step keeps its order and its guard: the
+result is keyed by job id, the completion is conditional on the ownership token, the ack is
+queued only once the completion is durable. A holder that dies here leaves a RUNNING job whose
+message comes back within a window: taken over, as after any crash.
 
 ``Acker`` deletes the messages of jobs already recorded ``SUCCEEDED`` with DeleteMessageBatch.
 A delete that is lost only brings back a duplicate of a succeeded job, which the worker
@@ -322,21 +322,32 @@ class Acker:
 
 
 class Finisher:
-    """Runs one succeeded job's recording step while the next job runs, in submission order,
-    at most ``depth`` behind; ``drain`` waits for it (shutdown, or before a synchronous path)."""
+    """Runs succeeded jobs' recording steps while the next job runs, at most ``depth`` behind;
+    ``drain`` waits for them (shutdown, or before a synchronous path).
 
-    def __init__(self, *, depth: int = 1) -> None:
+    ``threads`` steps run side by side, started in submission order: one job's step keeps its
+    own order (result, then SUCCEEDED, then the ack), and the steps of different jobs share
+    nothing, so two of them may overlap. One thread would cap a fast analysis at one
+    result-and-completion round trip per job."""
+
+    def __init__(self, *, depth: int = 1, threads: int = 1) -> None:
+        if threads < 1:
+            raise ValueError("a finisher needs at least one thread")
         self._pending: collections.deque[tuple[str, Callable[[], None]]] = collections.deque()
         self._depth = depth
         self._changed = threading.Condition()
-        self._busy = False
+        self._busy = 0
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="finisher", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"finisher-{index}", daemon=True)
+            for index in range(threads)
+        ]
         self.finished = 0
         self.failed = 0
 
     def start(self) -> Finisher:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def submit(self, job_id: str, step: Callable[[], None]) -> None:
@@ -367,7 +378,9 @@ class Finisher:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
-        self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while True:
@@ -377,13 +390,13 @@ class Finisher:
                 if not self._pending:
                     return
                 job_id, step = self._pending.popleft()
-                self._busy = True
+                self._busy += 1
                 self._changed.notify_all()
             try:
                 self._finish(job_id, step)
             finally:
                 with self._changed:
-                    self._busy = False
+                    self._busy -= 1
                     self._changed.notify_all()
 
     def _finish(self, job_id: str, step: Callable[[], None]) -> None:

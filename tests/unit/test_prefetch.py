@@ -273,6 +273,38 @@ def test_finisher_runs_steps_in_order_and_survives_a_failing_one() -> None:
     assert (finisher.finished, finisher.failed) == (3, 1)
 
 
+def test_finisher_threads_record_two_jobs_side_by_side_and_drain_waits_for_both() -> None:
+    finisher = Finisher(depth=2, threads=2).start()
+    second_started = threading.Event()
+    release_second = threading.Event()
+    done: list[str] = []
+
+    def first() -> None:
+        # Finishes only once the second step is running: with one thread this would time out.
+        assert second_started.wait(5), "the second job was not recorded alongside the first"
+        done.append("a")
+
+    def second() -> None:
+        second_started.set()
+        assert release_second.wait(5)
+        done.append("b")
+
+    finisher.submit("a", first)
+    finisher.submit("b", second)
+    assert second_started.wait(5)
+    assert not finisher.drain(timeout_s=0.05), "drain returned while a step still ran"
+    release_second.set()
+    assert finisher.drain(timeout_s=5)
+    assert sorted(done) == ["a", "b"] and (finisher.finished, finisher.failed) == (2, 0)
+    finisher.close()
+    assert not any(thread.is_alive() for thread in finisher._threads)
+
+
+def test_finisher_needs_a_thread() -> None:
+    with pytest.raises(ValueError, match="at least one thread"):
+        Finisher(threads=0)
+
+
 def test_claim_queued_is_one_conditional_write_and_refuses_everything_else(
     queue: JobQueue, job_store: JobStore
 ) -> None:
