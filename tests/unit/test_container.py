@@ -87,3 +87,34 @@ def test_dockerfile_runs_the_supervisor_directly_as_non_root() -> None:
     argv = json.loads(entrypoint.removeprefix("ENTRYPOINT "))  # exec form: a JSON array
     assert argv == ["python3", "-m", "gpu_worker"]
     assert not any(line.startswith("CMD ") for line in instructions)
+
+
+def _dockerfile_args() -> dict[str, str]:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", text, flags=re.MULTILINE))
+
+
+def test_image_carries_the_model_with_a_cuda_torch_at_the_pinned_version() -> None:
+    args = _dockerfile_args()
+    assert args["WITH_MODEL"] == "1", "a GPU worker image exists to run the real model"
+    pins = (REPO_ROOT / "requirements-model.txt").read_text(encoding="utf-8").splitlines()
+    (torch_pin,) = [line for line in pins if line.startswith("torch==")]
+    assert torch_pin == f"torch=={args['TORCH_VERSION']}", "image and extra pin one torch"
+    assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", args["TORCH_INDEX_URL"])
+    cuda = re.search(r"nvidia/cuda:(\d+)\.(\d+)", args["BASE_IMAGE"])
+    assert cuda is not None
+    assert args["TORCH_INDEX_URL"].endswith(f"cu{cuda[1]}{cuda[2]}"), "torch built for the base"
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    # torch alone and first, from its index; the rest of the extra without it.
+    torch_at = text.index('--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"')
+    rest_at = text.index("-r /tmp/requirements-rest.txt")
+    assert torch_at < rest_at and "grep -vE '^torch=='" in text[torch_at:rest_at]
+
+
+def test_build_context_leaves_out_virtualenvs_and_build_output() -> None:
+    ignored = (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert {".venv", ".venv-*", ".aws-sam", ".git"} <= set(ignored)
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    copied = re.findall(r"^COPY (\S+)", text, flags=re.MULTILINE)
+    for source in copied:  # nothing the Dockerfile copies is ignored
+        assert source.split("/")[0] not in ignored, source
