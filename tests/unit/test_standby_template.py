@@ -7,8 +7,9 @@ from typing import Any
 
 import boto3
 import pytest
+import yaml
 
-from devstack.cfn import load_template, provision
+from devstack.cfn import REPO_ROOT, load_template, provision
 
 FLEET_RESOURCES = {
     "SpotEventsFunction",
@@ -206,3 +207,34 @@ def test_worker_profile_can_complete_only_its_groups_lifecycle_action(
     }
     metrics = statements["Metrics"]
     assert metrics["Condition"]["StringEquals"]["cloudwatch:namespace"] == "spotline"
+
+
+# What the fleet's compose file (written by the user data) must share with
+# gpu_worker/docker-compose.yml, the one users run and test: the settings behind F1, F2 and F5.
+SHARED_WORKER_SETTINGS = (
+    "init",
+    "restart",
+    "mem_limit",
+    "memswap_limit",
+    "stop_signal",
+    "stop_grace_period",
+    "healthcheck",
+    "deploy",
+)
+
+
+def test_fleet_compose_keeps_the_settings_of_the_worker_compose_file(
+    resources: dict[str, Any],
+) -> None:
+    user_data = resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+    script = user_data["Fn::Base64"]["Fn::Sub"]
+    fleet_text = script.split("cat > docker-compose.yml <<'COMPOSE'\n", 1)[1].split("COMPOSE\n")[0]
+    # Sub turns ${!X} into ${X} for compose; the stack's own references do not matter here.
+    fleet = yaml.safe_load(fleet_text.replace("${!", "${"))["services"]["worker"]
+    local_text = (REPO_ROOT / "gpu_worker" / "docker-compose.yml").read_text(encoding="utf-8")
+    local = yaml.safe_load(local_text)["services"]["worker"]
+    for key in SHARED_WORKER_SETTINGS:
+        if key in ("mem_limit", "memswap_limit"):  # the fleet sizes them to the host's RAM
+            assert fleet[key] == "${WORKER_MEM_LIMIT}", key
+            continue
+        assert fleet[key] == local[key], f"{key}: fleet {fleet[key]!r} != local {local[key]!r}"
