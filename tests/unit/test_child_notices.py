@@ -29,6 +29,7 @@ from pipeline.alarms import (
     CHILD_FELL_OVER_KINDS,
     CHILD_NOTICE_NAME,
     CHILD_NOTICE_SEVERITY,
+    ERROR_MESSAGE_CHARS,
     ChildFellOver,
     Unreadable,
     child_alert,
@@ -85,8 +86,14 @@ def test_each_log_event_of_a_delivery_is_one_notice_with_its_job() -> None:
         "OOM",
         "memory_hog",
         1,
-        "retry",
+        "retrying in 10 s",
     )
+    assert (oom.max_attempts, oom.peak_memory_bytes, oom.memory_limit_bytes) == (
+        3,
+        3080 * 2**20,
+        3072 * 2**20,
+    )
+    assert oom.error_message.startswith("analysis used 3080 MiB")
     assert (crash.error_kind, crash.attempt, crash.next_step) == ("UNKNOWN", 3, "dead-lettered")
     assert (oom.instance, oom.log_group, oom.account, oom.region, oom.name) == (
         "i-0a1b2c3d4e5f60718",
@@ -108,13 +115,73 @@ def test_a_control_message_is_no_notice() -> None:
     assert read(delivery({"messageType": "CONTROL_MESSAGE", "logEvents": []})) == []
 
 
-def test_keys_the_line_may_carry_later_are_shown() -> None:
-    line = {**sample_line(), "backoff_s": 20.0, "peak_memory_bytes": 3 * 2**30}
+NEW_KEYS = ("max_attempts", "backoff_s", "peak_memory_bytes", "memory_limit_bytes", "error_message")
+
+
+def test_peak_memory_backoff_and_error_text_are_rendered() -> None:
+    (oom, crash) = read(load_event(EVENT))
+    alert = child_alert(oom)
+    assert alert.text.splitlines() == [
+        "memory_hog, attempt 1 of 3, next: retrying in 10 s",
+        "out of memory (the memory guard's limit or the GPU's); after 41.203 s; peak memory "
+        "3,080 MiB (100% of the 3,072 MiB limit); OOM on attempt 1 of 3",
+        "`analysis used 3080 MiB, over its limit of 3072 MiB; the child was killed`",
+    ]
+    assert ("Peak memory", "3,080 MiB (100% of the 3,072 MiB limit)") in alert.fields
+    assert ("Attempt", "1 of 3") in alert.fields and ("Next", "retrying in 10 s") in alert.fields
+    assert len(alert.fields) <= 10  # Slack shows no more
+    hook = alert.extra["child_fell_over"]
+    assert (hook["backoff_s"], hook["max_attempts"], hook["memory_limit_bytes"]) == (
+        10.0,
+        3,
+        3 * 2**30,
+    )
+    dead = child_alert(crash)
+    assert "next: dead-lettered" in dead.text and "`analysis child killed by SIGSEGV`" in dead.text
+    assert "peak memory 192 MiB (6% of the 3,072 MiB limit)" in dead.text
+
+
+def test_an_old_worker_line_without_the_new_keys_still_renders() -> None:
+    line = {k: v for k, v in sample_line().items() if k not in NEW_KEYS}
     (notice,) = read(with_lines(line))
-    assert notice.next_step == "retry in 20 s"
+    assert isinstance(notice, ChildFellOver)
+    assert (notice.next_step, notice.attempt_text, notice.memory_text) == ("retrying", "1", "")
     alert = child_alert(notice)
-    assert ("Peak memory", "3.00 GiB") in alert.fields
-    assert "next: retry in 20 s" in alert.text
+    assert alert.text.splitlines()[0] == "memory_hog, attempt 1, next: retrying"
+    assert "`" not in alert.text and "Peak memory" not in dict(alert.fields)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [None, "x", True, -5, [], {}, 10**400, float("nan")],
+)
+def test_malformed_new_keys_are_left_out_not_fatal(bad: Any) -> None:
+    line = {**sample_line(), **dict.fromkeys(NEW_KEYS, bad)}
+    (notice,) = read(with_lines(line))
+    assert isinstance(notice, ChildFellOver)
+    assert notice.max_attempts is None and notice.peak_memory_bytes is None
+    assert notice.memory_limit_bytes is None and notice.backoff_s is None
+    assert notice.error_message == ("x" if bad == "x" else "")
+    child_alert(notice)  # renders
+
+
+def test_a_peak_without_a_limit_shows_the_peak_alone() -> None:
+    line = {**sample_line(), "memory_limit_bytes": 0, "peak_memory_bytes": 512 * 2**20}
+    (notice,) = read(with_lines(line))
+    assert ("Peak memory", "512 MiB") in child_alert(notice).fields
+
+
+def test_a_payload_like_error_message_is_bounded_to_its_first_line() -> None:
+    payload = "SECRET-INPUT " * 2000
+    line = {**sample_line(), "error_message": f"ValueError: bad '{payload}'\n{payload}\nmore"}
+    (notice,) = read(with_lines(line))
+    assert len(notice.error_message) == ERROR_MESSAGE_CHARS
+    assert notice.error_message.endswith("…") and "\n" not in notice.error_message
+    alert = child_alert(notice)
+    assert alert.text.count("SECRET-INPUT") < 30 and len(alert.text) < 700
+    # A backtick in the text cannot end the code span early.
+    (ticked,) = read(with_lines({**sample_line(), "error_message": "KeyError: 'a`b'"}))
+    assert "`KeyError: 'a'b'`" in child_alert(ticked).text
 
 
 GARBAGE_GZIP = base64.b64encode(b"\x1f\x8b\x08\x00garbage").decode()
@@ -271,8 +338,10 @@ def test_each_fall_is_posted_once_to_every_channel_with_job_instance_and_link(
     assert slack[0]["attachments"][0]["color"] == "#f2a33a"  # warning, like the alarm
     assert slack[0]["text"] == (
         "Analysis child fell over: OOM on job 0b8e9c4e-5f7a-4d21-9a3c-7e1f2d6b8a90: "
-        "memory_hog, attempt 1, next: retry\nout of memory (the memory guard's limit or the "
-        "GPU's); after 41.203 s; OOM on attempt 1 of 3"
+        "memory_hog, attempt 1 of 3, next: retrying in 10 s\nout of memory (the memory guard's "
+        "limit or the GPU's); after 41.203 s; peak memory 3,080 MiB (100% of the 3,072 MiB "
+        "limit); OOM on attempt 1 of 3\n"
+        "`analysis used 3080 MiB, over its limit of 3072 MiB; the child was killed`"
     )
     (hook, _) = [r.json() for r in sink.on("/webhook")]
     assert hook["child_fell_over"]["job_id"] == "0b8e9c4e-5f7a-4d21-9a3c-7e1f2d6b8a90"
@@ -381,10 +450,14 @@ class _Capture:
         self.lines += [json.loads(t) for t in self.buffer.getvalue().splitlines() if t.strip()]
 
 
+SECRET_INPUT = "user-secret-text " * 25  # the drill's message is at most 1000 characters
+
+
 @pytest.fixture
 def real_lines(stack: Stack, job_store: JobStore, queue: JobQueue) -> list[dict[str, Any]]:
     """The "job finished" lines of a real worker that ran a job that succeeded, one whose
-    analyzer failed (the child lives) and one that killed the analysis child (SIGKILL)."""
+    analyzer failed (the child lives), one that killed the analysis child (SIGKILL) and a GPU
+    OOM whose error quotes its (secret) input at length."""
     config = WorkerConfig(
         queue_url=stack.ref("JobsQueue"),
         dlq_url=stack.ref("JobsDeadLetterQueue"),
@@ -402,7 +475,13 @@ def real_lines(stack: Stack, job_store: JobStore, queue: JobQueue) -> list[dict[
     requests = [
         {"analyzer": "echo", "input": {"ok": True}},
         {"analyzer": "fail", "input": None, "params": {"error": "retryable"}},
-        {"analyzer": "crash", "input": None, "params": {"signal": "SIGKILL"}},
+        # after_s: the memory guard's first sample (its peak) comes before the kill.
+        {"analyzer": "crash", "input": None, "params": {"signal": "SIGKILL", "after_s": 0.2}},
+        {
+            "analyzer": "fail",
+            "input": {"text": SECRET_INPUT * 100},
+            "params": {"error": "gpu_oom", "message": f"on '{SECRET_INPUT}'\n{SECRET_INPUT}"},
+        },
     ]
     try:
         with _Capture() as lines:
@@ -421,7 +500,7 @@ def real_lines(stack: Stack, job_store: JobStore, queue: JobQueue) -> list[dict[
 def test_the_filter_pattern_matches_the_real_line_of_a_fall_and_nothing_else(
     real_lines: list[dict[str, Any]],
 ) -> None:
-    succeeded, failed, crashed = real_lines
+    succeeded, failed, crashed, _ = real_lines
     assert (succeeded.get("error_kind"), failed["error_kind"], crashed["error_kind"]) == (
         None,
         "ANALYZER_ERROR",
@@ -440,8 +519,30 @@ def test_the_filter_pattern_matches_the_real_line_of_a_fall_and_nothing_else(
         crashed["job_id"],
         "crash",
         1,
-        "retry",
+        "retrying in 10 s",
     )
+    assert notice.error_message == "analysis child killed by SIGKILL"
+    assert notice.peak_memory_bytes and notice.memory_limit_bytes
+
+
+def test_the_real_line_carries_memory_backoff_and_a_bounded_error_never_the_input(
+    real_lines: list[dict[str, Any]],
+) -> None:
+    succeeded, failed, crashed, gpu_oom = real_lines
+    for line in (failed, crashed, gpu_oom):
+        assert line["max_attempts"] == 3 and line["backoff_s"] == 10.0
+        assert 0 < line["peak_memory_bytes"] < line["memory_limit_bytes"]
+        assert line["attempt"] == 1 and line["action"] == "RETRY"
+    assert "error_message" not in succeeded and "backoff_s" not in succeeded
+    assert crashed["error_message"] == "analysis child killed by SIGKILL"
+    assert failed["error_message"] == "RetryableError: drill failure (retryable)"  # no traceback
+    assert gpu_oom["error_kind"] == "OOM"
+    assert gpu_oom["error_message"].startswith("OutOfMemoryError: CUDA out of memory. on 'user-")
+    assert len(gpu_oom["error_message"]) == 300 and gpu_oom["error_message"].endswith("…")
+    # Bounded, and no more of the input than the excerpt (each line parsed as one JSON line).
+    text = json.dumps(gpu_oom)
+    assert len(text) < 1500
+    assert text.count("user-secret-text") < 20
 
 
 def test_the_pattern_names_exactly_the_kinds_the_fanout_reads() -> None:
