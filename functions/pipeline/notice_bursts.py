@@ -13,8 +13,10 @@ The count lives in the fan-out's DynamoDB ledger table, shared by every concurre
   size below ``burst``, or the id already in it), so concurrent invocations never post more than
   ``burst``, and a retry of a notice gets the decision it got the first time. A plain counter
   would count a retry again, and could hold back the retry of a notice one channel refused.
-- ``child-burst#series#SERIES``: the last window that held notices back, its count and when it
-  began, and which notice reported it (so one notice reports it, and that notice's retry again).
+- ``child-burst#series#SERIES``: the windows whose hold-backs no notice has reported yet
+  (``pending``), and the last report made (so that its notice's retry says it again). A notice
+  posted in a later window claims each pending window on that window's item (``reported_by``,
+  conditional): one notice reports it, however many race.
 
 Both carry ``expires_at`` (DynamoDB TTL). A ledger that cannot be written (throttled, down)
 never costs a notice: it is posted, and the decision says why it was not counted.
@@ -124,7 +126,17 @@ class ChildNoticeBursts:
     def _hold_back(
         self, series: str, window: int, event_id: str, at: datetime, expires: int
     ) -> None:
-        held = self.client.update_item(
+        # The series first: a window it names without a hold-back is skipped by the report.
+        self.client.update_item(
+            TableName=self.table,
+            Key=self.series_key(series),
+            UpdateExpression="ADD pending :windows SET expires_at = :expires",
+            ExpressionAttributeValues={
+                ":windows": {"NS": [str(window)]},
+                ":expires": {"N": str(expires)},
+            },
+        )
+        self.client.update_item(
             TableName=self.table,
             Key=self.window_key(series, window),
             UpdateExpression=(
@@ -136,61 +148,68 @@ class ChildNoticeBursts:
                 ":at": {"N": str(at.timestamp())},
                 ":expires": {"N": str(expires)},
             },
-            ReturnValues="ALL_NEW",
-        )["Attributes"]
-        count = len(held["suppressed"]["SS"])
-        try:
-            # The series remembers its latest hold-back; concurrent writers only raise it.
-            self.client.update_item(
-                TableName=self.table,
-                Key=self.series_key(series),
-                UpdateExpression=(
-                    "SET last_window = :window, last_count = :count, last_since = :since,"
-                    " expires_at = :expires"
-                ),
-                ConditionExpression=(
-                    "attribute_not_exists(last_window) OR last_window < :window"
-                    " OR (last_window = :window AND last_count < :count)"
-                ),
-                ExpressionAttributeValues={
-                    ":window": {"N": str(window)},
-                    ":count": {"N": str(count)},
-                    ":since": held["suppressed_since"],
-                    ":expires": {"N": str(expires)},
-                },
-            )
-        except ClientError as exc:
-            if not _is_conditional_failure(exc):
-                raise
+        )
 
     def _claim_report(self, series: str, window: int, event_id: str) -> tuple[int, datetime | None]:
-        """(count, since) of an earlier window's hold-back, if this notice is to report it."""
-        item = self.client.get_item(
-            TableName=self.table, Key=self.series_key(series), ConsistentRead=True
-        ).get("Item")
-        if not item or int(item["last_window"]["N"]) >= window:
-            return 0, None  # nothing held back, or held back in this window: a later one says so
-        last = item["last_window"]["N"]
-        if item.get("reported_window", {}).get("N") == last and item["reporter"]["S"] != event_id:
-            return 0, None  # another notice reported it
-        try:
-            claimed = self.client.update_item(
+        """(count, since) of the hold-backs in earlier windows, if this notice reports them.
+
+        Each earlier window is claimed on its own item (one reporter per window, however many
+        notices of later windows race for it); the last report is kept on the series so that
+        a retry of its notice says it again."""
+        series_key = self.series_key(series)
+        item = self.client.get_item(TableName=self.table, Key=series_key, ConsistentRead=True).get(
+            "Item"
+        )
+        if not item:
+            return 0, None
+        last = item.get("last_report", {}).get("M", {})
+        if last.get("reporter", {}).get("S") == event_id:
+            return int(last["count"]["N"]), datetime.fromtimestamp(
+                float(last["since"]["N"]), tz=UTC
+            )
+        earlier = sorted(int(w) for w in item.get("pending", {}).get("NS", []) if int(w) < window)
+        count, since = 0, None
+        for held_window in earlier:
+            try:
+                claimed = self.client.update_item(
+                    TableName=self.table,
+                    Key=self.window_key(series, held_window),
+                    UpdateExpression="SET reported_by = :id",
+                    ConditionExpression=(
+                        "attribute_exists(suppressed)"
+                        " AND (attribute_not_exists(reported_by) OR reported_by = :id)"
+                    ),
+                    ExpressionAttributeValues={":id": {"S": event_id}},
+                    ReturnValues="ALL_NEW",
+                )["Attributes"]
+            except ClientError as exc:
+                if _is_conditional_failure(exc):
+                    continue  # another notice reports it (or nothing was held back there)
+                raise
+            count += len(claimed["suppressed"]["SS"])
+            held_since = float(claimed["suppressed_since"]["N"])
+            since = held_since if since is None else min(since, held_since)
+        if earlier:
+            update = "DELETE pending :windows"
+            values: dict[str, Any] = {":windows": {"NS": [str(w) for w in earlier]}}
+            if count:
+                update += " SET last_report = :report"
+                values[":report"] = {
+                    "M": {
+                        "reporter": {"S": event_id},
+                        "count": {"N": str(count)},
+                        "since": {"N": str(since)},
+                    }
+                }
+            self.client.update_item(
                 TableName=self.table,
-                Key=self.series_key(series),
-                UpdateExpression="SET reported_window = :last, reporter = :id",
-                ConditionExpression=(
-                    "last_window = :last AND (attribute_not_exists(reported_window)"
-                    " OR reported_window <> :last OR reporter = :id)"
-                ),
-                ExpressionAttributeValues={":last": {"N": last}, ":id": {"S": event_id}},
-                ReturnValues="ALL_NEW",
-            )["Attributes"]
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                return 0, None
-            raise
-        since = datetime.fromtimestamp(float(claimed["last_since"]["N"]), tz=UTC)
-        return int(claimed["last_count"]["N"]), since
+                Key=series_key,
+                UpdateExpression=update,
+                ExpressionAttributeValues=values,
+            )
+        if not count or since is None:
+            return 0, None
+        return count, datetime.fromtimestamp(since, tz=UTC)
 
 
 def _describe(exc: Exception) -> str:

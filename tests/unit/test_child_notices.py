@@ -5,18 +5,22 @@ alarm, posted once per log event however often Lambda retries the delivery."""
 from __future__ import annotations
 
 import base64
+import fnmatch
 import gzip
 import io
 import json
 import re
+import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
 import boto3
 import pytest
 import yaml
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from devstack.cfn import Stack, load_template, provision
 from devstack.drills.alarms import fanout_env, worker_log_event, worker_log_payload
@@ -37,6 +41,7 @@ from pipeline.alarms import (
 )
 from pipeline.contract import ErrorKind, JobMessage, new_job_id
 from pipeline.jobstore import JobStore
+from pipeline.notice_bursts import BurstDecision, ChildNoticeBursts
 from pipeline.queue import JobQueue
 from pipeline.webhooks import WebhookClient
 
@@ -646,3 +651,230 @@ def test_devstack_creates_the_worker_log_group_with_its_retention(aws: None) -> 
     )["logGroups"]
     assert group["retentionInDays"] == 14
     assert stack.attr("WorkerLogGroup", "Arn") == group["arn"]
+
+
+# -- flood control: a burst per (stack, analyzer, failure kind) and window ---------------------
+
+WINDOW_S = 900
+# The start of a 15-minute window, and a minute into it.
+WINDOW_START_S = 1795412592 // WINDOW_S * WINDOW_S
+BURST_START_MS = (WINDOW_START_S + 60) * 1000
+
+
+def falls(count: int, *, start_ms: int, **change: Any) -> dict[str, Any]:
+    """One delivery of ``count`` OOM lines of memory_hog, each its own job, 1 ms apart."""
+    lines = [{**sample_line(), "job_id": new_job_id(), **change} for _ in range(count)]
+    payload = worker_log_payload(load_event(EVENT))
+    return worker_log_event(
+        [json.dumps(line) for line in lines],
+        log_group=payload["logGroup"],
+        log_stream=payload["logStream"],
+        start_ms=start_ms,
+    )
+
+
+def slack_texts(sink: WebhookSink) -> list[str]:
+    return [r.json()["text"] for r in sink.on("/slack")]
+
+
+def test_a_burst_past_the_limit_is_held_back_and_the_next_window_counts_it(
+    make_fanout_app: Callable[..., ModuleType], sink: WebhookSink
+) -> None:
+    app = make_fanout_app()
+    assert (app.settings.child_notice_burst, app.settings.child_notice_window_s) == (5, WINDOW_S)
+    burst = falls(8, start_ms=BURST_START_MS)
+    assert invoke(app, burst) == {"notices": 8, "delivered": 15, "skipped": 0}
+    assert len(sink.on("/slack")) == len(sink.on("/discord")) == len(sink.on("/webhook")) == 5
+    # A Lambda retry of the delivery: the same five are skipped, the same three held back.
+    assert invoke(app, burst) == {"notices": 8, "delivered": 0, "skipped": 15}
+    # Another failure kind, or another analyzer, is another series: posted.
+    invoke(app, falls(1, start_ms=BURST_START_MS + 100, error_kind="UNKNOWN"))
+    invoke(app, falls(1, start_ms=BURST_START_MS + 200, analyzer="text_embed"))
+    assert len(sink.on("/slack")) == 7
+    assert not any("suppressed" in text for text in slack_texts(sink))
+
+    later = falls(2, start_ms=(WINDOW_START_S + WINDOW_S + 30) * 1000)
+    assert invoke(app, later)["delivered"] == 6
+    *_, reporting, next_one = slack_texts(sink)
+    assert reporting.endswith("\n… and 3 more like this were suppressed since 05:31 UTC")
+    assert "suppressed" not in next_one  # said once
+    (hook, _) = [r.json()["child_fell_over"] for r in sink.on("/webhook")[-2:]]
+    assert (hook["suppressed_before"], hook["suppressed_since"]) == (3, "2026-11-23T05:31:00+00:00")
+
+
+class _Serialized:
+    """A DynamoDB client whose calls run one at a time, as each request does in DynamoDB
+    (in-process moto interleaves a condition check with another thread's write)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attribute(*args, **kwargs)
+
+        return call
+
+
+def test_concurrent_invocations_never_post_more_than_the_burst(stack: Stack) -> None:
+    bursts = ChildNoticeBursts(
+        _Serialized(boto3.client("dynamodb")), stack.ref("AlarmDeliveriesTable"), burst=5
+    )
+    start = datetime.fromtimestamp(WINDOW_START_S + 60, tz=UTC)
+    barrier = threading.Barrier(12)
+
+    def decide(index: int, at: datetime) -> BurstDecision:
+        barrier.wait()
+        return bursts.decide("series", f"event-{at.timestamp()}-{index}", at)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        first = list(pool.map(lambda i: decide(i, start), range(12)))
+        later = start + timedelta(seconds=WINDOW_S)
+        second = list(pool.map(lambda i: decide(i, later), range(12)))
+    assert sum(d.post for d in first) == 5 and not any(d.error for d in first)
+    assert sum(d.post for d in second) == 5
+    # Exactly one notice of the next window reports the seven held back.
+    assert sorted(d.suppressed_before for d in second if d.post) == [0, 0, 0, 0, 7]
+    (reporter,) = [i for i, d in enumerate(second) if d.suppressed_before]
+    assert second[reporter].suppressed_since == start
+    # A retry of that notice says it again; a retry of another one does not.
+    assert (
+        bursts.decide("series", f"event-{later.timestamp()}-{reporter}", later)
+        == (second[reporter])
+    )
+    other = next(i for i, d in enumerate(second) if d.post and i != reporter)
+    assert bursts.decide("series", f"event-{later.timestamp()}-{other}", later) == (
+        BurstDecision(True)
+    )
+
+
+class _Throttled:
+    """A DynamoDB client that refuses ``failing`` calls as an overloaded table does."""
+
+    def __init__(self, client: Any, failing: set[str], error: Exception | None = None) -> None:
+        self._client = client
+        self._failing = failing
+        self._error = error or ClientError(
+            {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+            "UpdateItem",
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._failing:
+
+            def refuse(*_: Any, **__: Any) -> Any:
+                raise self._error
+
+            return refuse
+        return getattr(self._client, name)
+
+
+def test_a_throttled_ledger_posts_the_notice_anyway_and_warns(
+    make_fanout_app: Callable[..., ModuleType],
+    sink: WebhookSink,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = make_fanout_app(CHILD_NOTICE_BURST="1")
+    bursts = app.fanout().bursts
+    bursts.client = _Throttled(bursts.client, {"update_item"})
+    result = invoke(app, falls(3, start_ms=BURST_START_MS))
+    assert result == {"notices": 3, "delivered": 9, "skipped": 0}  # not held to the burst of 1
+    warnings = [r for r in caplog.records if r.getMessage() == "posted despite a failure"]
+    assert len(warnings) == 3 and {r.levelname for r in warnings} == {"WARNING"}
+    assert "ProvisionedThroughputExceededException" in warnings[0].problem
+
+
+def test_a_ledger_that_cannot_be_reached_posts_every_notice(stack: Stack) -> None:
+    unreachable = EndpointConnectionError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com")
+    client = _Throttled(boto3.client("dynamodb"), {"update_item"}, unreachable)
+    bursts = ChildNoticeBursts(client, stack.ref("AlarmDeliveriesTable"), burst=1)
+    at = datetime.fromtimestamp(WINDOW_START_S, tz=UTC)
+    decisions = [bursts.decide("series", f"event-{i}", at) for i in range(3)]
+    assert decisions == [BurstDecision(True, error="EndpointConnectionError")] * 3
+
+
+def test_a_report_that_cannot_be_read_still_posts_the_notice(stack: Stack) -> None:
+    client = _Throttled(boto3.client("dynamodb"), {"get_item"})
+    bursts = ChildNoticeBursts(client, stack.ref("AlarmDeliveriesTable"), burst=1)
+    at = datetime.fromtimestamp(WINDOW_START_S, tz=UTC)
+    first, second = (bursts.decide("series", f"event-{i}", at) for i in range(2))
+    assert first == BurstDecision(True, error="ProvisionedThroughputExceededException")
+    assert second == BurstDecision(False)  # the count itself was written: held back
+
+
+def test_a_hold_back_that_cannot_be_written_posts_the_notice(stack: Stack) -> None:
+    table = stack.ref("AlarmDeliveriesTable")
+    bursts = ChildNoticeBursts(boto3.client("dynamodb"), table, burst=1)
+    at = datetime.fromtimestamp(WINDOW_START_S, tz=UTC)
+    assert bursts.decide("series", "first", at) == BurstDecision(True)
+    assert bursts.decide("series", "second", at) == BurstDecision(False)
+
+    class _RefuseHoldBack(_Throttled):
+        def __getattr__(self, name: str) -> Any:
+            if name != "update_item":
+                return getattr(self._client, name)
+
+            def update_item(**kwargs: Any) -> Any:
+                if "suppressed" in kwargs["UpdateExpression"]:
+                    raise self._error
+                return self._client.update_item(**kwargs)
+
+            return update_item
+
+    bursts.client = _RefuseHoldBack(bursts.client, set())
+    third = bursts.decide("series", "third", at)
+    assert third.post and third.error == "ProvisionedThroughputExceededException"
+
+
+# -- the template: parameters, environment and the ledger keys the policy allows ---------------
+
+
+def test_the_burst_and_window_come_from_template_parameters() -> None:
+    env = RESOURCES["AlarmFanoutFunction"]["Properties"]["Environment"]["Variables"]
+    parameters = TEMPLATE["Parameters"]
+    assert env["CHILD_NOTICE_BURST"] == {"Ref": "ChildNoticeBurst"}
+    assert env["CHILD_NOTICE_WINDOW_MINUTES"] == {"Ref": "ChildNoticeWindowMinutes"}
+    assert parameters["ChildNoticeBurst"]["Default"] == 5
+    assert parameters["ChildNoticeWindowMinutes"]["Default"] == WINDOW_S // 60
+
+
+def _ledger_statement() -> dict[str, Any]:
+    policies = RESOURCES["AlarmFanoutFunction"]["Properties"]["Policies"]
+    statements = [s for p in policies for s in p.get("Statement", [])]
+    (statement,) = [
+        s for s in statements if s["Resource"] == {"Fn::GetAtt": ["AlarmDeliveriesTable", "Arn"]}
+    ]
+    return statement
+
+
+def test_the_fanout_may_touch_only_its_own_ledger_keys(
+    make_fanout_app: Callable[..., ModuleType], stack: Stack
+) -> None:
+    statement = _ledger_statement()
+    patterns = statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+    assert sorted(statement["Action"]) == [
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+    ]
+    # Every item the fan-out writes (an alarm, its flapping history, child notices, a
+    # hold-back and its report) has a key the policy allows, and every pattern is used.
+    app = make_fanout_app(CHILD_NOTICE_BURST="1")
+    invoke(app, load_event("alarm_sns_alarm"))
+    invoke(app, falls(2, start_ms=BURST_START_MS))
+    invoke(app, falls(1, start_ms=(WINDOW_START_S + WINDOW_S) * 1000))
+    items = boto3.client("dynamodb").scan(TableName=stack.ref("AlarmDeliveriesTable"))["Items"]
+    keys = [item["pk"]["S"] for item in items]
+    assert all(any(fnmatch.fnmatchcase(k, p) for p in patterns) for k in keys), keys
+    assert all(any(fnmatch.fnmatchcase(k, p) for k in keys) for p in patterns), patterns
+    assert all(
+        int(item["expires_at"]["N"]) > WINDOW_START_S
+        for item in items
+        if "child-burst#" in item["pk"]["S"]
+    )
