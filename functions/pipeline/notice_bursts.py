@@ -35,6 +35,9 @@ DEFAULT_BURST = 5
 DEFAULT_WINDOW_S = 15 * 60
 # A hold-back is reported by the next notice of its series if that comes within a day.
 RETAIN_S = 24 * 3600
+# Held-back ids kept per window (56-character CloudWatch event ids: ~110 KiB of the item's
+# 400 KiB). Past that, a plain counter: a retry may count twice, but the item stays writable.
+HELD_IDS_MAX = 2000
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class ChildNoticeBursts:
         burst: int = DEFAULT_BURST,
         window_s: int = DEFAULT_WINDOW_S,
         retain_s: int = RETAIN_S,
+        held_ids_max: int = HELD_IDS_MAX,
     ) -> None:
         if burst < 1 or window_s < 1:
             raise ValueError("burst and window_s must be positive")
@@ -68,6 +72,7 @@ class ChildNoticeBursts:
         self.burst = burst
         self.window_s = window_s
         self.retain_s = retain_s
+        self.held_ids_max = held_ids_max
 
     def window_of(self, at: datetime) -> int:
         """The start (epoch seconds) of the fixed window holding ``at``."""
@@ -136,19 +141,33 @@ class ChildNoticeBursts:
                 ":expires": {"N": str(expires)},
             },
         )
-        self.client.update_item(
-            TableName=self.table,
-            Key=self.window_key(series, window),
-            UpdateExpression=(
-                "ADD suppressed :ids SET expires_at = :expires,"
-                " suppressed_since = if_not_exists(suppressed_since, :at)"
-            ),
-            ExpressionAttributeValues={
-                ":ids": {"SS": [event_id]},
-                ":at": {"N": str(at.timestamp())},
-                ":expires": {"N": str(expires)},
-            },
-        )
+        values = {":at": {"N": str(at.timestamp())}, ":expires": {"N": str(expires)}}
+        since = "suppressed_since = if_not_exists(suppressed_since, :at)"
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=self.window_key(series, window),
+                UpdateExpression=f"ADD suppressed :ids SET expires_at = :expires, {since}",
+                ConditionExpression=(
+                    "attribute_not_exists(suppressed) OR contains(suppressed, :id)"
+                    " OR size(suppressed) < :max"
+                ),
+                ExpressionAttributeValues={
+                    **values,
+                    ":ids": {"SS": [event_id]},
+                    ":id": {"S": event_id},
+                    ":max": {"N": str(self.held_ids_max)},
+                },
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            self.client.update_item(
+                TableName=self.table,
+                Key=self.window_key(series, window),
+                UpdateExpression=f"ADD suppressed_more :one SET expires_at = :expires, {since}",
+                ExpressionAttributeValues={**values, ":one": {"N": "1"}},
+            )
 
     def _claim_report(self, series: str, window: int, event_id: str) -> tuple[int, datetime | None]:
         """(count, since) of the hold-backs in earlier windows, if this notice reports them.
@@ -187,6 +206,7 @@ class ChildNoticeBursts:
                     continue  # another notice reports it (or nothing was held back there)
                 raise
             count += len(claimed["suppressed"]["SS"])
+            count += int(claimed.get("suppressed_more", {}).get("N", "0"))
             held_since = float(claimed["suppressed_since"]["N"])
             since = held_since if since is None else min(since, held_since)
         if earlier:

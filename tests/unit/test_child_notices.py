@@ -832,6 +832,20 @@ def test_a_hold_back_that_cannot_be_written_posts_the_notice(stack: Stack) -> No
     assert third.post and third.error == "ProvisionedThroughputExceededException"
 
 
+def test_a_flood_past_the_kept_ids_is_still_counted(stack: Stack) -> None:
+    table = stack.ref("AlarmDeliveriesTable")
+    bursts = ChildNoticeBursts(boto3.client("dynamodb"), table, burst=1, held_ids_max=2)
+    at = datetime.fromtimestamp(WINDOW_START_S, tz=UTC)
+    decisions = [bursts.decide("series", f"event-{i}", at) for i in range(6)]
+    assert [d.post for d in decisions] == [True] + [False] * 5
+    item = boto3.client("dynamodb").get_item(
+        TableName=table, Key=bursts.window_key("series", WINDOW_START_S)
+    )
+    assert len(item["Item"]["suppressed"]["SS"]) == 2  # the item stays small
+    later = bursts.decide("series", "next", at + timedelta(seconds=WINDOW_S))
+    assert (later.post, later.suppressed_before, later.suppressed_since) == (True, 5, at)
+
+
 # -- the template: parameters, environment and the ledger keys the policy allows ---------------
 
 
