@@ -522,14 +522,31 @@ class Worker:
             backoff_base_s=self.config.backoff_base_s,
             backoff_max_s=self.config.backoff_max_s,
         )
+        # The child-fell-over chat notice (pipeline/alarms.py) reads this line. An error's text
+        # can quote the job's input (an analyzer's "ValueError: could not convert string to
+        # float: '<input>'", a traceback's frames): the log gets its first line only, the
+        # exception type and the start of its message, at most 300 characters. The job record
+        # keeps the fuller message.
+        error = outcome.error
+        error_line = error.message.strip().partition("\n")[0] if error else ""
+        if len(error_line) > 300:
+            error_line = error_line[:299] + "…"
         logger.info(
             "job finished",
             extra={
                 "action": str(decision.action),
                 "reason": decision.reason,
                 "duration_s": round(outcome.duration_s, 3),
-                "error_kind": str(outcome.error.kind) if outcome.error else None,
+                "error_kind": str(error.kind) if error else None,
                 "heartbeats": heartbeat.extensions,
+                "max_attempts": self.config.max_attempts,
+                "backoff_s": decision.backoff_s if decision.action is Action.RETRY else None,
+                "peak_memory_bytes": (error.peak_memory_bytes if error else None)
+                or peak_bytes
+                or None,
+                "memory_limit_bytes": (error.limit_bytes if error else None)
+                or self.memory_guard.limit_bytes,
+                "error_message": error_line or None,
             },
         )
         checkpointed = ran_before or outcome.checkpoints > 0

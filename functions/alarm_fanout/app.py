@@ -12,6 +12,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from pipeline.alarms import (
+    CHILD_SUPPRESSED,
     AlarmFanout,
     AlarmTags,
     DeliveryLedger,
@@ -23,6 +24,7 @@ from pipeline.alarms import (
 )
 from pipeline.alerts import AlertSender, channels_from_env
 from pipeline.metrics_names import FunctionMetric
+from pipeline.notice_bursts import ChildNoticeBursts
 
 settings = FanoutSettings.from_env()
 channels = channels_from_env()  # a listed channel without its secret fails here, at cold start
@@ -58,6 +60,12 @@ def fanout() -> AlarmFanout:
             max_changes=settings.flap_max_changes,
             window_s=settings.flap_window_s,
         ),
+        bursts=ChildNoticeBursts(
+            dynamodb,
+            settings.deliveries_table,
+            burst=settings.child_notice_burst,
+            window_s=settings.child_notice_window_s,
+        ),
         email=email,
         tags=AlarmTags(boto3.client("cloudwatch"), on_error=_tag_lookup_failed),
         child_notice_name=settings.child_notice_name,
@@ -81,6 +89,10 @@ def _record(outcome: Outcome) -> None:
         logger.warning(
             "still being delivered elsewhere", extra={**extra, "channels": list(outcome.busy)}
         )
+    if outcome.warning:
+        logger.warning("posted despite a failure", extra={**extra, "problem": outcome.warning})
+    if outcome.decision == CHILD_SUPPRESSED:
+        logger.info("child notice held back: burst per window reached", extra=extra)
     if outcome.decision == "suppress":
         logger.info("flapping: transition summarised, not posted", extra=extra)
         metrics.add_metric(str(FunctionMetric.ALARMS_SUPPRESSED_FLAPPING), MetricUnit.Count, 1)

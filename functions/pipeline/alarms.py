@@ -15,6 +15,8 @@ A third input is the worker's own log: a CloudWatch Logs subscription on the wor
 delivers each "job finished" line of an attempt that took the analysis child down (OOM, crash,
 timeout), and each becomes a :class:`ChildFellOver` notice naming the job, routed like the
 ``worker-child-restarted`` alarm and remembered per log event, so a retry never posts it twice.
+A model that falls over on every job is held to a burst of notices per window
+(:mod:`pipeline.notice_bursts`); the next notice posted says how many were held back.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import time
 import zlib
@@ -38,6 +41,7 @@ from urllib.parse import quote
 
 from pipeline.alerts import Alert, AlertSender, Severity
 from pipeline.contract import ErrorKind
+from pipeline.notice_bursts import DEFAULT_BURST, DEFAULT_WINDOW_S, BurstDecision, ChildNoticeBursts
 from pipeline.settings import MissingSetting, env_int, require_env
 from pipeline.webhooks import Delivery
 
@@ -298,6 +302,8 @@ _KIND_MEANING: dict[str, str] = {
     ErrorKind.TIMEOUT: "the job ran past its max_runtime_s and the child was killed",
 }
 _NEXT_STEP = {"DEAD_LETTER": "dead-lettered", "REQUEUE": "requeued"}
+CHILD_SUPPRESSED = "burst-suppressed"  # the fan-out's decision for a notice held back
+ERROR_MESSAGE_CHARS = 300
 _LOG_UNREADABLE = (*_UNREADABLE, OverflowError, OSError, EOFError, zlib.error, RecursionError)
 
 
@@ -321,6 +327,10 @@ class ChildFellOver:
     account: str
     backoff_s: float | None = None
     peak_memory_bytes: int | None = None
+    # Lines from workers before these keys existed lack them: each is optional.
+    max_attempts: int | None = None
+    memory_limit_bytes: int | None = None
+    error_message: str = ""  # the error's first line, bounded by the worker (and again here)
 
     @property
     def transition_key(self) -> str:
@@ -328,10 +338,33 @@ class ChildFellOver:
         return f"child|{self.log_group}|{self.event_id}"
 
     @property
+    def burst_series(self) -> str:
+        """Notices "like this one", counted together by the flood control: the stack (its
+        worker log group), the analyzer and the failure kind."""
+        return f"{self.log_group}|{self.analyzer[:100]}|{self.error_kind}"
+
+    @property
     def next_step(self) -> str:
         if self.action == "RETRY":
-            return f"retry in {self.backoff_s:g} s" if self.backoff_s is not None else "retry"
+            return f"retrying in {self.backoff_s:g} s" if self.backoff_s is not None else "retrying"
         return _NEXT_STEP.get(self.action, self.action.lower() or "unknown")
+
+    @property
+    def attempt_text(self) -> str:
+        if self.attempt is None:
+            return "-"
+        return f"{self.attempt} of {self.max_attempts}" if self.max_attempts else str(self.attempt)
+
+    @property
+    def memory_text(self) -> str:
+        """ "3,072 MiB (96% of the 3,200 MiB limit)", or "" when the line has no peak."""
+        if self.peak_memory_bytes is None:
+            return ""
+        text = f"{self.peak_memory_bytes / 2**20:,.0f} MiB"
+        if self.memory_limit_bytes:
+            share = 100 * self.peak_memory_bytes / self.memory_limit_bytes
+            text += f" ({share:.0f}% of the {self.memory_limit_bytes / 2**20:,.0f} MiB limit)"
+        return text
 
     @property
     def console_link(self) -> str:
@@ -352,7 +385,28 @@ def _console_part(value: str) -> str:
 
 def _optional_number(line: Mapping[str, Any], key: str) -> float | None:
     value = line.get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value) if math.isfinite(value) and value >= 0 else None
+    except OverflowError:  # an int beyond a float
+        return None
+
+
+def _optional_count(line: Mapping[str, Any], key: str) -> int | None:
+    value = line.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    return value if 0 <= value < 2**63 else None  # beyond that, no float or format holds it
+
+
+def error_excerpt(value: Any) -> str:
+    """The error text a notice shows: the first line, at most ERROR_MESSAGE_CHARS. The worker
+    bounds it already (it may quote the job's input); a line from elsewhere is bounded here."""
+    if not isinstance(value, str):
+        return ""
+    line = value.strip().partition("\n")[0].strip()
+    return line if len(line) <= ERROR_MESSAGE_CHARS else line[: ERROR_MESSAGE_CHARS - 1] + "…"
 
 
 def _decode_awslogs(awslogs: Any) -> Mapping[str, Any]:
@@ -404,7 +458,6 @@ def parse_child_line(
     if not isinstance(timestamp, int) or isinstance(timestamp, bool):
         raise MalformedAlarm("log event without a timestamp")
     attempt = line.get("attempt")
-    peak = line.get("peak_memory_bytes")
     return ChildFellOver(
         name=name,
         job_id=_text(line, "job_id", required=True),
@@ -421,7 +474,10 @@ def parse_child_line(
         region=region,
         account=account,
         backoff_s=_optional_number(line, "backoff_s"),
-        peak_memory_bytes=peak if isinstance(peak, int) and not isinstance(peak, bool) else None,
+        peak_memory_bytes=_optional_count(line, "peak_memory_bytes"),
+        max_attempts=_optional_count(line, "max_attempts") or None,
+        memory_limit_bytes=_optional_count(line, "memory_limit_bytes") or None,
+        error_message=error_excerpt(line.get("error_message")),
     )
 
 
@@ -665,34 +721,55 @@ def notice_alert(
     )
 
 
-def child_alert(notice: ChildFellOver) -> Alert:
-    """The notice "Analysis child fell over: OOM on job ID: analyzer, attempt N, next: ...",
-    with the instance, the time and a link to the line in the worker's log stream."""
+def _code_span(text: str) -> str:
+    """``text`` as one inline code span in Slack's and Discord's markdown."""
+    return "`" + text.replace("`", "'") + "`"
+
+
+def child_alert(
+    notice: ChildFellOver, *, suppressed: int = 0, suppressed_since: datetime | None = None
+) -> Alert:
+    """The notice "Analysis child fell over: OOM on job ID: analyzer, attempt N of M, next:
+    retrying in S s", what it means, its peak memory and error text, with the instance, the time
+    and a link to the line in the worker's log stream. ``suppressed`` notices like it were held
+    back by the flood control since ``suppressed_since``: the notice says so."""
     kind, job = notice.error_kind, notice.job_id
     where = [notice.analyzer or "analyzer unknown"]
     if notice.attempt is not None:
-        where.append(f"attempt {notice.attempt}")
+        where.append(f"attempt {notice.attempt_text}")
     where.append(f"next: {notice.next_step}")
-    text = ", ".join(where)
+    lines = [", ".join(where)]
     meaning = _KIND_MEANING.get(kind, "")
     ran = f"after {notice.duration_s:g} s" if notice.duration_s is not None else ""
-    detail = "; ".join(part for part in (meaning, ran, notice.reason) if part)
+    memory = f"peak memory {notice.memory_text}" if notice.memory_text else ""
+    detail = "; ".join(part for part in (meaning, ran, memory, notice.reason) if part)
+    if detail:
+        lines.append(detail)
+    if notice.error_message:
+        lines.append(_code_span(notice.error_message))
+    if suppressed:
+        since = (
+            f" since {suppressed_since.astimezone(UTC).strftime('%H:%M')} UTC"
+            if suppressed_since is not None
+            else ""
+        )
+        lines.append(f"… and {suppressed} more like this were suppressed{since}")
     fields = [
         ("Job", job),
         ("Failure", kind),
         ("Analyzer", notice.analyzer or "-"),
-        ("Attempt", str(notice.attempt) if notice.attempt is not None else "-"),
+        ("Attempt", notice.attempt_text),
         ("Next", notice.next_step),
         ("Instance", notice.instance or "-"),
         ("Time", notice.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")),
         ("Region", notice.region or "-"),
         ("Account", notice.account or "-"),
     ]
-    if notice.peak_memory_bytes is not None:
-        fields.append(("Peak memory", f"{notice.peak_memory_bytes / 2**30:.2f} GiB"))
+    if notice.memory_text:
+        fields.append(("Peak memory", notice.memory_text))  # Slack shows 10 fields at most
     return Alert(
         title=f"Analysis child fell over: {kind} on job {job}",
-        text=f"{text}\n{detail}" if detail else text,
+        text="\n".join(lines),
         severity=CHILD_NOTICE_SEVERITY,
         fields=tuple(fields),
         link=notice.console_link,
@@ -704,18 +781,27 @@ def child_alert(notice: ChildFellOver) -> Alert:
                 "error_kind": kind,
                 "analyzer": notice.analyzer,
                 "attempt": notice.attempt,
+                "max_attempts": notice.max_attempts,
                 "action": notice.action,
                 "next": notice.next_step,
                 "reason": notice.reason,
                 "duration_s": notice.duration_s,
                 "backoff_s": notice.backoff_s,
                 "peak_memory_bytes": notice.peak_memory_bytes,
+                "memory_limit_bytes": notice.memory_limit_bytes,
+                "error_message": notice.error_message,
                 "instance": notice.instance,
                 "log_group": notice.log_group,
                 "log_event_id": notice.event_id,
                 "time": notice.time.astimezone(UTC).isoformat(timespec="milliseconds"),
                 "region": notice.region,
                 "account": notice.account,
+                "suppressed_before": suppressed,
+                "suppressed_since": (
+                    suppressed_since.astimezone(UTC).isoformat(timespec="seconds")
+                    if suppressed_since is not None
+                    else None
+                ),
             }
         },
     )
@@ -954,6 +1040,7 @@ class Outcome:
     busy: tuple[str, ...] = ()  # channels another invocation was still sending to
     problem: str = ""  # why a message was unreadable
     excerpt: str = ""  # its first characters, for the log
+    warning: str = ""  # something went wrong on the way, yet it was posted (fail open)
 
     @property
     def failed(self) -> list[str]:
@@ -976,6 +1063,7 @@ class AlarmFanout:
         routing: Routing,
         ledger: DeliveryLedger,
         flaps: FlapTracker | None = None,
+        bursts: ChildNoticeBursts | None = None,
         email: EmailChannel | None = None,
         tags: Callable[[str], Mapping[str, str]] = _tags_none,
         child_notice_name: str = CHILD_NOTICE_NAME,
@@ -988,6 +1076,7 @@ class AlarmFanout:
         self.routing = routing
         self.ledger = ledger
         self.flaps = flaps
+        self.bursts = bursts
         self.email = email
         self.tags = tags
         self.child_notice_name = child_notice_name
@@ -1029,11 +1118,23 @@ class AlarmFanout:
         return self.deliver(alert, channels, notice.transition_key, notice.name, decision.kind)
 
     def notify_child(self, notice: ChildFellOver) -> Outcome:
-        """Every fall is posted (no flapping summary: each names its own job)."""
-        channels = self.routing.channels_for(notice.name, CHILD_NOTICE_SEVERITY)
-        return self.deliver(
-            child_alert(notice), channels, notice.transition_key, notice.name, "post"
+        """Each fall is posted with its job, up to the flood control's burst per window; the
+        next one posted after a hold-back says how many were held back."""
+        burst = (
+            self.bursts.decide(notice.burst_series, notice.event_id, notice.time)
+            if self.bursts is not None
+            else BurstDecision(True)
         )
+        if not burst.post:
+            return Outcome(notice.transition_key, notice.name, CHILD_SUPPRESSED)
+        alert = child_alert(
+            notice, suppressed=burst.suppressed_before, suppressed_since=burst.suppressed_since
+        )
+        channels = self.routing.channels_for(notice.name, CHILD_NOTICE_SEVERITY)
+        outcome = self.deliver(alert, channels, notice.transition_key, notice.name, "post")
+        if burst.error:
+            outcome.warning = f"flood control ledger failed ({burst.error}): posted uncounted"
+        return outcome
 
     def forward_unreadable(self, message: Unreadable) -> Outcome:
         alert = unreadable_alert(message)
@@ -1097,6 +1198,8 @@ class FanoutSettings:
     flap_max_changes: int = 4
     flap_window_s: int = 1800
     child_notice_name: str = CHILD_NOTICE_NAME
+    child_notice_burst: int = DEFAULT_BURST
+    child_notice_window_s: int = DEFAULT_WINDOW_S
     region: str = ""
 
     @classmethod
@@ -1109,6 +1212,9 @@ class FanoutSettings:
             flap_max_changes=env_int("ALARM_FLAP_MAX_CHANGES", 4),
             flap_window_s=60 * env_int("ALARM_FLAP_WINDOW_MINUTES", 30),
             child_notice_name=os.environ.get("CHILD_NOTICE_NAME", "").strip() or CHILD_NOTICE_NAME,
+            child_notice_burst=env_int("CHILD_NOTICE_BURST", DEFAULT_BURST),
+            child_notice_window_s=60
+            * env_int("CHILD_NOTICE_WINDOW_MINUTES", DEFAULT_WINDOW_S // 60),
             region=os.environ.get("AWS_REGION", ""),
         )
 

@@ -5,18 +5,22 @@ alarm, posted once per log event however often Lambda retries the delivery."""
 from __future__ import annotations
 
 import base64
+import fnmatch
 import gzip
 import io
 import json
 import re
+import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
 import boto3
 import pytest
 import yaml
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from devstack.cfn import Stack, load_template, provision
 from devstack.drills.alarms import fanout_env, worker_log_event, worker_log_payload
@@ -29,6 +33,7 @@ from pipeline.alarms import (
     CHILD_FELL_OVER_KINDS,
     CHILD_NOTICE_NAME,
     CHILD_NOTICE_SEVERITY,
+    ERROR_MESSAGE_CHARS,
     ChildFellOver,
     Unreadable,
     child_alert,
@@ -36,6 +41,7 @@ from pipeline.alarms import (
 )
 from pipeline.contract import ErrorKind, JobMessage, new_job_id
 from pipeline.jobstore import JobStore
+from pipeline.notice_bursts import BurstDecision, ChildNoticeBursts
 from pipeline.queue import JobQueue
 from pipeline.webhooks import WebhookClient
 
@@ -85,8 +91,14 @@ def test_each_log_event_of_a_delivery_is_one_notice_with_its_job() -> None:
         "OOM",
         "memory_hog",
         1,
-        "retry",
+        "retrying in 10 s",
     )
+    assert (oom.max_attempts, oom.peak_memory_bytes, oom.memory_limit_bytes) == (
+        3,
+        3080 * 2**20,
+        3072 * 2**20,
+    )
+    assert oom.error_message.startswith("analysis used 3080 MiB")
     assert (crash.error_kind, crash.attempt, crash.next_step) == ("UNKNOWN", 3, "dead-lettered")
     assert (oom.instance, oom.log_group, oom.account, oom.region, oom.name) == (
         "i-0a1b2c3d4e5f60718",
@@ -108,13 +120,73 @@ def test_a_control_message_is_no_notice() -> None:
     assert read(delivery({"messageType": "CONTROL_MESSAGE", "logEvents": []})) == []
 
 
-def test_keys_the_line_may_carry_later_are_shown() -> None:
-    line = {**sample_line(), "backoff_s": 20.0, "peak_memory_bytes": 3 * 2**30}
+NEW_KEYS = ("max_attempts", "backoff_s", "peak_memory_bytes", "memory_limit_bytes", "error_message")
+
+
+def test_peak_memory_backoff_and_error_text_are_rendered() -> None:
+    (oom, crash) = read(load_event(EVENT))
+    alert = child_alert(oom)
+    assert alert.text.splitlines() == [
+        "memory_hog, attempt 1 of 3, next: retrying in 10 s",
+        "out of memory (the memory guard's limit or the GPU's); after 41.203 s; peak memory "
+        "3,080 MiB (100% of the 3,072 MiB limit); OOM on attempt 1 of 3",
+        "`analysis used 3080 MiB, over its limit of 3072 MiB; the child was killed`",
+    ]
+    assert ("Peak memory", "3,080 MiB (100% of the 3,072 MiB limit)") in alert.fields
+    assert ("Attempt", "1 of 3") in alert.fields and ("Next", "retrying in 10 s") in alert.fields
+    assert len(alert.fields) <= 10  # Slack shows no more
+    hook = alert.extra["child_fell_over"]
+    assert (hook["backoff_s"], hook["max_attempts"], hook["memory_limit_bytes"]) == (
+        10.0,
+        3,
+        3 * 2**30,
+    )
+    dead = child_alert(crash)
+    assert "next: dead-lettered" in dead.text and "`analysis child killed by SIGSEGV`" in dead.text
+    assert "peak memory 192 MiB (6% of the 3,072 MiB limit)" in dead.text
+
+
+def test_an_old_worker_line_without_the_new_keys_still_renders() -> None:
+    line = {k: v for k, v in sample_line().items() if k not in NEW_KEYS}
     (notice,) = read(with_lines(line))
-    assert notice.next_step == "retry in 20 s"
+    assert isinstance(notice, ChildFellOver)
+    assert (notice.next_step, notice.attempt_text, notice.memory_text) == ("retrying", "1", "")
     alert = child_alert(notice)
-    assert ("Peak memory", "3.00 GiB") in alert.fields
-    assert "next: retry in 20 s" in alert.text
+    assert alert.text.splitlines()[0] == "memory_hog, attempt 1, next: retrying"
+    assert "`" not in alert.text and "Peak memory" not in dict(alert.fields)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [None, "x", True, -5, [], {}, 10**400, float("nan")],
+)
+def test_malformed_new_keys_are_left_out_not_fatal(bad: Any) -> None:
+    line = {**sample_line(), **dict.fromkeys(NEW_KEYS, bad)}
+    (notice,) = read(with_lines(line))
+    assert isinstance(notice, ChildFellOver)
+    assert notice.max_attempts is None and notice.peak_memory_bytes is None
+    assert notice.memory_limit_bytes is None and notice.backoff_s is None
+    assert notice.error_message == ("x" if bad == "x" else "")
+    child_alert(notice)  # renders
+
+
+def test_a_peak_without_a_limit_shows_the_peak_alone() -> None:
+    line = {**sample_line(), "memory_limit_bytes": 0, "peak_memory_bytes": 512 * 2**20}
+    (notice,) = read(with_lines(line))
+    assert ("Peak memory", "512 MiB") in child_alert(notice).fields
+
+
+def test_a_payload_like_error_message_is_bounded_to_its_first_line() -> None:
+    payload = "SECRET-INPUT " * 2000
+    line = {**sample_line(), "error_message": f"ValueError: bad '{payload}'\n{payload}\nmore"}
+    (notice,) = read(with_lines(line))
+    assert len(notice.error_message) == ERROR_MESSAGE_CHARS
+    assert notice.error_message.endswith("…") and "\n" not in notice.error_message
+    alert = child_alert(notice)
+    assert alert.text.count("SECRET-INPUT") < 30 and len(alert.text) < 700
+    # A backtick in the text cannot end the code span early.
+    (ticked,) = read(with_lines({**sample_line(), "error_message": "KeyError: 'a`b'"}))
+    assert "`KeyError: 'a'b'`" in child_alert(ticked).text
 
 
 GARBAGE_GZIP = base64.b64encode(b"\x1f\x8b\x08\x00garbage").decode()
@@ -271,8 +343,10 @@ def test_each_fall_is_posted_once_to_every_channel_with_job_instance_and_link(
     assert slack[0]["attachments"][0]["color"] == "#f2a33a"  # warning, like the alarm
     assert slack[0]["text"] == (
         "Analysis child fell over: OOM on job 0b8e9c4e-5f7a-4d21-9a3c-7e1f2d6b8a90: "
-        "memory_hog, attempt 1, next: retry\nout of memory (the memory guard's limit or the "
-        "GPU's); after 41.203 s; OOM on attempt 1 of 3"
+        "memory_hog, attempt 1 of 3, next: retrying in 10 s\nout of memory (the memory guard's "
+        "limit or the GPU's); after 41.203 s; peak memory 3,080 MiB (100% of the 3,072 MiB "
+        "limit); OOM on attempt 1 of 3\n"
+        "`analysis used 3080 MiB, over its limit of 3072 MiB; the child was killed`"
     )
     (hook, _) = [r.json() for r in sink.on("/webhook")]
     assert hook["child_fell_over"]["job_id"] == "0b8e9c4e-5f7a-4d21-9a3c-7e1f2d6b8a90"
@@ -381,10 +455,14 @@ class _Capture:
         self.lines += [json.loads(t) for t in self.buffer.getvalue().splitlines() if t.strip()]
 
 
+SECRET_INPUT = "user-secret-text " * 25  # the drill's message is at most 1000 characters
+
+
 @pytest.fixture
 def real_lines(stack: Stack, job_store: JobStore, queue: JobQueue) -> list[dict[str, Any]]:
     """The "job finished" lines of a real worker that ran a job that succeeded, one whose
-    analyzer failed (the child lives) and one that killed the analysis child (SIGKILL)."""
+    analyzer failed (the child lives), one that killed the analysis child (SIGKILL) and a GPU
+    OOM whose error quotes its (secret) input at length."""
     config = WorkerConfig(
         queue_url=stack.ref("JobsQueue"),
         dlq_url=stack.ref("JobsDeadLetterQueue"),
@@ -402,7 +480,13 @@ def real_lines(stack: Stack, job_store: JobStore, queue: JobQueue) -> list[dict[
     requests = [
         {"analyzer": "echo", "input": {"ok": True}},
         {"analyzer": "fail", "input": None, "params": {"error": "retryable"}},
-        {"analyzer": "crash", "input": None, "params": {"signal": "SIGKILL"}},
+        # after_s: the memory guard's first sample (its peak) comes before the kill.
+        {"analyzer": "crash", "input": None, "params": {"signal": "SIGKILL", "after_s": 0.2}},
+        {
+            "analyzer": "fail",
+            "input": {"text": SECRET_INPUT * 100},
+            "params": {"error": "gpu_oom", "message": f"on '{SECRET_INPUT}'\n{SECRET_INPUT}"},
+        },
     ]
     try:
         with _Capture() as lines:
@@ -421,7 +505,7 @@ def real_lines(stack: Stack, job_store: JobStore, queue: JobQueue) -> list[dict[
 def test_the_filter_pattern_matches_the_real_line_of_a_fall_and_nothing_else(
     real_lines: list[dict[str, Any]],
 ) -> None:
-    succeeded, failed, crashed = real_lines
+    succeeded, failed, crashed, _ = real_lines
     assert (succeeded.get("error_kind"), failed["error_kind"], crashed["error_kind"]) == (
         None,
         "ANALYZER_ERROR",
@@ -440,8 +524,30 @@ def test_the_filter_pattern_matches_the_real_line_of_a_fall_and_nothing_else(
         crashed["job_id"],
         "crash",
         1,
-        "retry",
+        "retrying in 10 s",
     )
+    assert notice.error_message == "analysis child killed by SIGKILL"
+    assert notice.peak_memory_bytes and notice.memory_limit_bytes
+
+
+def test_the_real_line_carries_memory_backoff_and_a_bounded_error_never_the_input(
+    real_lines: list[dict[str, Any]],
+) -> None:
+    succeeded, failed, crashed, gpu_oom = real_lines
+    for line in (failed, crashed, gpu_oom):
+        assert line["max_attempts"] == 3 and line["backoff_s"] == 10.0
+        assert 0 < line["peak_memory_bytes"] < line["memory_limit_bytes"]
+        assert line["attempt"] == 1 and line["action"] == "RETRY"
+    assert "error_message" not in succeeded and "backoff_s" not in succeeded
+    assert crashed["error_message"] == "analysis child killed by SIGKILL"
+    assert failed["error_message"] == "RetryableError: drill failure (retryable)"  # no traceback
+    assert gpu_oom["error_kind"] == "OOM"
+    assert gpu_oom["error_message"].startswith("OutOfMemoryError: CUDA out of memory. on 'user-")
+    assert len(gpu_oom["error_message"]) == 300 and gpu_oom["error_message"].endswith("…")
+    # Bounded, and no more of the input than the excerpt (each line parsed as one JSON line).
+    text = json.dumps(gpu_oom)
+    assert len(text) < 1500
+    assert text.count("user-secret-text") < 20
 
 
 def test_the_pattern_names_exactly_the_kinds_the_fanout_reads() -> None:
@@ -545,3 +651,244 @@ def test_devstack_creates_the_worker_log_group_with_its_retention(aws: None) -> 
     )["logGroups"]
     assert group["retentionInDays"] == 14
     assert stack.attr("WorkerLogGroup", "Arn") == group["arn"]
+
+
+# -- flood control: a burst per (stack, analyzer, failure kind) and window ---------------------
+
+WINDOW_S = 900
+# The start of a 15-minute window, and a minute into it.
+WINDOW_START_S = 1795412592 // WINDOW_S * WINDOW_S
+BURST_START_MS = (WINDOW_START_S + 60) * 1000
+
+
+def falls(count: int, *, start_ms: int, **change: Any) -> dict[str, Any]:
+    """One delivery of ``count`` OOM lines of memory_hog, each its own job, 1 ms apart."""
+    lines = [{**sample_line(), "job_id": new_job_id(), **change} for _ in range(count)]
+    payload = worker_log_payload(load_event(EVENT))
+    return worker_log_event(
+        [json.dumps(line) for line in lines],
+        log_group=payload["logGroup"],
+        log_stream=payload["logStream"],
+        start_ms=start_ms,
+    )
+
+
+def slack_texts(sink: WebhookSink) -> list[str]:
+    return [r.json()["text"] for r in sink.on("/slack")]
+
+
+def test_a_burst_past_the_limit_is_held_back_and_the_next_window_counts_it(
+    make_fanout_app: Callable[..., ModuleType], sink: WebhookSink
+) -> None:
+    app = make_fanout_app()
+    assert (app.settings.child_notice_burst, app.settings.child_notice_window_s) == (5, WINDOW_S)
+    burst = falls(8, start_ms=BURST_START_MS)
+    assert invoke(app, burst) == {"notices": 8, "delivered": 15, "skipped": 0}
+    assert len(sink.on("/slack")) == len(sink.on("/discord")) == len(sink.on("/webhook")) == 5
+    # A Lambda retry of the delivery: the same five are skipped, the same three held back.
+    assert invoke(app, burst) == {"notices": 8, "delivered": 0, "skipped": 15}
+    # Another failure kind, or another analyzer, is another series: posted.
+    invoke(app, falls(1, start_ms=BURST_START_MS + 100, error_kind="UNKNOWN"))
+    invoke(app, falls(1, start_ms=BURST_START_MS + 200, analyzer="text_embed"))
+    assert len(sink.on("/slack")) == 7
+    assert not any("suppressed" in text for text in slack_texts(sink))
+
+    later = falls(2, start_ms=(WINDOW_START_S + WINDOW_S + 30) * 1000)
+    assert invoke(app, later)["delivered"] == 6
+    *_, reporting, next_one = slack_texts(sink)
+    assert reporting.endswith("\n… and 3 more like this were suppressed since 05:31 UTC")
+    assert "suppressed" not in next_one  # said once
+    (hook, _) = [r.json()["child_fell_over"] for r in sink.on("/webhook")[-2:]]
+    assert (hook["suppressed_before"], hook["suppressed_since"]) == (3, "2026-11-23T05:31:00+00:00")
+
+
+class _Serialized:
+    """A DynamoDB client whose calls run one at a time, as each request does in DynamoDB
+    (in-process moto interleaves a condition check with another thread's write)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attribute(*args, **kwargs)
+
+        return call
+
+
+def test_concurrent_invocations_never_post_more_than_the_burst(stack: Stack) -> None:
+    bursts = ChildNoticeBursts(
+        _Serialized(boto3.client("dynamodb")), stack.ref("AlarmDeliveriesTable"), burst=5
+    )
+    start = datetime.fromtimestamp(WINDOW_START_S + 60, tz=UTC)
+    barrier = threading.Barrier(12)
+
+    def decide(index: int, at: datetime) -> BurstDecision:
+        barrier.wait()
+        return bursts.decide("series", f"event-{at.timestamp()}-{index}", at)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        first = list(pool.map(lambda i: decide(i, start), range(12)))
+        later = start + timedelta(seconds=WINDOW_S)
+        second = list(pool.map(lambda i: decide(i, later), range(12)))
+    assert sum(d.post for d in first) == 5 and not any(d.error for d in first)
+    assert sum(d.post for d in second) == 5
+    # Exactly one notice of the next window reports the seven held back.
+    assert sorted(d.suppressed_before for d in second if d.post) == [0, 0, 0, 0, 7]
+    (reporter,) = [i for i, d in enumerate(second) if d.suppressed_before]
+    assert second[reporter].suppressed_since == start
+    # A retry of that notice says it again; a retry of another one does not.
+    assert (
+        bursts.decide("series", f"event-{later.timestamp()}-{reporter}", later)
+        == (second[reporter])
+    )
+    other = next(i for i, d in enumerate(second) if d.post and i != reporter)
+    assert bursts.decide("series", f"event-{later.timestamp()}-{other}", later) == (
+        BurstDecision(True)
+    )
+
+
+class _Throttled:
+    """A DynamoDB client that refuses ``failing`` calls as an overloaded table does."""
+
+    def __init__(self, client: Any, failing: set[str], error: Exception | None = None) -> None:
+        self._client = client
+        self._failing = failing
+        self._error = error or ClientError(
+            {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+            "UpdateItem",
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._failing:
+
+            def refuse(*_: Any, **__: Any) -> Any:
+                raise self._error
+
+            return refuse
+        return getattr(self._client, name)
+
+
+def test_a_throttled_ledger_posts_the_notice_anyway_and_warns(
+    make_fanout_app: Callable[..., ModuleType],
+    sink: WebhookSink,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = make_fanout_app(CHILD_NOTICE_BURST="1")
+    bursts = app.fanout().bursts
+    bursts.client = _Throttled(bursts.client, {"update_item"})
+    result = invoke(app, falls(3, start_ms=BURST_START_MS))
+    assert result == {"notices": 3, "delivered": 9, "skipped": 0}  # not held to the burst of 1
+    warnings = [r for r in caplog.records if r.getMessage() == "posted despite a failure"]
+    assert len(warnings) == 3 and {r.levelname for r in warnings} == {"WARNING"}
+    assert "ProvisionedThroughputExceededException" in warnings[0].problem
+
+
+def test_a_ledger_that_cannot_be_reached_posts_every_notice(stack: Stack) -> None:
+    unreachable = EndpointConnectionError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com")
+    client = _Throttled(boto3.client("dynamodb"), {"update_item"}, unreachable)
+    bursts = ChildNoticeBursts(client, stack.ref("AlarmDeliveriesTable"), burst=1)
+    at = datetime.fromtimestamp(WINDOW_START_S, tz=UTC)
+    decisions = [bursts.decide("series", f"event-{i}", at) for i in range(3)]
+    assert decisions == [BurstDecision(True, error="EndpointConnectionError")] * 3
+
+
+def test_a_report_that_cannot_be_read_still_posts_the_notice(stack: Stack) -> None:
+    client = _Throttled(boto3.client("dynamodb"), {"get_item"})
+    bursts = ChildNoticeBursts(client, stack.ref("AlarmDeliveriesTable"), burst=1)
+    at = datetime.fromtimestamp(WINDOW_START_S, tz=UTC)
+    first, second = (bursts.decide("series", f"event-{i}", at) for i in range(2))
+    assert first == BurstDecision(True, error="ProvisionedThroughputExceededException")
+    assert second == BurstDecision(False)  # the count itself was written: held back
+
+
+def test_a_hold_back_that_cannot_be_written_posts_the_notice(stack: Stack) -> None:
+    table = stack.ref("AlarmDeliveriesTable")
+    bursts = ChildNoticeBursts(boto3.client("dynamodb"), table, burst=1)
+    at = datetime.fromtimestamp(WINDOW_START_S, tz=UTC)
+    assert bursts.decide("series", "first", at) == BurstDecision(True)
+    assert bursts.decide("series", "second", at) == BurstDecision(False)
+
+    class _RefuseHoldBack(_Throttled):
+        def __getattr__(self, name: str) -> Any:
+            if name != "update_item":
+                return getattr(self._client, name)
+
+            def update_item(**kwargs: Any) -> Any:
+                if "suppressed" in kwargs["UpdateExpression"]:
+                    raise self._error
+                return self._client.update_item(**kwargs)
+
+            return update_item
+
+    bursts.client = _RefuseHoldBack(bursts.client, set())
+    third = bursts.decide("series", "third", at)
+    assert third.post and third.error == "ProvisionedThroughputExceededException"
+
+
+def test_a_flood_past_the_kept_ids_is_still_counted(stack: Stack) -> None:
+    table = stack.ref("AlarmDeliveriesTable")
+    bursts = ChildNoticeBursts(boto3.client("dynamodb"), table, burst=1, held_ids_max=2)
+    at = datetime.fromtimestamp(WINDOW_START_S, tz=UTC)
+    decisions = [bursts.decide("series", f"event-{i}", at) for i in range(6)]
+    assert [d.post for d in decisions] == [True] + [False] * 5
+    item = boto3.client("dynamodb").get_item(
+        TableName=table, Key=bursts.window_key("series", WINDOW_START_S)
+    )
+    assert len(item["Item"]["suppressed"]["SS"]) == 2  # the item stays small
+    later = bursts.decide("series", "next", at + timedelta(seconds=WINDOW_S))
+    assert (later.post, later.suppressed_before, later.suppressed_since) == (True, 5, at)
+
+
+# -- the template: parameters, environment and the ledger keys the policy allows ---------------
+
+
+def test_the_burst_and_window_come_from_template_parameters() -> None:
+    env = RESOURCES["AlarmFanoutFunction"]["Properties"]["Environment"]["Variables"]
+    parameters = TEMPLATE["Parameters"]
+    assert env["CHILD_NOTICE_BURST"] == {"Ref": "ChildNoticeBurst"}
+    assert env["CHILD_NOTICE_WINDOW_MINUTES"] == {"Ref": "ChildNoticeWindowMinutes"}
+    assert parameters["ChildNoticeBurst"]["Default"] == 5
+    assert parameters["ChildNoticeWindowMinutes"]["Default"] == WINDOW_S // 60
+
+
+def _ledger_statement() -> dict[str, Any]:
+    policies = RESOURCES["AlarmFanoutFunction"]["Properties"]["Policies"]
+    statements = [s for p in policies for s in p.get("Statement", [])]
+    (statement,) = [
+        s for s in statements if s["Resource"] == {"Fn::GetAtt": ["AlarmDeliveriesTable", "Arn"]}
+    ]
+    return statement
+
+
+def test_the_fanout_may_touch_only_its_own_ledger_keys(
+    make_fanout_app: Callable[..., ModuleType], stack: Stack
+) -> None:
+    statement = _ledger_statement()
+    patterns = statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+    assert sorted(statement["Action"]) == [
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+    ]
+    # Every item the fan-out writes (an alarm, its flapping history, child notices, a
+    # hold-back and its report) has a key the policy allows, and every pattern is used.
+    app = make_fanout_app(CHILD_NOTICE_BURST="1")
+    invoke(app, load_event("alarm_sns_alarm"))
+    invoke(app, falls(2, start_ms=BURST_START_MS))
+    invoke(app, falls(1, start_ms=(WINDOW_START_S + WINDOW_S) * 1000))
+    items = boto3.client("dynamodb").scan(TableName=stack.ref("AlarmDeliveriesTable"))["Items"]
+    keys = [item["pk"]["S"] for item in items]
+    assert all(any(fnmatch.fnmatchcase(k, p) for p in patterns) for k in keys), keys
+    assert all(any(fnmatch.fnmatchcase(k, p) for k in keys) for p in patterns), patterns
+    assert all(
+        int(item["expires_at"]["N"]) > WINDOW_START_S
+        for item in items
+        if "child-burst#" in item["pk"]["S"]
+    )
