@@ -1,7 +1,9 @@
 """The analysis child process: loads each analyzer once, then runs jobs sent over a pipe.
 
 Messages from the supervisor: ``("run", job_dict, restored_state)`` and ``("shutdown",)``.
-Messages to the supervisor: ``("ready",)``, ``("checkpoint", state)``, ``("progress", fields)``,
+Messages to the supervisor: ``("ready", pid, {"preloaded": [...], "failed": {...}})`` (once the
+analyzers named in ``WORKER_PRELOAD`` are loaded), ``("checkpoint", state)``,
+``("progress", fields)``,
 ``("artifact", name, data, content_type)`` (answered with ``("artifact_stored", uri)`` or
 ``("artifact_failed", message)``), ``("result", output_json)`` and
 ``("error", kind, message, permanent)``.
@@ -92,7 +94,27 @@ class ChildContext:
         return str(reply[1])
 
 
-def main(conn: Connection, stop_event: Event) -> None:
+def preload(names: tuple[str, ...]) -> tuple[dict[str, analyzers.Analyzer], dict[str, str]]:
+    """Create and load ``names`` now, before any job: (loaded by name, failure by name).
+
+    A failure is only reported (its type and first line): the job that needs the analyzer
+    loads it again on first use and fails there, classified like any other failure, so a
+    broken model never keeps the child from starting (no restart loop)."""
+    loaded: dict[str, analyzers.Analyzer] = {}
+    failed: dict[str, str] = {}
+    for name in names:
+        try:
+            analyzer = analyzers.create(name)
+            analyzer.load()
+        except Exception as exc:  # noqa: BLE001 - reported to the supervisor, retried on use
+            first_line = (str(exc).splitlines() or [""])[0]
+            failed[name] = f"{type(exc).__name__}: {first_line}"[:300]
+            continue
+        loaded[name] = analyzer
+    return loaded, failed
+
+
+def main(conn: Connection, stop_event: Event, preload_names: tuple[str, ...] = ()) -> None:
     # The supervisor decides about shutdown; a Ctrl-C in the terminal must not kill the child
     # mid-checkpoint. SIGTERM keeps its default so the supervisor can always stop us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -100,8 +122,9 @@ def main(conn: Connection, stop_event: Event) -> None:
     # wakes, however hard the analysis spins; it uses little, so the analysis loses nothing.
     with contextlib.suppress(OSError):
         os.nice(CHILD_NICENESS)
-    loaded: dict[str, analyzers.Analyzer] = {}
-    conn.send(("ready", os.getpid()))
+    # Loaded before "ready": a model's load time never counts against a job's runtime limit.
+    loaded, failed = preload(tuple(preload_names))
+    conn.send(("ready", os.getpid(), {"preloaded": sorted(loaded), "failed": failed}))
     while True:
         try:
             message = conn.recv()

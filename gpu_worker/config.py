@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, fields
 
 from gpu_worker.memory import job_limit_bytes
 from gpu_worker.metrics import metric_dimensions
 from pipeline.settings import MissingSetting, require_env
+
+_ANALYZER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 def _float(name: str, default: float) -> float:
@@ -74,6 +77,13 @@ class WorkerConfig:
     prefetch: int = 4
     prefetch_max_job_s: float = 2.0
     ack_delay_s: float = 0.2
+    # -- analyzers loaded when the analysis child starts, before it takes a job (comma list) --
+    preload: str = ""
+    preload_timeout_s: float = 300.0
+
+    @property
+    def preload_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.preload.split(",") if name.strip())
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -111,6 +121,8 @@ class WorkerConfig:
             prefetch=_int("WORKER_PREFETCH", 4),
             prefetch_max_job_s=_float("WORKER_PREFETCH_MAX_JOB_S", 2.0),
             ack_delay_s=_float("WORKER_ACK_DELAY_S", 0.2),
+            preload=os.environ.get("WORKER_PRELOAD", ""),
+            preload_timeout_s=_float("WORKER_PRELOAD_TIMEOUT_S", 300.0),
         )
         config.check()
         return config
@@ -149,6 +161,10 @@ class WorkerConfig:
             raise MissingSetting("WORKER_PREFETCH_MAX_JOB_S must not be negative")
         if not 0 <= self.ack_delay_s <= self.visibility_window_s / 3:
             raise MissingSetting("WORKER_ACK_DELAY_S must be between 0 and a third of the window")
+        if any(not _ANALYZER_NAME.match(name) for name in self.preload_names):
+            raise MissingSetting("WORKER_PRELOAD must be analyzer names separated by commas")
+        if self.preload_timeout_s <= 0:
+            raise MissingSetting("WORKER_PRELOAD_TIMEOUT_S must be above 0")
 
     def describe(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

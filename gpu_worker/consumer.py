@@ -127,6 +127,8 @@ class Worker:
             on_checkpoint=self.checkpoints.save,
             on_artifact=self.results.put_artifact,
             tick_s=config.tick_s,
+            preload=config.preload_names,
+            preload_timeout_s=config.preload_timeout_s,
         )
         self.stopping = threading.Event()
         self.draining = threading.Event()  # take no new job (rebalance recommendation)

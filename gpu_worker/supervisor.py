@@ -17,10 +17,14 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from aws_lambda_powertools import Logger
+
 from gpu_worker import child, memory
 from gpu_worker.analyzers import Job
 from pipeline.contract import ErrorKind
 from pipeline.jobstore import JobError
+
+logger = Logger(service="spotline-worker", child=True)
 
 # A watcher looks at the running child (by pid) on each tick; returning an error kills it.
 # It may also have ``start(pid)`` / ``stop()``, called when a job begins and ends (the memory
@@ -65,8 +69,15 @@ class Supervisor:
         start_timeout_s: float = 120.0,
         watchers: list[Watcher] | None = None,
         on_artifact: ArtifactSink | None = None,
+        preload: tuple[str, ...] = (),
+        preload_timeout_s: float = 300.0,
     ) -> None:
         self._context = multiprocessing.get_context("spawn")
+        # Analyzers a new child loads before it says ready (WORKER_PRELOAD); dropped for good
+        # if a preloading child fails to come up in ``preload_timeout_s``.
+        self.preload = tuple(preload)
+        self._preload_timeout_s = preload_timeout_s
+        self.preloaded: tuple[str, ...] = ()
         self._on_checkpoint = on_checkpoint
         self._on_artifact = on_artifact
         self._tick_s = tick_s
@@ -88,22 +99,71 @@ class Supervisor:
     def child_pid(self) -> int | None:
         return self._process.pid if self._process is not None and self._process.is_alive() else None
 
-    def ensure_child(self) -> None:
+    def ensure_child(self, on_tick: Callable[[], None] | None = None) -> None:
+        """A live child, started now if there is none. ``on_tick`` runs while a new child
+        starts (it may be loading a model): a job waiting for it keeps its message's
+        visibility, and the wait is not the job's runtime."""
         if self._process is not None and self._process.is_alive():
             return
         if self._process is not None:
             self.restarts += 1  # died after its last job answered (e.g. killed while idle)
         self._discard_child()
+        if self.preload:
+            try:
+                self._start_child(self.preload, self._preload_timeout_s, on_tick)
+                return
+            except ChildStartError as exc:
+                # A load that hangs or kills the child must not stop the worker from working
+                # (nor restart it in a loop): from now on analyzers load on first use.
+                logger.error(
+                    "analysis child did not preload; analyzers load on first use from now on",
+                    extra={"preload": list(self.preload), "error": str(exc)},
+                )
+                self.preload = ()
+        self._start_child((), self._start_timeout_s, on_tick)
+
+    def _start_child(
+        self, preload: tuple[str, ...], timeout_s: float, on_tick: Callable[[], None] | None
+    ) -> None:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=child.main, args=(child_conn, self._stop_event), name="analysis", daemon=True
+            target=child.main,
+            args=(child_conn, self._stop_event, preload),
+            name="analysis",
+            daemon=True,
         )
         process.start()
         child_conn.close()
-        if not parent_conn.poll(self._start_timeout_s):
-            process.kill()
-            raise ChildStartError("analysis child did not start in time")
-        parent_conn.recv()  # ("ready", pid)
+        deadline = time.monotonic() + timeout_s
+        hello: Any = None
+        try:
+            while not parent_conn.poll(min(self._tick_s, max(0.0, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline:
+                    raise ChildStartError(f"analysis child did not start in {timeout_s:g}s")
+                if not process.is_alive():
+                    raise ChildStartError(describe_exit(process.exitcode) + " while starting")
+                if on_tick is not None:
+                    on_tick()
+            try:
+                hello = parent_conn.recv()  # ("ready", pid, {"preloaded": [...], ...})
+            except (EOFError, OSError):
+                process.join(timeout=5)
+                raise ChildStartError(describe_exit(process.exitcode) + " while starting") from None
+        except ChildStartError:
+            parent_conn.close()
+            if process.is_alive() and process.pid is not None:
+                memory.kill_tree(process.pid)
+            process.join(timeout=10)
+            raise
+        report = hello[2] if isinstance(hello, tuple) and len(hello) > 2 else {}
+        self.preloaded = tuple(report.get("preloaded", ()))
+        if preload:
+            logger.info("analyzers preloaded", extra={"preloaded": list(self.preloaded)})
+        if report.get("failed"):
+            logger.warning(
+                "analyzers failed to preload; they load again on first use",
+                extra={"failed": report["failed"]},
+            )
         self._process, self._conn = process, parent_conn
 
     def _discard_child(self) -> None:
@@ -149,7 +209,7 @@ class Supervisor:
         max_runtime_s: float | None,
         on_tick: Callable[[], None],
     ) -> Outcome:
-        self.ensure_child()
+        self.ensure_child(on_tick)
         assert self._conn is not None and self._process is not None
         if not self._stopping:
             self._stop_event.clear()

@@ -90,6 +90,7 @@ _BUILTIN_MODULES = {
     "fail": "gpu_worker.analyzers.drills",
     "crash": "gpu_worker.analyzers.drills",
     "cpu_burn": "gpu_worker.analyzers.drills",
+    "slow_load": "gpu_worker.analyzers.drills",
 }
 
 

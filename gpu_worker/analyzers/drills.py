@@ -2,7 +2,8 @@
 
 ``memory_hog`` eats memory until it is stopped, ``fail`` raises a permanent or retryable error
 (or a GPU out-of-memory error by type name), ``crash`` kills the analysis child with a signal
-or an exit code, ``cpu_burn`` saturates every core (the health endpoint must still answer).
+or an exit code, ``cpu_burn`` saturates every core (the health endpoint must still answer),
+``slow_load`` takes its time to load, like a big model (``WORKER_PRELOAD`` must hide it).
 """
 
 from __future__ import annotations
@@ -146,3 +147,27 @@ class CpuBurn:
         for helper in helpers:
             helper.wait(timeout=seconds + 30)
         return {"processes": processes, "seconds": seconds, "spins": spins}
+
+
+LOAD_SECONDS_ENV = "SPOTLINE_DRILL_LOAD_S"
+
+
+@register("slow_load")
+class SlowLoad:
+    """Loads for ``SPOTLINE_DRILL_LOAD_S`` seconds (default 5; a model's load is per child, not
+    per job, so it is set for the worker, not in the job), then answers at once. Preloaded
+    (``WORKER_PRELOAD=slow_load``) its jobs run in milliseconds; loaded on first use, the
+    first job pays the load against its ``max_runtime_s``."""
+
+    name = "slow_load"
+
+    def __init__(self) -> None:
+        self.loaded_in_s: float | None = None
+
+    def load(self) -> None:
+        started = time.monotonic()
+        time.sleep(float(os.environ.get(LOAD_SECONDS_ENV, "5")))
+        self.loaded_in_s = round(time.monotonic() - started, 3)
+
+    def analyze(self, job: Job, ctx: AnalysisContext) -> Any:
+        return {"loaded_in_s": self.loaded_in_s, "pid": os.getpid()}
