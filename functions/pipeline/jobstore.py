@@ -8,6 +8,7 @@ again, and only the holder of the current ownership token may record an outcome.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,6 +18,20 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from pipeline.contract import TRANSITIONS, ErrorKind, JobStatus
+
+# The holder's instance id, set by every move into RUNNING and removed by every move out of it:
+# the table's sparse index RunningOnIndex (template.yaml) then holds exactly the RUNNING jobs,
+# so the standby asks "is my worker busy?" with a Query, not a Scan of every job ever run.
+RUNNING_ON = "running_on"
+RUNNING_ON_INDEX = "RunningOnIndex"
+_INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}(?![0-9A-Za-z])")
+
+
+def running_on(worker: str) -> str:
+    """The instance a worker runs on: its WORKER_ID starts with the EC2 instance id (the launch
+    template's user data). A worker without one (devstack, local runs) stands for itself."""
+    found = _INSTANCE_ID.match(worker)
+    return found.group() if found else worker
 
 
 def utc_now() -> str:
@@ -118,6 +133,7 @@ _KNOWN = {
     "started_at",
     "finished_at",
     "sent",
+    RUNNING_ON,
 }
 
 
@@ -242,7 +258,9 @@ class JobStore:
         """Move a job to ``target`` if the status machine allows it from its current status.
 
         ``expect_owner`` additionally requires that the current ownership token matches: only
-        the holder of a RUNNING job may record its outcome.
+        the holder of a RUNNING job may record its outcome. A move to any other status removes
+        ``running_on``; a move into RUNNING sets it only through ``claim``/``claim_queued``,
+        which name the worker.
         """
         allowed = predecessors(target)
         if not allowed:
@@ -259,6 +277,8 @@ class JobStore:
             values[":owner"] = expect_owner
             condition += " AND #owner = :owner"
         updates = {"status": str(target), **(set_values or {})}
+        if target is not JobStatus.RUNNING:
+            remove = (*remove, RUNNING_ON)  # every way out of RUNNING leaves the index
         return self._update(
             job_id,
             set_values=updates,
@@ -279,6 +299,7 @@ class JobStore:
         """
         now = utc_now()
         values = {"owner_token": owner, "worker": worker, "started_at": now}
+        values[RUNNING_ON] = running_on(worker)
         current = self.get(job_id)
         if current is None:
             raise TransitionRefused(job_id, JobStatus.RUNNING, None)
@@ -307,6 +328,7 @@ class JobStore:
         it may have left a checkpoint). TransitionRefused for any other status, or none."""
         now = utc_now()
         values = {"owner_token": owner, "worker": worker, "started_at": now, "updated_at": now}
+        values[RUNNING_ON] = running_on(worker)
         names = {"#status": "status", **{f"#s{i}": key for i, key in enumerate(values)}}
         try:
             response = self._client.update_item(

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from botocore.exceptions import ClientError
 
 from pipeline.alerts import Alert, AlertSender, Severity
-from pipeline.contract import JobStatus
+from pipeline.jobstore import RUNNING_ON, RUNNING_ON_INDEX
 from pipeline.settings import MissingSetting, env_int, require_env
 
 STACK_TAG = "spotline:stack"
@@ -310,29 +310,38 @@ class StopScheduler:
 class Workload:
     """The queue's backlog and a worker's jobs in flight, from SQS and the job table."""
 
-    def __init__(self, queue: Any, dynamodb: Any, table_name: str) -> None:
+    def __init__(
+        self, queue: Any, dynamodb: Any, table_name: str, *, page_size: int | None = None
+    ) -> None:
         self.queue = queue
         self.dynamodb = dynamodb
         self.table_name = table_name
+        self.page_size = page_size  # None: DynamoDB's own pages (1 MB); tests make them small
 
     def backlog(self) -> int:
         visible, _ = self.queue.approximate_counts()
         return visible
 
     def in_flight(self, instance_id: str) -> int:
-        """RUNNING jobs claimed by the worker on this instance (its WORKER_ID starts with the
-        instance id, see the launch template's user data)."""
+        """RUNNING jobs held by the worker on this instance: a Query of the sparse index that
+        holds only RUNNING jobs, keyed by their holder's instance id (jobstore.running_on).
+
+        The index is eventually consistent (as was the Scan it replaces): a job claimed a
+        moment ago may not show yet. That is acceptable here: the window is the index's lag
+        (well under a second), and a standby stopped inside it is shut down like a preempted
+        spot worker: SIGTERM, the worker checkpoints and requeues the job (an interruption,
+        never an attempt), and a worker killed outright has its message redelivered within
+        one visibility window and taken over."""
         count = 0
-        paginator = self.dynamodb.get_paginator("scan")
+        paginator = self.dynamodb.get_paginator("query")
         for page in paginator.paginate(
             TableName=self.table_name,
+            IndexName=RUNNING_ON_INDEX,
             Select="COUNT",
-            FilterExpression="#status = :running AND begins_with(#worker, :instance)",
-            ExpressionAttributeNames={"#status": "status", "#worker": "worker"},
-            ExpressionAttributeValues={
-                ":running": {"S": str(JobStatus.RUNNING)},
-                ":instance": {"S": instance_id},
-            },
+            KeyConditionExpression="#holder = :instance",
+            ExpressionAttributeNames={"#holder": RUNNING_ON},
+            ExpressionAttributeValues={":instance": {"S": instance_id}},
+            PaginationConfig={"PageSize": self.page_size} if self.page_size else {},
         ):
             count += int(page.get("Count", 0))
         return count

@@ -444,6 +444,18 @@ def test_stop_is_refused_while_the_standby_runs_a_job_then_done_later(
     assert invoke(app, load_event("stop_standby"))["action"] == "stopped"
 
 
+def test_a_job_taken_over_from_the_standby_no_longer_holds_it_up(
+    app: ModuleType, fleet: Fleet, fleet_stack: Stack
+) -> None:
+    fleet.ec2.start_instances(InstanceIds=[fleet.standby])
+    store = JobStore(boto3.client("dynamodb"), fleet_stack.ref("JobsTable"))
+    job_id = run_job_on(store, fleet.standby)
+    assert invoke(app, load_event("stop_standby"))["action"] == "rescheduled"
+    # Its message came back (the standby's worker presumed dead): a spot worker holds it now.
+    store.claim(job_id, "spot/m/2", fleet.workers[0], expect_owner=f"{fleet.standby}/m/1")
+    assert invoke(app, load_event("stop_standby"))["action"] == "stopped"
+
+
 def test_stop_is_refused_when_an_interruption_came_after_the_schedule(
     app: ModuleType, fleet: Fleet
 ) -> None:
@@ -543,6 +555,26 @@ def test_reconcile_repairs_a_missed_fulfillment(app: ModuleType, fleet: Fleet) -
     assert early["action"] == "steady"  # not before a full cooldown: never undercut the schedule
     assert fleet.state(fleet.standby) == "running"
     set_clock(app, now + timedelta(minutes=11))
+    assert invoke(app, load_event("reconcile"))["action"] == "stopped"
+    assert fleet.state(fleet.standby) == "stopped"
+
+
+def test_reconcile_keeps_the_standby_while_its_worker_runs_a_job_and_stops_it_after(
+    app: ModuleType, fleet: Fleet, fleet_stack: Stack
+) -> None:
+    fleet.ec2.start_instances(InstanceIds=[fleet.standby])
+    store = JobStore(boto3.client("dynamodb"), fleet_stack.ref("JobsTable"))
+    # The worker's own path (claim without a read, complete without a reply); its WORKER_ID is
+    # the instance id, as the launch template's user data sets it.
+    job_id = "0d4c1b7e-5f0a-4d8e-9a57-2f1c3b6e8d90"
+    store.create(job_id, {"analyzer": "echo", "input": 1})
+    store.claim_queued(job_id, f"{fleet.standby}/m/1", fleet.standby)
+    set_clock(app, datetime.now(UTC) + timedelta(minutes=11))
+    busy = invoke(app, load_event("reconcile"))
+    assert busy["action"] == "steady"
+    assert busy["reasons"] == [f"{fleet.standby} has 1 job(s) in flight"]
+    assert fleet.state(fleet.standby) == "running"
+    store.complete_quietly(job_id, f"{fleet.standby}/m/1", "s3://bucket/results/job.json")
     assert invoke(app, load_event("reconcile"))["action"] == "stopped"
     assert fleet.state(fleet.standby) == "stopped"
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from devstack.cfn import REPO_ROOT, load_template, provision
+from pipeline.jobstore import RUNNING_ON, RUNNING_ON_INDEX
 
 FLEET_RESOURCES = {
     "SpotEventsFunction",
@@ -188,6 +189,37 @@ def test_start_stop_is_confined_to_this_stacks_standby(resources: dict[str, Any]
     assert condition["aws:ResourceTag/spotline:stack"] == {"Ref": "AWS::StackName"}
     tagging = statements["RecordInterruptions"]["Condition"]
     assert tagging["ForAllValues:StringEquals"]["aws:TagKeys"] == ["spotline:interrupted-at"]
+
+
+def test_jobs_in_flight_are_a_query_of_the_sparse_index_only(resources: dict[str, Any]) -> None:
+    table = resources["JobsTable"]["Properties"]
+    (index,) = table["GlobalSecondaryIndexes"]
+    assert index == {
+        "IndexName": RUNNING_ON_INDEX,
+        "KeySchema": [{"AttributeName": RUNNING_ON, "KeyType": "HASH"}],
+        "Projection": {"ProjectionType": "KEYS_ONLY"},
+    }
+    assert {"AttributeName": RUNNING_ON, "AttributeType": "S"} in table["AttributeDefinitions"]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"  # the index is billed like the table
+    statements = [
+        s
+        for policy in resources["SpotEventsFunction"]["Properties"]["Policies"]
+        for s in policy["Statement"]
+    ]
+    reads = [s for s in statements if any(a.startswith("dynamodb:") for a in _actions(s))]
+    assert reads == [
+        {
+            "Sid": "JobsInFlight",
+            "Effect": "Allow",
+            "Action": "dynamodb:Query",
+            "Resource": {"Fn::Sub": f"${{JobsTable.Arn}}/index/{RUNNING_ON_INDEX}"},
+        }
+    ]
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    listed = statement["Action"]
+    return [listed] if isinstance(listed, str) else list(listed)
 
 
 def test_worker_profile_can_complete_only_its_groups_lifecycle_action(
