@@ -64,3 +64,17 @@ def lambda_context() -> LambdaContext:
 @pytest.fixture
 def event() -> Any:
     return load_event
+
+
+@pytest.fixture
+def worker_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The four settings a worker cannot start without, so ``WorkerConfig.from_env()`` works;
+    returns ``monkeypatch`` for the setting under test."""
+    for name, value in {
+        "WORKER_QUEUE_URL": "q",
+        "WORKER_DLQ_URL": "d",
+        "WORKER_TABLE_NAME": "t",
+        "WORKER_BUCKET": "b",
+    }.items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch

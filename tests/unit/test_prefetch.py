@@ -334,14 +334,8 @@ def _error() -> Any:
     return JobError(ErrorKind.TIMEOUT, "slow")
 
 
-def test_prefetch_settings_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "WORKER_QUEUE_URL": "q",
-        "WORKER_DLQ_URL": "d",
-        "WORKER_TABLE_NAME": "t",
-        "WORKER_BUCKET": "b",
-    }.items():
-        monkeypatch.setenv(name, value)
+def test_prefetch_settings_are_bounded(worker_settings: pytest.MonkeyPatch) -> None:
+    monkeypatch = worker_settings
     assert WorkerConfig.from_env().prefetch == 4
     monkeypatch.setenv("WORKER_PREFETCH", "0")
     assert WorkerConfig.from_env().prefetch == 0

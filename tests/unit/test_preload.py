@@ -93,7 +93,7 @@ def test_a_restarted_child_preloads_again_while_the_job_keeps_its_heartbeat(
 
 
 def test_a_preload_that_fails_is_reported_and_the_child_still_serves(
-    supervisors: list[Supervisor], monkeypatch: pytest.MonkeyPatch
+    supervisors: list[Supervisor],
 ) -> None:
     supervisor = start(supervisors, preload=("no_such_analyzer", "echo"))
     supervisor.ensure_child()
@@ -119,14 +119,8 @@ def test_a_preload_that_hangs_falls_back_to_loading_on_first_use(
     assert supervisor.preloaded == ()
 
 
-def test_preload_setting_is_a_list_of_analyzer_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "WORKER_QUEUE_URL": "q",
-        "WORKER_DLQ_URL": "d",
-        "WORKER_TABLE_NAME": "t",
-        "WORKER_BUCKET": "b",
-    }.items():
-        monkeypatch.setenv(name, value)
+def test_preload_setting_is_a_list_of_analyzer_names(worker_settings: pytest.MonkeyPatch) -> None:
+    monkeypatch = worker_settings
     assert WorkerConfig.from_env().preload_names == ()
     monkeypatch.setenv("WORKER_PRELOAD", " text_embed, slow_load ,")
     assert WorkerConfig.from_env().preload_names == ("text_embed", "slow_load")
