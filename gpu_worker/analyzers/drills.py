@@ -150,12 +150,16 @@ class CpuBurn:
 
 
 LOAD_SECONDS_ENV = "SPOTLINE_DRILL_LOAD_S"
+# "1": the load is killed by SIGKILL halfway, as the kernel's OOM killer ends a model too big
+# for the container.
+LOAD_KILLED_ENV = "SPOTLINE_DRILL_LOAD_KILLED"
 
 
 @register("slow_load")
 class SlowLoad:
     """Loads for ``SPOTLINE_DRILL_LOAD_S`` seconds (default 5; a model's load is per child, not
-    per job, so it is set for the worker, not in the job), then answers at once. Preloaded
+    per job, so it is set for the worker, not in the job; ``SPOTLINE_DRILL_LOAD_KILLED=1`` kills
+    the child halfway), then answers at once. Preloaded
     (``WORKER_PRELOAD=slow_load``) its jobs run in milliseconds; loaded on first use, the
     first job pays the load against its ``max_runtime_s``."""
 
@@ -166,7 +170,11 @@ class SlowLoad:
 
     def load(self) -> None:
         started = time.monotonic()
-        time.sleep(float(os.environ.get(LOAD_SECONDS_ENV, "5")))
+        seconds = float(os.environ.get(LOAD_SECONDS_ENV, "5"))
+        if os.environ.get(LOAD_KILLED_ENV) == "1":
+            time.sleep(seconds / 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(seconds)
         self.loaded_in_s = round(time.monotonic() - started, 3)
 
     def analyze(self, job: Job, ctx: AnalysisContext) -> Any:

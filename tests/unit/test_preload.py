@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from gpu_worker.analyzers import Job
-from gpu_worker.analyzers.drills import LOAD_SECONDS_ENV
+from gpu_worker.analyzers.drills import LOAD_KILLED_ENV, LOAD_SECONDS_ENV
 from gpu_worker.config import WorkerConfig
 from gpu_worker.supervisor import Supervisor
 from pipeline.contract import ErrorKind
@@ -117,6 +117,19 @@ def test_a_preload_that_hangs_falls_back_to_loading_on_first_use(
     supervisor.kill_child()
     supervisor.ensure_child()  # later restarts no longer try the preload
     assert supervisor.preloaded == ()
+
+
+def test_a_preload_that_kills_the_child_falls_back_instead_of_looping(
+    supervisors: list[Supervisor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(LOAD_KILLED_ENV, "1")  # a model too big for the container: OOM-killed
+    supervisor = start(supervisors, preload=("slow_load",))
+    started = time.monotonic()
+    supervisor.ensure_child()
+    assert time.monotonic() - started < 10, "the dead child was noticed, not waited out"
+    assert supervisor.preload == () and supervisor.child_pid is not None
+    outcome = supervisor.run(job("echo"), None, max_runtime_s=5, on_tick=lambda: None)
+    assert outcome.succeeded, outcome.error
 
 
 def test_preload_setting_is_a_list_of_analyzer_names(worker_settings: pytest.MonkeyPatch) -> None:
