@@ -114,7 +114,8 @@ class Supervisor:
                 return
             except ChildStartError as exc:
                 # A load that hangs or kills the child must not stop the worker from working
-                # (nor restart it in a loop): from now on analyzers load on first use.
+                # (nor restart it in a loop): from now on analyzers load on first use. (On a
+                # stop request the worker is leaving anyway.)
                 logger.error(
                     "analysis child did not preload; analyzers load on first use from now on",
                     extra={"preload": list(self.preload), "error": str(exc)},
@@ -142,6 +143,10 @@ class Supervisor:
                     raise ChildStartError(f"analysis child did not start in {timeout_s:g}s")
                 if not process.is_alive():
                     raise ChildStartError(describe_exit(process.exitcode) + " while starting")
+                if preload and self._stopping:
+                    # A spot notice leaves two minutes: the job waiting for this child is
+                    # released now, not after a model load that may take longer.
+                    raise ChildStartError("stop requested while the child preloaded")
                 if on_tick is not None:
                     on_tick()
             try:

@@ -10,6 +10,7 @@ hangs only costs the preload, never the worker.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 
@@ -130,6 +131,22 @@ def test_a_preload_that_kills_the_child_falls_back_instead_of_looping(
     assert supervisor.preload == () and supervisor.child_pid is not None
     outcome = supervisor.run(job("echo"), None, max_runtime_s=5, on_tick=lambda: None)
     assert outcome.succeeded, outcome.error
+
+
+def test_a_stop_request_cuts_a_preload_short(
+    supervisors: list[Supervisor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(LOAD_SECONDS_ENV, "60")
+    supervisor = start(supervisors, preload=("slow_load",))
+    timer = threading.Timer(0.5, supervisor.request_stop)
+    timer.start()
+    started = time.monotonic()
+    try:
+        supervisor.ensure_child()
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 10, "a spot notice does not wait for the model"
+    assert supervisor.child_pid is not None and supervisor.preloaded == ()
 
 
 def test_preload_setting_is_a_list_of_analyzer_names(worker_settings: pytest.MonkeyPatch) -> None:
