@@ -78,3 +78,17 @@ def worker_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     }.items():
         monkeypatch.setenv(name, value)
     return monkeypatch
+
+
+def stack_worker_config(stack: Stack, **settings: Any) -> Any:
+    """A WorkerConfig for the provisioned stack's queue, DLQ, table and bucket, plus
+    ``settings`` (worker_id, wait_s, metrics_sink, ... as each test needs)."""
+    from gpu_worker.config import WorkerConfig
+
+    return WorkerConfig(
+        queue_url=stack.ref("JobsQueue"),
+        dlq_url=stack.ref("JobsDeadLetterQueue"),
+        table_name=stack.ref("JobsTable"),
+        bucket=stack.ref("DataBucket"),
+        **settings,
+    )

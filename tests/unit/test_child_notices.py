@@ -27,7 +27,6 @@ from devstack.drills.alarms import fanout_env, worker_log_event, worker_log_payl
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from devstack.sink import WebhookSink
 from gpu_worker import consumer
-from gpu_worker.config import WorkerConfig
 from gpu_worker.consumer import Worker
 from pipeline.alarms import (
     CHILD_FELL_OVER_KINDS,
@@ -44,6 +43,7 @@ from pipeline.jobstore import JobStore
 from pipeline.notice_bursts import BurstDecision, ChildNoticeBursts
 from pipeline.queue import JobQueue
 from pipeline.webhooks import WebhookClient
+from tests.unit.conftest import stack_worker_config
 
 EVENT = "alarm_worker_child_fell_over"
 TEMPLATE = load_template()
@@ -463,11 +463,8 @@ def real_lines(stack: Stack, job_store: JobStore, queue: JobQueue) -> list[dict[
     """The "job finished" lines of a real worker that ran a job that succeeded, one whose
     analyzer failed (the child lives), one that killed the analysis child (SIGKILL) and a GPU
     OOM whose error quotes its (secret) input at length."""
-    config = WorkerConfig(
-        queue_url=stack.ref("JobsQueue"),
-        dlq_url=stack.ref("JobsDeadLetterQueue"),
-        table_name=stack.ref("JobsTable"),
-        bucket=stack.ref("DataBucket"),
+    config = stack_worker_config(
+        stack,
         worker_id="unit",
         wait_s=0,
         visibility_window_s=30,

@@ -18,23 +18,20 @@ import pytest
 
 from devstack.cfn import Stack
 from devstack.motoserver import wait_until
-from gpu_worker.config import WorkerConfig
 from gpu_worker.consumer import Worker
 from pipeline.contract import JobStatus
 from pipeline.jobstore import JobStore
 from pipeline.queue import JobQueue
-from pipeline.submission import submit
+from tests.unit.conftest import stack_worker_config
+from tests.unit.test_prefetch import send_jobs
 
 JOBS = 12
 
 
 @pytest.fixture
 def worker(stack: Stack) -> Iterator[Worker]:
-    config = WorkerConfig(
-        queue_url=stack.ref("JobsQueue"),
-        dlq_url=stack.ref("JobsDeadLetterQueue"),
-        table_name=stack.ref("JobsTable"),
-        bucket=stack.ref("DataBucket"),
+    config = stack_worker_config(
+        stack,
         worker_id="reuse",
         wait_s=0,
         visibility_window_s=30,
@@ -54,15 +51,7 @@ def worker(stack: Stack) -> Iterator[Worker]:
 def test_a_backlog_runs_without_creating_a_single_client(
     worker: Worker, job_store: JobStore, queue: JobQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job_ids = [
-        submit(
-            {"analyzer": "echo", "input": {"n": n}},
-            store=job_store,
-            queue=queue,
-            max_message_bytes=262144,
-        ).job_id
-        for n in range(JOBS)
-    ]
+    job_ids = send_jobs(queue, job_store, JOBS)
     made: list[str] = []
 
     def refuse(*args: Any, **kwargs: Any) -> Any:

@@ -10,11 +10,11 @@ import boto3
 import pytest
 
 from devstack.cfn import Stack, provision
-from gpu_worker.config import WorkerConfig
 from gpu_worker.consumer import Worker
 from pipeline.contract import JobMessage, JobStatus, job_id_from_body, new_job_id
 from pipeline.jobstore import JobStore
 from pipeline.queue import JobQueue, ReceivedMessage
+from tests.unit.conftest import stack_worker_config
 
 
 class Crash(BaseException):
@@ -24,11 +24,8 @@ class Crash(BaseException):
 @pytest.fixture
 def make_worker(stack: Stack) -> Callable[[], Worker]:
     def make() -> Worker:
-        config = WorkerConfig(
-            queue_url=stack.ref("JobsQueue"),
-            dlq_url=stack.ref("JobsDeadLetterQueue"),
-            table_name=stack.ref("JobsTable"),
-            bucket=stack.ref("DataBucket"),
+        config = stack_worker_config(
+            stack,
             worker_id="unit",
             wait_s=0,
             visibility_window_s=30,

@@ -12,9 +12,9 @@ import pytest
 
 from devstack.cfn import Stack
 from gpu_worker.analyzers import Job
-from gpu_worker.config import WorkerConfig
 from gpu_worker.consumer import Worker
 from gpu_worker.health import HealthServer, start_health_server, worker_snapshot
+from tests.unit.conftest import stack_worker_config
 
 
 def get(port: int, path: str = "/healthz") -> tuple[int, dict[str, Any]]:
@@ -27,11 +27,8 @@ def get(port: int, path: str = "/healthz") -> tuple[int, dict[str, Any]]:
 
 @pytest.fixture
 def worker(stack: Stack) -> Iterator[Worker]:
-    config = WorkerConfig(
-        queue_url=stack.ref("JobsQueue"),
-        dlq_url=stack.ref("JobsDeadLetterQueue"),
-        table_name=stack.ref("JobsTable"),
-        bucket=stack.ref("DataBucket"),
+    config = stack_worker_config(
+        stack,
         worker_id="unit-health",
         job_memory_limit="1Gi",
         health_port=0,

@@ -33,6 +33,7 @@ from gpu_worker.interruption import (
 )
 from pipeline.queue import JobQueue
 from pipeline.settings import MissingSetting
+from tests.unit.conftest import stack_worker_config
 
 
 class RecordingLogger:
@@ -390,11 +391,8 @@ def test_imds_endpoint_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_messages_received_while_stopping_or_draining_are_released_at_once(
     stack: Stack, flag: str
 ) -> None:
-    config = WorkerConfig(
-        queue_url=stack.ref("JobsQueue"),
-        dlq_url=stack.ref("JobsDeadLetterQueue"),
-        table_name=stack.ref("JobsTable"),
-        bucket=stack.ref("DataBucket"),
+    config = stack_worker_config(
+        stack,
         worker_id="unit",
         imds_endpoint="",
         wait_s=0,

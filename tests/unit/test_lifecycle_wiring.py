@@ -9,9 +9,9 @@ import boto3
 
 from devstack.cfn import Stack
 from devstack.motoserver import wait_until
-from gpu_worker.config import WorkerConfig
 from gpu_worker.consumer import Worker
 from gpu_worker.interruption import Action, LifecycleMonitor, Source
+from tests.unit.conftest import stack_worker_config
 
 
 class FakeHook:
@@ -33,11 +33,8 @@ class FakeHook:
 
 
 def make_worker(stack: Stack, hook: FakeHook) -> Worker:
-    config = WorkerConfig(
-        queue_url=stack.ref("JobsQueue"),
-        dlq_url=stack.ref("JobsDeadLetterQueue"),
-        table_name=stack.ref("JobsTable"),
-        bucket=stack.ref("DataBucket"),
+    config = stack_worker_config(
+        stack,
         worker_id="unit",
         imds_endpoint="",
         wait_s=0,
