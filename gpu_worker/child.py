@@ -94,6 +94,13 @@ class ChildContext:
         return str(reply[1])
 
 
+def first_line(text: str, limit: int = 300) -> str:
+    """An error's first line, at most ``limit`` characters: what logs and notices may show.
+    The rest can quote the job's input (a ValueError naming the value, a traceback's frames)."""
+    line = text.strip().partition("\n")[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def preload(names: tuple[str, ...]) -> tuple[dict[str, analyzers.Analyzer], dict[str, str]]:
     """Create and load ``names`` now, before any job: (loaded by name, failure by name).
 
@@ -107,8 +114,7 @@ def preload(names: tuple[str, ...]) -> tuple[dict[str, analyzers.Analyzer], dict
             analyzer = analyzers.create(name)
             analyzer.load()
         except Exception as exc:  # noqa: BLE001 - reported to the supervisor, retried on use
-            first_line = (str(exc).splitlines() or [""])[0]
-            failed[name] = f"{type(exc).__name__}: {first_line}"[:300]
+            failed[name] = first_line(f"{type(exc).__name__}: {exc}")
             continue
         loaded[name] = analyzer
     return loaded, failed

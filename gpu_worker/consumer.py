@@ -15,6 +15,7 @@ from aws_lambda_powertools import Logger
 
 from gpu_worker.analyzers import Job
 from gpu_worker.checkpoint import CheckpointStore, FileCheckpointStore, InputError, ResultStore
+from gpu_worker.child import first_line
 from gpu_worker.config import WorkerConfig
 from gpu_worker.decisions import Action, Decision, decide
 from gpu_worker.health import HealthServer, start_health_server, worker_snapshot
@@ -530,9 +531,7 @@ class Worker:
         # exception type and the start of its message, at most 300 characters. The job record
         # keeps the fuller message.
         error = outcome.error
-        error_line = error.message.strip().partition("\n")[0] if error else ""
-        if len(error_line) > 300:
-            error_line = error_line[:299] + "…"
+        error_line = first_line(error.message) if error else ""
         logger.info(
             "job finished",
             extra={
