@@ -9,6 +9,11 @@ deletes). Rates are taken between the first and the last completion, so process 
 spawn of the analysis child) counts on neither side. Each side starts from a queue of
 ``--jobs`` messages (moto's ReceiveMessage costs grow with the queue's length: same for both).
 
+A third side, the contract loop, is the fastest serial client that keeps the job contract and
+does nothing else (receive 1 -> claim -> result to S3 -> complete -> delete 1, the worker's own
+store calls): moto charges any consumer that much for the contract, so the worker's own overhead
+is what it costs beyond that loop.
+
 Also measured, to explain the ratio: the moto server's CPU per job on each side, and the worker's
 AWS calls per job by type (an in-process worker with counting clients, same code).
 
@@ -40,6 +45,7 @@ from botocore.config import Config  # noqa: E402
 from devstack.motoserver import MotoServer, free_port, wait_until  # noqa: E402
 from devstack.stack import Devstack  # noqa: E402
 from devstack.workers import worker_env  # noqa: E402
+from gpu_worker.checkpoint import ResultStore  # noqa: E402
 from gpu_worker.config import WorkerConfig  # noqa: E402
 from gpu_worker.consumer import Worker, logger  # noqa: E402
 from pipeline.contract import JobStatus  # noqa: E402
@@ -89,13 +95,29 @@ class CpuMeter:
         return total
 
 
+def _queue_like_the_job_queue(sqs: Any, dev: Devstack, name: str) -> str:
+    attributes = sqs.get_queue_attributes(QueueUrl=dev.queue.url, AttributeNames=["All"])
+    settings = {k: v for k, v in attributes["Attributes"].items() if k in SETTABLE}
+    return str(sqs.create_queue(QueueName=name, Attributes=settings)["QueueUrl"])
+
+
+def _receive_one(sqs: Any, url: str) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = sqs.receive_message(
+        QueueUrl=url,
+        MaxNumberOfMessages=1,
+        WaitTimeSeconds=1,
+        VisibilityTimeout=120,
+        MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+        MessageAttributeNames=["All"],
+    ).get("Messages", [])
+    return messages
+
+
 def bare_loop(dev: Devstack, jobs: int, name: str, meter: CpuMeter) -> tuple[float, float, float]:
     """(jobs/s, moto CPU ms per job, client CPU ms per job) of receive 1 -> delete 1, on a
     queue like the job queue."""
     sqs = boto3.client("sqs", config=CLIENT_CONFIG)
-    attributes = sqs.get_queue_attributes(QueueUrl=dev.queue.url, AttributeNames=["All"])
-    settings = {k: v for k, v in attributes["Attributes"].items() if k in SETTABLE}
-    url = sqs.create_queue(QueueName=name, Attributes=settings)["QueueUrl"]
+    url = _queue_like_the_job_queue(sqs, dev, name)
     body = json.dumps({"job_id": "x" * 36, "request": {"analyzer": "echo", "input": {"n": 1}}})
     for start in range(0, jobs, 10):
         entries = [{"Id": str(i), "MessageBody": body} for i in range(min(10, jobs - start))]
@@ -103,19 +125,51 @@ def bare_loop(dev: Devstack, jobs: int, name: str, meter: CpuMeter) -> tuple[flo
     done: list[float] = []
     cpu_before, client_before = meter.seconds(), time.process_time()
     while len(done) < jobs:
-        messages = sqs.receive_message(
-            QueueUrl=url,
-            MaxNumberOfMessages=1,
-            WaitTimeSeconds=1,
-            VisibilityTimeout=120,
-            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
-            MessageAttributeNames=["All"],
-        ).get("Messages", [])
-        for message in messages:
+        for message in _receive_one(sqs, url):
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
             done.append(time.monotonic())
     client_ms = 1000 * (time.process_time() - client_before) / jobs
     return rate(done), 1000 * (meter.seconds() - cpu_before) / jobs, client_ms
+
+
+def contract_loop(
+    dev: Devstack, jobs: int, name: str, meter: CpuMeter
+) -> tuple[float, float, float]:
+    """(jobs/s, moto CPU ms per job, client CPU ms per job) of the fastest serial client that
+    keeps the job contract: receive 1 -> claim (conditional UpdateItem) -> result to S3 ->
+    complete (conditional UpdateItem) -> delete 1, with the worker's own JobStore and
+    ResultStore calls and no analysis at all. What moto charges for the contract's calls is
+    the same for any consumer; the worker's own overhead is what it costs above this loop."""
+    sqs = boto3.client("sqs", config=CLIENT_CONFIG)
+    store = JobStore(
+        boto3.client("dynamodb", config=CLIENT_CONFIG), dev.require_stack.ref("JobsTable")
+    )
+    results = ResultStore(boto3.client("s3", config=CLIENT_CONFIG), dev.bucket)
+    url = _queue_like_the_job_queue(sqs, dev, name)
+    job_ids = [f"{name}-{index}" for index in range(jobs)]
+    for job_id in job_ids:
+        store.create(job_id, {"analyzer": "echo", "input": {"n": 1}})
+    for start in range(0, jobs, 10):
+        entries = [
+            {"Id": str(i), "MessageBody": json.dumps({"job_id": job_id})}
+            for i, job_id in enumerate(job_ids[start : start + 10])
+        ]
+        sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    done: list[float] = []
+    cpu_before, client_before = meter.seconds(), time.process_time()
+    while len(done) < jobs:
+        for message in _receive_one(sqs, url):
+            job_id = json.loads(message["Body"])["job_id"]
+            owner = f"{name}:{message['MessageId']}"
+            store.claim_queued(job_id, owner, name)
+            uri = results.put(job_id, json.dumps({"n": 1}))
+            store.complete_quietly(job_id, owner, uri)
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+            done.append(time.monotonic())
+    client_ms = 1000 * (time.process_time() - client_before) / jobs
+    cpu_ms = 1000 * (meter.seconds() - cpu_before) / jobs
+    check_succeeded(dev, job_ids)
+    return rate(done), cpu_ms, client_ms
 
 
 def _handled(port: int) -> int:
@@ -331,6 +385,7 @@ def main() -> int:
             for index in range(args.rounds):
                 for key, measured in (
                     ("bare", bare_loop(dev, args.jobs, f"bare-{index}", meter)),
+                    ("contract", contract_loop(dev, args.jobs, f"contract-{index}", meter)),
                     ("worker", worker_rate(dev, args.jobs, f"worker-{index}", meter)),
                     (
                         "plain",
@@ -342,6 +397,7 @@ def main() -> int:
                     series[key + "_client_cpu"].append(measured[2])
                 print(
                     f"round {index + 1}: bare {series['bare'][-1]:.1f}/s, "
+                    f"contract loop {series['contract'][-1]:.1f}/s, "
                     f"worker {series['worker'][-1]:.1f}/s, "
                     f"prefetch off {series['plain'][-1]:.1f}/s",
                     file=sys.stderr,
@@ -359,12 +415,20 @@ def main() -> int:
         "bare_loop_jobs_per_s": round(median["bare"], 1),
         "worker_jobs_per_s": round(median["worker"], 1),
         "worker_prefetch_off_jobs_per_s": round(median["plain"], 1),
+        "contract_loop_jobs_per_s": round(median["contract"], 1),
         "worker_vs_bare_ratio": round(median["worker"] / median["bare"], 3),
+        "worker_vs_contract_loop_ratio": round(median["worker"] / median["contract"], 3),
+        "contract_loop_vs_bare_ratio": round(median["contract"] / median["bare"], 3),
+        # While moto is the bottleneck, jobs/s go as 1 / (moto CPU per job): no consumer that
+        # makes the contract's calls can beat the bare loop by more than this.
+        "moto_cpu_ceiling_ratio": round(median["bare_cpu"] / median["contract_cpu"], 3),
         "prefetch_off_vs_bare_ratio": round(median["plain"] / median["bare"], 3),
         "moto_cpu_ms_per_job_bare": round(median["bare_cpu"], 2),
+        "moto_cpu_ms_per_job_contract_loop": round(median["contract_cpu"], 2),
         "moto_cpu_ms_per_job_worker": round(median["worker_cpu"], 2),
         "moto_cpu_ms_per_job_prefetch_off": round(median["plain_cpu"], 2),
         "client_cpu_ms_per_job_bare": round(median["bare_client_cpu"], 2),
+        "client_cpu_ms_per_job_contract_loop": round(median["contract_client_cpu"], 2),
         "client_cpu_ms_per_job_worker": round(median["worker_client_cpu"], 2),
         "client_cpu_ms_per_job_prefetch_off": round(median["plain_client_cpu"], 2),
         "worker_calls_per_job": calls,
@@ -380,6 +444,7 @@ def main() -> int:
     print("-" * 94)
     for key, label in (
         ("bare", "bare boto3 loop"),
+        ("contract", "contract loop"),
         ("worker", "worker"),
         ("plain", "worker, prefetch 0"),
     ):
@@ -389,6 +454,12 @@ def main() -> int:
             f"{median[key + '_client_cpu']:>18.2f}"
         )
     print(f"worker / bare loop: {figures['worker_vs_bare_ratio']:.3f} (goal >= 0.9)")
+    print(
+        f"worker / contract loop: {figures['worker_vs_contract_loop_ratio']:.3f}; "
+        f"contract loop / bare loop: {figures['contract_loop_vs_bare_ratio']:.3f}; "
+        f"moto CPU per job, bare / contract loop: {figures['moto_cpu_ceiling_ratio']:.3f} "
+        "(the most any consumer that keeps the contract can reach while moto is the bottleneck)"
+    )
     print("AWS calls per job, worker:", calls)
     print("AWS calls per job, worker with WORKER_PREFETCH=0:", calls_plain)
     print("bare loop: ReceiveMessage 1, DeleteMessage 1")
