@@ -92,7 +92,12 @@ def _record(outcome: Outcome) -> None:
     if outcome.warning:
         logger.warning("posted despite a failure", extra={**extra, "problem": outcome.warning})
     if outcome.decision == CHILD_SUPPRESSED:
-        logger.info("child notice held back: burst per window reached", extra=extra)
+        logger.info(
+            "child notice held back: burst per window reached",
+            extra={**extra, "repeat": outcome.repeat},
+        )
+        if not outcome.repeat:
+            metrics.add_metric(str(FunctionMetric.CHILD_NOTICES_HELD_BACK), MetricUnit.Count, 1)
     if outcome.decision == "suppress":
         logger.info("flapping: transition summarised, not posted", extra=extra)
         metrics.add_metric(str(FunctionMetric.ALARMS_SUPPRESSED_FLAPPING), MetricUnit.Count, 1)

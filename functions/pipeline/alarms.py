@@ -1041,6 +1041,7 @@ class Outcome:
     problem: str = ""  # why a message was unreadable
     excerpt: str = ""  # its first characters, for the log
     warning: str = ""  # something went wrong on the way, yet it was posted (fail open)
+    repeat: bool = False  # held back again: a retry of a notice held back before
 
     @property
     def failed(self) -> list[str]:
@@ -1126,7 +1127,9 @@ class AlarmFanout:
             else BurstDecision(True)
         )
         if not burst.post:
-            return Outcome(notice.transition_key, notice.name, CHILD_SUPPRESSED)
+            return Outcome(
+                notice.transition_key, notice.name, CHILD_SUPPRESSED, repeat=burst.repeat
+            )
         alert = child_alert(
             notice, suppressed=burst.suppressed_before, suppressed_since=burst.suppressed_since
         )

@@ -52,6 +52,8 @@ class FunctionMetric(enum.StrEnum):
     ALARM_NOTIFICATIONS = "AlarmNotifications"  # alarm_fanout: deliveries that succeeded
     ALARM_DELIVERY_FAILURES = "AlarmDeliveryFailures"  # alarm_fanout
     ALARMS_SUPPRESSED_FLAPPING = "AlarmsSuppressedFlapping"  # alarm_fanout
+    # Child-fell-over notices held back by the flood control (a Lambda retry counts once).
+    CHILD_NOTICES_HELD_BACK = "ChildNoticesHeldBack"  # alarm_fanout
 
 
 WORKER_METRICS = frozenset(m.value for m in WorkerMetric)

@@ -48,6 +48,8 @@ class BurstDecision:
     suppressed_since: datetime | None = None
     # The ledger failed: posted without counting (fail open).
     error: str = ""
+    # Held back before: a Lambda retry of a notice already held back (counted once).
+    repeat: bool = False
 
 
 def _is_conditional_failure(exc: ClientError) -> bool:
@@ -96,10 +98,10 @@ class ChildNoticeBursts:
             return BurstDecision(True, error=_describe(exc))
         if not posted:
             try:
-                self._hold_back(series, window, event_id, at, expires)
+                first = self._hold_back(series, window, event_id, at, expires)
             except (ClientError, BotoCoreError) as exc:
                 return BurstDecision(True, error=_describe(exc))
-            return BurstDecision(False)
+            return BurstDecision(False, repeat=not first)
         try:
             count, since = self._claim_report(series, window, event_id)
         except (ClientError, BotoCoreError) as exc:
@@ -130,7 +132,8 @@ class ChildNoticeBursts:
 
     def _hold_back(
         self, series: str, window: int, event_id: str, at: datetime, expires: int
-    ) -> None:
+    ) -> bool:
+        """Record the hold-back; False if this notice was held back before (a retry)."""
         # The series first: a window it names without a hold-back is skipped by the report.
         self.client.update_item(
             TableName=self.table,
@@ -144,7 +147,7 @@ class ChildNoticeBursts:
         values = {":at": {"N": str(at.timestamp())}, ":expires": {"N": str(expires)}}
         since = "suppressed_since = if_not_exists(suppressed_since, :at)"
         try:
-            self.client.update_item(
+            old = self.client.update_item(
                 TableName=self.table,
                 Key=self.window_key(series, window),
                 UpdateExpression=f"ADD suppressed :ids SET expires_at = :expires, {since}",
@@ -158,16 +161,21 @@ class ChildNoticeBursts:
                     ":id": {"S": event_id},
                     ":max": {"N": str(self.held_ids_max)},
                 },
-            )
+                # Not UPDATED_OLD: adding an id already in the set may count as no change.
+                ReturnValues="ALL_OLD",
+            ).get("Attributes", {})
         except ClientError as exc:
             if not _is_conditional_failure(exc):
                 raise
+            # Past the kept ids a retry cannot be told apart: it counts again.
             self.client.update_item(
                 TableName=self.table,
                 Key=self.window_key(series, window),
                 UpdateExpression=f"ADD suppressed_more :one SET expires_at = :expires, {since}",
                 ExpressionAttributeValues={**values, ":one": {"N": "1"}},
             )
+            return True
+        return event_id not in old.get("suppressed", {}).get("SS", [])
 
     def _claim_report(self, series: str, window: int, event_id: str) -> tuple[int, datetime | None]:
         """(count, since) of the hold-backs in earlier windows, if this notice reports them.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -92,3 +93,9 @@ def stack_worker_config(stack: Stack, **settings: Any) -> Any:
         bucket=stack.ref("DataBucket"),
         **settings,
     )
+
+
+def emitted_metrics(output: str) -> list[dict[str, Any]]:
+    """The EMF metric blobs Powertools printed (one per invocation), without their metadata."""
+    blobs = [json.loads(line) for line in output.splitlines() if line.startswith('{"_aws"')]
+    return [{k: v for k, v in b.items() if k not in ("_aws", "service")} for b in blobs]

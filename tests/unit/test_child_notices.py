@@ -43,7 +43,7 @@ from pipeline.jobstore import JobStore
 from pipeline.notice_bursts import BurstDecision, ChildNoticeBursts
 from pipeline.queue import JobQueue
 from pipeline.webhooks import WebhookClient
-from tests.unit.conftest import stack_worker_config
+from tests.unit.conftest import emitted_metrics, stack_worker_config
 
 EVENT = "alarm_worker_child_fell_over"
 TEMPLATE = load_template()
@@ -697,6 +697,26 @@ def test_a_burst_past_the_limit_is_held_back_and_the_next_window_counts_it(
     assert "suppressed" not in next_one  # said once
     (hook, _) = [r.json()["child_fell_over"] for r in sink.on("/webhook")[-2:]]
     assert (hook["suppressed_before"], hook["suppressed_since"]) == (3, "2026-11-23T05:31:00+00:00")
+
+
+def test_held_back_notices_are_counted_once_in_a_metric(
+    make_fanout_app: Callable[..., ModuleType],
+    sink: WebhookSink,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A hold-back that no later notice reports (none comes within a day) still shows on
+    CloudWatch; a Lambda retry of the delivery does not count it twice."""
+    app = make_fanout_app(POWERTOOLS_METRICS_DISABLED="false")
+    # Powertools keeps metrics on the class; a handler run with metrics disabled never flushes.
+    app.metrics.clear_metrics()
+    burst = falls(8, start_ms=BURST_START_MS)
+    invoke(app, burst)
+    invoke(app, burst)  # Lambda's retry: the same three held back again
+    # The retry posts nothing new and holds nothing back for the first time: no metric at all.
+    (first,) = emitted_metrics(capsys.readouterr().out)
+    assert first["ChildNoticesHeldBack"] == [1.0] * 3
+    assert first["AlarmNotifications"] == [1.0] * 15
+    assert len(sink.on("/slack")) == 5
 
 
 class _Serialized:

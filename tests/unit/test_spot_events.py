@@ -24,6 +24,7 @@ from devstack.sink import WebhookSink
 from pipeline.contract import JobStatus
 from pipeline.jobstore import JobStore
 from pipeline.standby import INTERRUPTED_TAG, ROLE_TAG, STACK_TAG, StandbyNotReady
+from tests.unit.conftest import emitted_metrics
 
 TEMPLATE = load_template()  # parsed once; each test provisions its own stack from it
 AMI_ID = "ami-12c6146b"  # one of moto's built-in images (listing them all takes seconds)
@@ -285,12 +286,6 @@ def test_duplicate_warning_starts_the_standby_once_and_alerts_once(
     assert len(sink.on("/spot")) == 1
 
 
-def _emitted(output: str) -> list[dict[str, Any]]:
-    """The EMF metric blobs Powertools printed."""
-    blobs = [json.loads(line) for line in output.splitlines() if line.startswith('{"_aws"')]
-    return [{k: v for k, v in b.items() if k not in ("_aws", "service")} for b in blobs]
-
-
 def test_dashboard_metrics_count_warnings_once_and_gauge_the_standby(
     app: ModuleType, fleet: Fleet, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -300,7 +295,7 @@ def test_dashboard_metrics_count_warnings_once_and_gauge_the_standby(
     set_clock(app, datetime(2026, 11, 23, 5, 13, tzinfo=UTC))  # the warned worker is gone
     fleet.ec2.terminate_instances(InstanceIds=[fleet.workers[0]])
     assert invoke(app, load_event("stop_standby"))["action"] == "stopped"
-    first, duplicate, stop = _emitted(capsys.readouterr().out)
+    first, duplicate, stop = emitted_metrics(capsys.readouterr().out)
     assert first == {"SpotInterruptionWarnings": [1.0], "StandbyRunning": [1.0]}
     assert duplicate == {"StandbyRunning": [1.0]}
     assert stop == {"StandbyRunning": [0.0]}
