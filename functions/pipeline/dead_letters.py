@@ -40,6 +40,7 @@ from pipeline.contract import (
     job_id_from_body,
 )
 from pipeline.jobstore import JobError, JobRecord, JobStore, JobStoreError, utc_now
+from pipeline.webhooks import Delivery
 
 CALLBACK = "callback"  # the user notice's entry in the delivery map, beside the alert channels
 BODY_PREVIEW_BYTES = 200
@@ -364,12 +365,7 @@ class DeadLetterService:
 
         alert = self._job_alert(record, error, analyzer, notice_text)
         deliveries = self.alerts.send(alert, skip=[c for c in results if c != CALLBACK])
-        failed = {}
-        for channel, delivery in deliveries.items():
-            if delivery.ok:
-                results[channel] = f"delivered {utc_now()}"
-            else:
-                failed[channel] = f"status {delivery.status}, {delivery.error}"
+        failed = _tally(deliveries, results)
         if deliveries:
             self._remember(record, results)
         if notice_text.startswith("failed"):
@@ -462,12 +458,7 @@ class DeadLetterService:
             extra={"message_id": letter.message_id},
         )
         deliveries = self.alerts.send(alert, skip=list(results))
-        failed = {}
-        for channel, delivery in deliveries.items():
-            if delivery.ok:
-                results[channel] = f"delivered {utc_now()}"
-            else:
-                failed[channel] = f"status {delivery.status}, {delivery.error}"
+        failed = _tally(deliveries, results)
         if deliveries:
             self.ledger.put(letter.message_id, results)
         self.logger.warning(
@@ -495,3 +486,15 @@ def dead_lettered_jobs(client: Any, table_name: str) -> list[JobRecord]:
         job_ids.extend(item["job_id"]["S"] for item in page.get("Items", []))
     records = [store.get(job_id) for job_id in job_ids]
     return [r for r in records if r is not None and r.status == JobStatus.DEAD_LETTERED]
+
+
+def _tally(deliveries: Mapping[str, Delivery], results: dict[str, str]) -> dict[str, str]:
+    """Record each channel that took the alert in ``results`` (never sent to again); return
+    the ones that did not, with why."""
+    failed = {}
+    for channel, delivery in deliveries.items():
+        if delivery.ok:
+            results[channel] = f"delivered {utc_now()}"
+        else:
+            failed[channel] = f"status {delivery.status}, {delivery.error}"
+    return failed
