@@ -14,6 +14,12 @@ does nothing else (receive 1 -> claim -> result to S3 -> complete -> delete 1, t
 store calls): moto charges any consumer that much for the contract, so the worker's own overhead
 is what it costs beyond that loop.
 
+A fourth side runs the same worker with its DynamoDB and S3 calls sent to a second moto server
+(the same stack deployed there; ``AWS_ENDPOINT_URL_DYNAMODB``/``_S3``), as in AWS, where the
+table and the bucket are other services than the queue: the queue's server then carries the same
+calls per job for the worker as for the bare loop, and what is left between the two is the
+worker's own overhead and the machine's CPUs. Each side's share of the machine's CPUs is shown.
+
 Also measured, to explain the ratio: the moto server's CPU per job on each side, and the worker's
 AWS calls per job by type (an in-process worker with counting clients, same code).
 
@@ -31,9 +37,10 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "functions"), str(REPO)]
@@ -48,6 +55,7 @@ from devstack.workers import worker_env  # noqa: E402
 from gpu_worker.checkpoint import ResultStore  # noqa: E402
 from gpu_worker.config import WorkerConfig  # noqa: E402
 from gpu_worker.consumer import Worker, logger  # noqa: E402
+from gpu_worker.health import logger as health_logger  # noqa: E402
 from pipeline.contract import JobStatus  # noqa: E402
 from pipeline.jobstore import JobStore  # noqa: E402
 from pipeline.submission import submit  # noqa: E402
@@ -70,6 +78,16 @@ SETTABLE = {
     "VisibilityTimeout",
 }
 QUIET = {"POWERTOOLS_LOG_LEVEL": "WARNING", "WORKER_METRICS": "off", "WORKER_IMDS_ENDPOINT": "off"}
+
+
+class Measured(NamedTuple):
+    """One side of one round."""
+
+    jobs_per_s: float
+    moto_cpu_ms: float  # per job, the moto server the queue is on
+    client_cpu_ms: float  # per job, the consumer's own processes
+    machine_busy: float  # share of all the machine's CPUs busy while it ran
+    tables_moto_cpu_ms: float = 0.0  # per job, a second moto server with DynamoDB and S3
 
 
 def rate(times: list[float]) -> float:
@@ -95,6 +113,20 @@ class CpuMeter:
         return total
 
 
+class MachineMeter:
+    """Share of the machine's CPUs busy (all processes) since the last ``start``."""
+
+    def start(self) -> None:
+        self._before = psutil.cpu_times()
+
+    def busy(self) -> float:
+        after = psutil.cpu_times()
+        spent = {f: getattr(after, f) - getattr(self._before, f) for f in after._fields}
+        total = sum(spent.values())
+        idle = spent.get("idle", 0.0) + spent.get("iowait", 0.0)
+        return (total - idle) / total if total > 0 else 0.0
+
+
 def _queue_like_the_job_queue(sqs: Any, dev: Devstack, name: str) -> str:
     attributes = sqs.get_queue_attributes(QueueUrl=dev.queue.url, AttributeNames=["All"])
     settings = {k: v for k, v in attributes["Attributes"].items() if k in SETTABLE}
@@ -113,33 +145,41 @@ def _receive_one(sqs: Any, url: str) -> list[dict[str, Any]]:
     return messages
 
 
-def bare_loop(dev: Devstack, jobs: int, name: str, meter: CpuMeter) -> tuple[float, float, float]:
-    """(jobs/s, moto CPU ms per job, client CPU ms per job) of receive 1 -> delete 1, on a
-    queue like the job queue."""
+def _serial(
+    sqs: Any, url: str, jobs: int, meter: CpuMeter, handle: Callable[[dict[str, Any]], None]
+) -> Measured:
+    """Receive 1 -> ``handle`` -> delete 1 until ``jobs`` messages are done, one at a time."""
+    done: list[float] = []
+    machine = MachineMeter()
+    machine.start()
+    cpu_before, client_before = meter.seconds(), time.process_time()
+    while len(done) < jobs:
+        for message in _receive_one(sqs, url):
+            handle(message)
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+            done.append(time.monotonic())
+    client_ms = 1000 * (time.process_time() - client_before) / jobs
+    cpu_ms = 1000 * (meter.seconds() - cpu_before) / jobs
+    return Measured(rate(done), cpu_ms, client_ms, machine.busy())
+
+
+def bare_loop(dev: Devstack, jobs: int, name: str, meter: CpuMeter) -> Measured:
+    """Receive 1 -> delete 1, on a queue like the job queue."""
     sqs = boto3.client("sqs", config=CLIENT_CONFIG)
     url = _queue_like_the_job_queue(sqs, dev, name)
     body = json.dumps({"job_id": "x" * 36, "request": {"analyzer": "echo", "input": {"n": 1}}})
     for start in range(0, jobs, 10):
         entries = [{"Id": str(i), "MessageBody": body} for i in range(min(10, jobs - start))]
         sqs.send_message_batch(QueueUrl=url, Entries=entries)
-    done: list[float] = []
-    cpu_before, client_before = meter.seconds(), time.process_time()
-    while len(done) < jobs:
-        for message in _receive_one(sqs, url):
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-            done.append(time.monotonic())
-    client_ms = 1000 * (time.process_time() - client_before) / jobs
-    return rate(done), 1000 * (meter.seconds() - cpu_before) / jobs, client_ms
+    return _serial(sqs, url, jobs, meter, lambda message: None)
 
 
-def contract_loop(
-    dev: Devstack, jobs: int, name: str, meter: CpuMeter
-) -> tuple[float, float, float]:
-    """(jobs/s, moto CPU ms per job, client CPU ms per job) of the fastest serial client that
-    keeps the job contract: receive 1 -> claim (conditional UpdateItem) -> result to S3 ->
-    complete (conditional UpdateItem) -> delete 1, with the worker's own JobStore and
-    ResultStore calls and no analysis at all. What moto charges for the contract's calls is
-    the same for any consumer; the worker's own overhead is what it costs above this loop."""
+def contract_loop(dev: Devstack, jobs: int, name: str, meter: CpuMeter) -> Measured:
+    """The fastest serial client that keeps the job contract: receive 1 -> claim (conditional
+    UpdateItem) -> result to S3 -> complete (conditional UpdateItem) -> delete 1, with the
+    worker's own JobStore and ResultStore calls and no analysis at all. What moto charges
+    for the contract's calls is the same for any consumer; the worker's own overhead is what
+    it costs above this loop."""
     sqs = boto3.client("sqs", config=CLIENT_CONFIG)
     store = JobStore(
         boto3.client("dynamodb", config=CLIENT_CONFIG), dev.require_stack.ref("JobsTable")
@@ -155,21 +195,17 @@ def contract_loop(
             for i, job_id in enumerate(job_ids[start : start + 10])
         ]
         sqs.send_message_batch(QueueUrl=url, Entries=entries)
-    done: list[float] = []
-    cpu_before, client_before = meter.seconds(), time.process_time()
-    while len(done) < jobs:
-        for message in _receive_one(sqs, url):
-            job_id = json.loads(message["Body"])["job_id"]
-            owner = f"{name}:{message['MessageId']}"
-            store.claim_queued(job_id, owner, name)
-            uri = results.put(job_id, json.dumps({"n": 1}))
-            store.complete_quietly(job_id, owner, uri)
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-            done.append(time.monotonic())
-    client_ms = 1000 * (time.process_time() - client_before) / jobs
-    cpu_ms = 1000 * (meter.seconds() - cpu_before) / jobs
+
+    def keep_the_contract(message: dict[str, Any]) -> None:
+        job_id = json.loads(message["Body"])["job_id"]
+        owner = f"{name}:{message['MessageId']}"
+        store.claim_queued(job_id, owner, name)
+        uri = results.put(job_id, json.dumps({"n": 1}))
+        store.complete_quietly(job_id, owner, uri)
+
+    measured = _serial(sqs, url, jobs, meter, keep_the_contract)
     check_succeeded(dev, job_ids)
-    return rate(done), cpu_ms, client_ms
+    return measured
 
 
 def _handled(port: int) -> int:
@@ -185,11 +221,11 @@ def _timestamp(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def submit_jobs(dev: Devstack, jobs: int) -> list[str]:
+def submit_jobs(dev: Devstack, jobs: int, store: JobStore | None = None) -> list[str]:
     return [
         submit(
             {"analyzer": "echo", "input": {"n": i}},
-            store=dev.store,
+            store=store or dev.store,
             queue=dev.queue,
             max_message_bytes=262144,
         ).job_id
@@ -197,8 +233,8 @@ def submit_jobs(dev: Devstack, jobs: int) -> list[str]:
     ]
 
 
-def check_succeeded(dev: Devstack, job_ids: list[str]) -> list[Any]:
-    records = [dev.store.get(job_id) for job_id in job_ids]
+def check_succeeded(dev: Devstack, job_ids: list[str], store: JobStore | None = None) -> list[Any]:
+    records = [(store or dev.store).get(job_id) for job_id in job_ids]
     failed = [r for r in records if r is None or r.status != JobStatus.SUCCEEDED]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(job_ids)} jobs did not succeed")
@@ -206,16 +242,28 @@ def check_succeeded(dev: Devstack, job_ids: list[str]) -> list[Any]:
 
 
 def worker_rate(
-    dev: Devstack, jobs: int, name: str, meter: CpuMeter, **env: str
-) -> tuple[float, float, float]:
-    """(jobs/s, moto CPU ms per job, worker CPU ms per job: supervisor and analysis child) of
-    a real worker process on ``jobs`` no-op (echo) jobs."""
-    job_ids = submit_jobs(dev, jobs)
+    dev: Devstack,
+    jobs: int,
+    name: str,
+    meter: CpuMeter,
+    tables: tuple[Devstack, CpuMeter] | None = None,
+    **env: str,
+) -> Measured:
+    """A real worker process on ``jobs`` no-op (echo) jobs; its client CPU is the supervisor's
+    and the analysis child's. With ``tables``, its DynamoDB and S3 calls go to that second
+    moto server (the same stack deployed there) and only its SQS calls to ``dev``'s."""
+    store = tables[0].store if tables else None
+    if tables:
+        endpoint = tables[0].server.endpoint_url
+        env = {**env, "AWS_ENDPOINT_URL_DYNAMODB": endpoint, "AWS_ENDPOINT_URL_S3": endpoint}
+    job_ids = submit_jobs(dev, jobs, store)
     # Progress comes from the worker's own /healthz, which costs moto nothing: a probe of the
     # queue (GetQueueAttributes scans it) would take moto CPU from the worker's share, and the
     # bare loop runs with no probe at all.
     port = free_port()
+    machine = MachineMeter()
     cpu_before = meter.seconds()
+    tables_before = tables[1].seconds() if tables else 0.0
     worker = dev.start_worker(name, **QUIET, WORKER_HEALTH_PORT=str(port), **env)
     own = CpuMeter(worker.pid)
     worker_cpu = 0.0
@@ -228,6 +276,7 @@ def worker_rate(
             what=f"{name} to start its first job",
         )
         started_cpu = own.seconds()
+        machine.start()
         wait_until(
             lambda: _handled(port) >= jobs,
             timeout=max(60.0, jobs / 5),
@@ -242,12 +291,20 @@ def worker_rate(
             what=f"{name} to drain the queue",
         )
         worker_cpu = own.seconds() - started_cpu
+        busy = machine.busy()
     finally:
         worker.stop()
         dev.workers.remove(worker)
     cpu_ms = 1000 * (meter.seconds() - cpu_before) / jobs
-    records = check_succeeded(dev, job_ids)
-    return rate([_timestamp(r.finished_at) for r in records]), cpu_ms, 1000 * worker_cpu / jobs
+    tables_ms = 1000 * (tables[1].seconds() - tables_before) / jobs if tables else 0.0
+    records = check_succeeded(dev, job_ids, store)
+    return Measured(
+        rate([_timestamp(r.finished_at) for r in records]),
+        cpu_ms,
+        1000 * worker_cpu / jobs,
+        busy,
+        tables_ms,
+    )
 
 
 def calls_per_job(dev: Devstack, jobs: int, **env: str) -> dict[str, float]:
@@ -266,6 +323,7 @@ def calls_per_job(dev: Devstack, jobs: int, **env: str) -> dict[str, float]:
         client.meta.events.register("before-call", lambda model, **kw: count(model))
         clients[service] = client
     logger.setLevel("WARNING")  # this process's worker logs as quietly as the others
+    health_logger.setLevel("WARNING")
     saved = dict(os.environ)
     os.environ.update(worker_env(dev.require_stack, dev.server.env(), **QUIET, **env))
     os.environ["WORKER_ID"] = "counting-worker"
@@ -375,11 +433,17 @@ def main() -> int:
     args = parser.parse_args()
 
     series: dict[str, list[float]] = collections.defaultdict(list)
-    with MotoServer() as server:
+    with MotoServer() as server, MotoServer() as second:
+        # The same stack on a second moto server: the split side's table and bucket. Started
+        # first (and stopped last): each start points this process's AWS_ENDPOINT_URL at its
+        # server, and every other side's clients must reach the first.
+        own_tables = Devstack(server=second, handler_env={"POWERTOOLS_LOG_LEVEL": "WARNING"})
+        own_tables.start(stack_name="bench")
         dev = Devstack(server=server, handler_env={"POWERTOOLS_LOG_LEVEL": "WARNING"})
         dev.start(stack_name="bench")
-        assert server._process is not None
+        assert server._process is not None and second._process is not None
         meter = CpuMeter(server._process.pid)
+        tables = (own_tables, CpuMeter(second._process.pid))
         try:
             # Interleaved rounds: drift of a shared machine hits both sides alike.
             for index in range(args.rounds):
@@ -391,15 +455,19 @@ def main() -> int:
                         "plain",
                         worker_rate(dev, args.jobs, f"plain-{index}", meter, WORKER_PREFETCH="0"),
                     ),
+                    ("split", worker_rate(dev, args.jobs, f"split-{index}", meter, tables)),
                 ):
-                    series[key].append(measured[0])
-                    series[key + "_cpu"].append(measured[1])
-                    series[key + "_client_cpu"].append(measured[2])
+                    series[key].append(measured.jobs_per_s)
+                    series[key + "_cpu"].append(measured.moto_cpu_ms)
+                    series[key + "_client_cpu"].append(measured.client_cpu_ms)
+                    series[key + "_busy"].append(measured.machine_busy)
+                    series[key + "_tables_cpu"].append(measured.tables_moto_cpu_ms)
                 print(
                     f"round {index + 1}: bare {series['bare'][-1]:.1f}/s, "
                     f"contract loop {series['contract'][-1]:.1f}/s, "
                     f"worker {series['worker'][-1]:.1f}/s, "
-                    f"prefetch off {series['plain'][-1]:.1f}/s",
+                    f"prefetch off {series['plain'][-1]:.1f}/s, "
+                    f"tables apart {series['split'][-1]:.1f}/s",
                     file=sys.stderr,
                 )
             costs = call_costs(dev, meter, depth=args.jobs // 2)
@@ -407,6 +475,7 @@ def main() -> int:
             calls_plain = calls_per_job(dev, min(args.jobs, 100), WORKER_PREFETCH="0")
         finally:
             dev.stop()
+            own_tables.stop()
 
     median = {key: statistics.median(values) for key, values in series.items()}
     figures: dict[str, Any] = {
@@ -423,6 +492,18 @@ def main() -> int:
         # makes the contract's calls can beat the bare loop by more than this.
         "moto_cpu_ceiling_ratio": round(median["bare_cpu"] / median["contract_cpu"], 3),
         "prefetch_off_vs_bare_ratio": round(median["plain"] / median["bare"], 3),
+        # DynamoDB and S3 on a second moto server (separate services, as in AWS): the queue's
+        # server then carries the same calls on both sides, and the 2 cores become the limit.
+        "worker_tables_apart_jobs_per_s": round(median["split"], 1),
+        "worker_tables_apart_vs_bare_ratio": round(median["split"] / median["bare"], 3),
+        "moto_cpu_ms_per_job_tables_apart_queue": round(median["split_cpu"], 2),
+        "moto_cpu_ms_per_job_tables_apart_tables": round(median["split_tables_cpu"], 2),
+        "client_cpu_ms_per_job_tables_apart": round(median["split_client_cpu"], 2),
+        "machine_busy_bare": round(median["bare_busy"], 3),
+        "machine_busy_contract_loop": round(median["contract_busy"], 3),
+        "machine_busy_worker": round(median["worker_busy"], 3),
+        "machine_busy_prefetch_off": round(median["plain_busy"], 3),
+        "machine_busy_tables_apart": round(median["split_busy"], 3),
         "moto_cpu_ms_per_job_bare": round(median["bare_cpu"], 2),
         "moto_cpu_ms_per_job_contract_loop": round(median["contract_cpu"], 2),
         "moto_cpu_ms_per_job_worker": round(median["worker_cpu"], 2),
@@ -438,20 +519,24 @@ def main() -> int:
         "cpus": os.cpu_count(),
     }
     print(
-        f"{'side':<22} {'jobs/s (rounds)':<26} {'median':>8} {'moto CPU ms/job':>16} "
-        f"{'client CPU ms/job':>18}"
+        f"{'side':<24} {'jobs/s (rounds)':<20} {'median':>7} {'moto CPU ms/job':>16} "
+        f"{'client CPU ms/job':>18} {'machine busy':>13}"
     )
-    print("-" * 94)
+    print("-" * 103)
     for key, label in (
         ("bare", "bare boto3 loop"),
         ("contract", "contract loop"),
         ("worker", "worker"),
         ("plain", "worker, prefetch 0"),
+        ("split", "worker, tables apart"),
     ):
         rounds = ", ".join(f"{x:.1f}" for x in series[key])
+        moto = f"{median[key + '_cpu']:.2f}"
+        if key == "split":
+            moto += f" + {median['split_tables_cpu']:.2f}"
         print(
-            f"{label:<22} {rounds:<26} {median[key]:>8.1f} {median[key + '_cpu']:>16.2f} "
-            f"{median[key + '_client_cpu']:>18.2f}"
+            f"{label:<24} {rounds:<20} {median[key]:>7.1f} {moto:>16} "
+            f"{median[key + '_client_cpu']:>18.2f} {median[key + '_busy']:>12.0%}"
         )
     print(f"worker / bare loop: {figures['worker_vs_bare_ratio']:.3f} (goal >= 0.9)")
     print(
@@ -459,6 +544,12 @@ def main() -> int:
         f"contract loop / bare loop: {figures['contract_loop_vs_bare_ratio']:.3f}; "
         f"moto CPU per job, bare / contract loop: {figures['moto_cpu_ceiling_ratio']:.3f} "
         "(the most any consumer that keeps the contract can reach while moto is the bottleneck)"
+    )
+    print(
+        "worker with DynamoDB and S3 on a second moto server / bare loop: "
+        f"{figures['worker_tables_apart_vs_bare_ratio']:.3f} (the queue's server then carries "
+        f"the same calls for both; the machine's {os.cpu_count()} CPUs were "
+        f"{figures['machine_busy_tables_apart']:.0%} busy)"
     )
     print("AWS calls per job, worker:", calls)
     print("AWS calls per job, worker with WORKER_PREFETCH=0:", calls_plain)
