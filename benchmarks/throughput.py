@@ -18,7 +18,8 @@ A fourth side runs the same worker with its DynamoDB and S3 calls sent to a seco
 (the same stack deployed there; ``AWS_ENDPOINT_URL_DYNAMODB``/``_S3``), as in AWS, where the
 table and the bucket are other services than the queue: the queue's server then carries the same
 calls per job for the worker as for the bare loop, and what is left between the two is the
-worker's own overhead and the machine's CPUs. Each side's share of the machine's CPUs is shown.
+worker's own overhead (its wait on each claim before the job starts, above all) and the
+machine's CPUs. Each side's share of the machine's CPUs is shown.
 
 Also measured, to explain the ratio: the moto server's CPU per job on each side, and the worker's
 AWS calls per job by type (an in-process worker with counting clients, same code).
@@ -493,7 +494,8 @@ def main() -> int:
         "moto_cpu_ceiling_ratio": round(median["bare_cpu"] / median["contract_cpu"], 3),
         "prefetch_off_vs_bare_ratio": round(median["plain"] / median["bare"], 3),
         # DynamoDB and S3 on a second moto server (separate services, as in AWS): the queue's
-        # server then carries the same calls on both sides, and the 2 cores become the limit.
+        # server then carries the same calls on both sides; what remains is the worker's wait
+        # on each claim before its job starts, and the machine's CPUs (machine_busy_*).
         "worker_tables_apart_jobs_per_s": round(median["split"], 1),
         "worker_tables_apart_vs_bare_ratio": round(median["split"] / median["bare"], 3),
         "moto_cpu_ms_per_job_tables_apart_queue": round(median["split_cpu"], 2),
