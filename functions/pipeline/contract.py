@@ -9,10 +9,13 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import math
+import posixpath
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
@@ -80,6 +83,40 @@ class InvalidJob(ValueError):
         self.violations = violations or []
 
 
+# -- a job's boundaries (DESIGN.md "A job's boundaries") ------------------------------------
+
+# A job reads only objects under this prefix of the stack's bucket; it writes only under
+# results/{job_id} and checkpoints/{job_id}. Enqueue, the worker and IAM all enforce it.
+INPUT_PREFIX = "inputs/"
+# Analyzers that exist to break things (drills, chaos, tests). Only a stack that enables them
+# (EnableDrillAnalyzers) accepts them: in production any caller could wedge a GPU with one.
+DRILL_ANALYZERS = frozenset({"memory_hog", "fail", "crash", "cpu_burn", "slow_load"})
+# Every attempt's runtime limit when the stack sets none (WorkerMaxRuntimeS); a request's
+# max_runtime_s may lower it, never raise it.
+DEFAULT_MAX_RUNTIME_S = 6 * 3600
+# Bounds on any request, checked before the schema: a 200 KB "[[[[...]]]]" must be a 400, not
+# a RecursionError in the handler (a 500 and a critical alarm) or in the worker.
+MAX_NESTING_DEPTH = 32
+MAX_STRING_CHARS = 262144
+MAX_ARRAY_ITEMS = 100000
+MAX_OBJECT_KEYS = 10000
+MAX_INTEGER_DIGITS = 30
+
+
+@dataclass(frozen=True)
+class RequestPolicy:
+    """What this stack accepts beyond the schema: the same rules in enqueue and the worker."""
+
+    bucket: str | None = None  # input_uri must name s3://{bucket}/inputs/...
+    drills_enabled: bool = False
+    max_runtime_s: int = DEFAULT_MAX_RUNTIME_S
+
+    def runtime_limit_s(self, request: dict[str, Any]) -> int:
+        """The attempt's runtime limit: the stack's cap, lowered (never raised) by the request."""
+        asked = request.get("max_runtime_s")
+        return min(int(asked), self.max_runtime_s) if asked else self.max_runtime_s
+
+
 @functools.cache
 def job_schema() -> dict[str, Any]:
     text = resources.files("pipeline").joinpath("job_schema.json").read_text(encoding="utf-8")
@@ -111,13 +148,149 @@ def _describe(error: Any) -> str:
     return str(error.message)
 
 
-def validate_request(request: Any) -> dict[str, Any]:
-    """Validate a decoded job request; raise InvalidJob listing every failing path."""
+def bound_violations(value: Any) -> list[SchemaViolation]:
+    """Where a decoded value breaks the size bounds (depth, numbers, strings, arrays, objects).
+
+    Iterative, so a value nested deeper than Python's recursion limit is measured, not fatal.
+    """
+    found: list[SchemaViolation] = []
+    stack: list[tuple[Any, list[Any]]] = [(value, [])]
+    while stack and len(found) < 20:
+        item, path = stack.pop()
+        where = _json_path(path)
+        if len(path) > MAX_NESTING_DEPTH:
+            found.append(SchemaViolation(where, f"nested deeper than {MAX_NESTING_DEPTH} levels"))
+            continue
+        if isinstance(item, bool) or item is None:
+            continue
+        if isinstance(item, int):
+            if len(str(abs(item))) > MAX_INTEGER_DIGITS:
+                found.append(
+                    SchemaViolation(where, f"integer longer than {MAX_INTEGER_DIGITS} digits")
+                )
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                found.append(SchemaViolation(where, "number is not finite"))
+        elif isinstance(item, str):
+            if len(item) > MAX_STRING_CHARS:
+                found.append(
+                    SchemaViolation(where, f"string longer than {MAX_STRING_CHARS} characters")
+                )
+        elif isinstance(item, list):
+            if len(item) > MAX_ARRAY_ITEMS:
+                found.append(SchemaViolation(where, f"array longer than {MAX_ARRAY_ITEMS} items"))
+                continue
+            stack.extend((child, [*path, index]) for index, child in enumerate(item))
+        elif isinstance(item, dict):
+            if len(item) > MAX_OBJECT_KEYS:
+                found.append(
+                    SchemaViolation(where, f"object with more than {MAX_OBJECT_KEYS} keys")
+                )
+                continue
+            stack.extend((child, [*path, key]) for key, child in item.items())
+    return found
+
+
+def loads_bounded(text: str | bytes, what: str = "request body") -> Any:
+    """``json.loads`` that answers InvalidJob, never RecursionError, for hostile nesting."""
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise InvalidJob(
+            f"{what} is nested too deeply",
+            [SchemaViolation("$", f"nested deeper than {MAX_NESTING_DEPTH} levels")],
+        ) from exc
+    except (ValueError, UnicodeDecodeError, TypeError) as exc:
+        raise InvalidJob(
+            f"{what} is not valid JSON", [SchemaViolation("$", f"invalid JSON: {exc}")]
+        ) from exc
+
+
+def input_key(uri: str, bucket: str | None) -> str:
+    """The S3 key an ``input_uri`` names, if it is one a job may read: an object under
+    ``inputs/`` of the stack's bucket. No empty key, no ``.``/``..`` or empty segments, no
+    query string or fragment. Raises InvalidJob naming ``$.input_uri``."""
+
+    def refuse(reason: str) -> InvalidJob:
+        where = f"s3://{bucket}/{INPUT_PREFIX}..." if bucket else f"s3://<bucket>/{INPUT_PREFIX}..."
+        return InvalidJob(
+            f"input_uri {reason}",
+            [SchemaViolation("$.input_uri", f"{reason}; expected {where}")],
+        )
+
+    if not isinstance(uri, str):
+        raise refuse("is not a string")
+    if "?" in uri or "#" in uri:
+        raise refuse("must not carry a query string or fragment")
+    if any(ord(char) < 32 or char == "\\" for char in uri):
+        raise refuse("contains control characters or backslashes")
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise refuse("must be an s3:// URI")
+    if bucket is not None and parts.netloc != bucket:
+        raise refuse("must point into the stack's input bucket")
+    key = parts.path.removeprefix("/")
+    if not key.startswith(INPUT_PREFIX) or len(key) == len(INPUT_PREFIX):
+        raise refuse(f"must name an object under {INPUT_PREFIX}")
+    segments = key.split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        raise refuse("must not have empty, '.' or '..' segments")
+    if posixpath.normpath(key) != key:
+        raise refuse("must be a normalised key")
+    return key
+
+
+def validate_request(request: Any, policy: RequestPolicy | None = None) -> dict[str, Any]:
+    """Validate a decoded job request; raise InvalidJob listing every failing path.
+
+    The size bounds and the shape of ``input_uri`` always apply; ``policy`` adds this stack's
+    rules (its bucket, whether drill analyzers run, the runtime cap).
+    """
     if not isinstance(request, dict):
         raise InvalidJob(
             "job request must be a JSON object",
             [SchemaViolation("$", "expected an object")],
         )
+    bounds = bound_violations(request)
+    if bounds:
+        raise InvalidJob("job request exceeds the size bounds", bounds)
+    _check_schema(request)
+    if "input_uri" in request:
+        input_key(request["input_uri"], policy.bucket if policy else None)
+    if policy is not None:
+        _check_policy(request, policy)
+    return request
+
+
+def _check_policy(request: dict[str, Any], policy: RequestPolicy) -> None:
+    analyzer = request["analyzer"]
+    if analyzer in DRILL_ANALYZERS and not policy.drills_enabled:
+        accepted = ", ".join(accepted_analyzers(policy))
+        raise InvalidJob(
+            f"analyzer {analyzer!r} is a drill, not enabled on this stack",
+            [SchemaViolation("$.analyzer", f"drill analyzers are off; accepted: {accepted}")],
+        )
+    asked = request.get("max_runtime_s")
+    if asked is not None and asked > policy.max_runtime_s:
+        raise InvalidJob(
+            "max_runtime_s is above the stack's cap",
+            [
+                SchemaViolation(
+                    "$.max_runtime_s", f"at most {policy.max_runtime_s} (WorkerMaxRuntimeS)"
+                )
+            ],
+        )
+
+
+def accepted_analyzers(policy: RequestPolicy | None = None) -> list[str]:
+    """The analyzers a stack with ``policy`` accepts (every one without a policy)."""
+    names = analyzer_names()
+    if policy is not None and not policy.drills_enabled:
+        names = [name for name in names if name not in DRILL_ANALYZERS]
+    return names
+
+
+def _check_schema(request: dict[str, Any]) -> None:
     errors = sorted(_validator().iter_errors(request), key=lambda e: list(e.absolute_path))
     if not errors:
         return request
@@ -133,19 +306,13 @@ def validate_request(request: Any) -> dict[str, Any]:
     raise InvalidJob("job request does not match the schema", violations)
 
 
-def parse_request(body: str | bytes | None) -> dict[str, Any]:
+def parse_request(body: str | bytes | None, policy: RequestPolicy | None = None) -> dict[str, Any]:
     """Decode and validate a raw request body."""
     if body is None or body in ("", b""):
         raise InvalidJob(
             "request body is empty", [SchemaViolation("$", "a JSON object is required")]
         )
-    try:
-        request = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidJob(
-            "request body is not valid JSON", [SchemaViolation("$", f"invalid JSON: {exc}")]
-        ) from exc
-    return validate_request(request)
+    return validate_request(loads_bounded(body), policy)
 
 
 def new_job_id() -> str:
@@ -188,10 +355,7 @@ class JobMessage:
     @classmethod
     def from_json(cls, body: str) -> JobMessage:
         """Parse a message body; raise InvalidJob for anything that is not a job message."""
-        try:
-            data = json.loads(body)
-        except (ValueError, TypeError) as exc:
-            raise InvalidJob(f"message body is not JSON: {exc}") from exc
+        data = loads_bounded(body, "message body")
         if not isinstance(data, dict):
             raise InvalidJob("message body is not a JSON object")
         job_id = data.pop("job_id", None)
@@ -211,7 +375,7 @@ def job_id_from_body(body: str) -> str | None:
     """Best-effort job id from a body that may be malformed (used on the dead-letter side)."""
     try:
         data = json.loads(body)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
     if isinstance(data, dict):
         job_id = data.get("job_id")
