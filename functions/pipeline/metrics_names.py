@@ -40,6 +40,11 @@ class WorkerMetric(enum.StrEnum):
     JOBS_INTERRUPTED = "JobsInterrupted"
     # Seconds from claim to outcome, one sample per job (dashboards use p50/p95).
     JOB_DURATION_SECONDS = "JobDurationSeconds"
+    # Count: an AWS call failed (throttling, network, 5xx) while handling a job; the message
+    # was released with backoff and no attempt was counted. Sustained: the "AWS failing" alarm.
+    INFRA_FAULTS = "InfraFaults"
+    # Count: an attempt ran past its runtime limit (the child stopped, hung or was too slow).
+    JOBS_TIMED_OUT = "JobsTimedOut"
 
 
 class FunctionMetric(enum.StrEnum):
@@ -54,6 +59,8 @@ class FunctionMetric(enum.StrEnum):
     ALARMS_SUPPRESSED_FLAPPING = "AlarmsSuppressedFlapping"  # alarm_fanout
     # Child-fell-over notices held back by the flood control (a Lambda retry counts once).
     CHILD_NOTICES_HELD_BACK = "ChildNoticesHeldBack"  # alarm_fanout
+    # Jobs stored QUEUED but never sent (enqueue died between the two), sent by the sweep.
+    STRANDED_JOBS_SENT = "StrandedJobsSent"  # sweep
 
 
 WORKER_METRICS = frozenset(m.value for m in WorkerMetric)
