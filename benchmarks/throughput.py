@@ -201,7 +201,7 @@ def contract_loop(dev: Devstack, jobs: int, name: str, meter: CpuMeter) -> Measu
         job_id = json.loads(message["Body"])["job_id"]
         owner = f"{name}:{message['MessageId']}"
         store.claim_queued(job_id, owner, name)
-        uri = results.put(job_id, json.dumps({"n": 1}))
+        uri = results.put(job_id, json.dumps({"n": 1}), message["MessageId"])
         store.complete_quietly(job_id, owner, uri)
 
     measured = _serial(sqs, url, jobs, meter, keep_the_contract)

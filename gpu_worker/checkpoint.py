@@ -15,9 +15,13 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
+from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
+
+from pipeline.contract import InvalidJob, input_key
+
+logger = Logger(service="spotline-worker", child=True)
 
 CHECKPOINT_PREFIX = "checkpoints/"
 # User metadata on each checkpoint object: when its state was taken, epoch seconds with
@@ -66,10 +70,20 @@ class CheckpointStore:
         body = response["Body"].read()
         if response.get("ContentType") == "application/octet-stream":
             return body
-        return json.loads(body)
+        return _decode_json(body, job_id)
 
     def delete(self, job_id: str) -> None:
         self._s3.delete_object(Bucket=self._bucket, Key=self.key(job_id))
+
+
+def _decode_json(body: bytes, job_id: str) -> Any | None:
+    """A checkpoint that is not JSON (written by hand, truncated by a broken disk) is no
+    checkpoint: the job starts over rather than failing on every attempt."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        logger.warning("checkpoint unreadable; starting over", extra={"job_id": job_id})
+        return None
 
 
 def _encode(state: Any) -> tuple[bytes, bool]:
@@ -128,7 +142,7 @@ class FileCheckpointStore:
         kind, body = data[:1], data[1:]
         if kind == b"B":
             return body
-        return json.loads(body)
+        return _decode_json(body, job_id)
 
     def delete(self, job_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -140,8 +154,13 @@ class ResultStore:
         self._s3 = s3
         self._bucket = bucket
 
-    def put(self, job_id: str, output_json: str) -> str:
-        key = f"{RESULT_PREFIX}{job_id}.json"
+    def key(self, job_id: str, attempt_id: str) -> str:
+        """One object per attempt: the record's ``result_uri`` names the one whose completion
+        was recorded, and a presumed-dead holder's late output can never replace it."""
+        return f"{RESULT_PREFIX}{job_id}/result-{attempt_id}.json"
+
+    def put(self, job_id: str, output_json: str, attempt_id: str) -> str:
+        key = self.key(job_id, attempt_id)
         self._s3.put_object(
             Bucket=self._bucket,
             Key=key,
@@ -150,6 +169,10 @@ class ResultStore:
         )
         return f"s3://{self._bucket}/{key}"
 
+    def discard(self, job_id: str, attempt_id: str) -> None:
+        """Remove an attempt's output whose completion was refused (the job is another's)."""
+        self._s3.delete_object(Bucket=self._bucket, Key=self.key(job_id, attempt_id))
+
     def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str) -> str:
         """``results/{job_id}/{name}``: keyed by job, so a second writer overwrites, never adds."""
         key = f"{RESULT_PREFIX}{job_id}/{name}"
@@ -157,20 +180,29 @@ class ResultStore:
         return f"s3://{self._bucket}/{key}"
 
     def load_input(self, uri: str, max_bytes: int) -> Any:
-        parsed = urlparse(uri)
-        if parsed.scheme != "s3" or parsed.netloc != self._bucket:
-            raise InputError(f"input_uri must be in the stack's bucket s3://{self._bucket}/")
-        key = parsed.path.lstrip("/")
+        """The job's input object: under inputs/ of this bucket only, at most ``max_bytes``
+        (counted on the read itself: an object replaced after a HEAD cannot slip past)."""
         try:
-            head = self._s3.head_object(Bucket=self._bucket, Key=key)
+            key = input_key(uri, self._bucket)
+        except InvalidJob as exc:
+            detail = "; ".join(v.message for v in exc.violations) or str(exc)
+            raise InputError(f"input_uri refused: {detail}") from exc
+        try:
+            response = self._s3.get_object(Bucket=self._bucket, Key=key)
         except ClientError as exc:
             if _missing(exc):
                 raise InputError(f"input object {uri} does not exist") from exc
             raise
-        if int(head.get("ContentLength", 0)) > max_bytes:
+        stream = response["Body"]
+        try:
+            if int(response.get("ContentLength") or 0) > max_bytes:
+                raise InputError(f"input object is larger than {max_bytes} bytes")
+            body = stream.read(max_bytes + 1)
+        finally:
+            stream.close()
+        if len(body) > max_bytes:
             raise InputError(f"input object is larger than {max_bytes} bytes")
-        body = self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
         try:
             return json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise InputError(f"input object {uri} is not JSON") from exc

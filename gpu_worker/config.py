@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 
 from gpu_worker.memory import job_limit_bytes
 from gpu_worker.metrics import metric_dimensions
+from pipeline.contract import DEFAULT_MAX_RUNTIME_S, RequestPolicy
 from pipeline.settings import MissingSetting, require_env
 
 _ANALYZER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -31,6 +32,17 @@ def _text(name: str, default: str) -> str:
         return default
     raw = raw.strip()
     return "" if raw.lower() in {"off", "none", "false"} else raw
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise MissingSetting(f"{name} must be true or false, got {raw!r}")
 
 
 def _int(name: str, default: int) -> int:
@@ -80,6 +92,21 @@ class WorkerConfig:
     # -- analyzers loaded when the analysis child starts, before it takes a job (comma list) --
     preload: str = ""
     preload_timeout_s: float = 300.0
+    # -- a job's boundaries (DESIGN.md): every attempt's runtime cap, drills off by default --
+    max_runtime_s: int = DEFAULT_MAX_RUNTIME_S
+    enable_drills: bool = False
+    # The queue's maxReceiveCount: a message released for AWS faults this often is re-sent
+    # fresh instead, so SQS's redrive never dead-letters a job for AWS's failures.
+    max_receive_count: int = 6
+    # This many AWS faults in a row and health says "degraded".
+    degraded_after_faults: int = 3
+
+    @property
+    def policy(self) -> RequestPolicy:
+        """The rules every job request meets here, the same the enqueue function applies."""
+        return RequestPolicy(
+            bucket=self.bucket, drills_enabled=self.enable_drills, max_runtime_s=self.max_runtime_s
+        )
 
     @property
     def preload_names(self) -> tuple[str, ...]:
@@ -123,6 +150,10 @@ class WorkerConfig:
             ack_delay_s=_float("WORKER_ACK_DELAY_S", 0.2),
             preload=os.environ.get("WORKER_PRELOAD", ""),
             preload_timeout_s=_float("WORKER_PRELOAD_TIMEOUT_S", 300.0),
+            max_runtime_s=_int("WORKER_MAX_RUNTIME_S", DEFAULT_MAX_RUNTIME_S),
+            enable_drills=_flag("WORKER_ENABLE_DRILLS", False),
+            max_receive_count=_int("WORKER_MAX_RECEIVE_COUNT", 6),
+            degraded_after_faults=_int("WORKER_DEGRADED_AFTER_FAULTS", 3),
         )
         config.check()
         return config
@@ -165,6 +196,13 @@ class WorkerConfig:
             raise MissingSetting("WORKER_PRELOAD must be analyzer names separated by commas")
         if self.preload_timeout_s <= 0:
             raise MissingSetting("WORKER_PRELOAD_TIMEOUT_S must be above 0")
+        if not 1 <= self.max_runtime_s <= 43200:
+            # SQS caps a receipt's visibility at 12 h in total: no attempt may outlive it.
+            raise MissingSetting("WORKER_MAX_RUNTIME_S must be between 1 and 43200")
+        if self.max_receive_count < 1:
+            raise MissingSetting("WORKER_MAX_RECEIVE_COUNT must be at least 1")
+        if self.degraded_after_faults < 1:
+            raise MissingSetting("WORKER_DEGRADED_AFTER_FAULTS must be at least 1")
 
     def describe(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -17,7 +17,14 @@ from gpu_worker.analyzers import Job
 from gpu_worker.checkpoint import CheckpointStore, FileCheckpointStore, InputError, ResultStore
 from gpu_worker.child import first_line
 from gpu_worker.config import WorkerConfig
-from gpu_worker.decisions import Action, Decision, decide
+from gpu_worker.decisions import (
+    Action,
+    Decision,
+    decide,
+    decide_abandoned,
+    decide_infra_fault,
+)
+from gpu_worker.faults import FaultTracker, describe, is_infra_fault
 from gpu_worker.health import HealthServer, start_health_server, worker_snapshot
 from gpu_worker.interruption import (
     Interruption,
@@ -50,6 +57,8 @@ OUTCOME_LABELS = {
     Action.RETRY: "RETRIED",
     Action.DEAD_LETTER: "DEAD_LETTERED",
     Action.REQUEUE: "REQUEUED",
+    Action.RELEASE: "RELEASED",
+    Action.ABANDON: "ABANDONED",
 }
 # Test-only fault injection: WORKER_TEST_CRASH_AT=<step> makes the process die at that step of
 # dead-lettering (os._exit, as abrupt as a SIGKILL) so tests can prove nothing is lost there.
@@ -71,7 +80,8 @@ class ShutdownRequested(BaseException):
 
 
 class Heartbeat:
-    """Keeps a received message invisible while its job runs: extends every third of the window."""
+    """Keeps a received message invisible while its job runs, and the job's lease with it:
+    extends both every third of the window. Returns an error once the job is no longer ours."""
 
     def __init__(
         self,
@@ -79,17 +89,24 @@ class Heartbeat:
         receipt_handle: str,
         window_s: int,
         extended_at: float | None = None,
+        *,
+        store: JobStore | None = None,
+        job_id: str = "",
+        token: str = "",
     ) -> None:
         self._queue = queue
         self._receipt = receipt_handle
         self._window_s = window_s
+        self._store = store
+        self._job_id = job_id
+        self._token = token
         # A prefetched message was last extended while it was held, not when its job began.
         self._last = time.monotonic() if extended_at is None else extended_at
         self.extensions = 0
 
-    def tick(self) -> None:
+    def tick(self) -> JobError | None:
         if time.monotonic() - self._last < self._window_s / 3:
-            return
+            return None
         self._last = time.monotonic()
         try:
             self._queue.change_visibility(self._receipt, self._window_s)
@@ -98,6 +115,34 @@ class Heartbeat:
             # The next tick tries again; if the receipt is gone, the job's outcome write will
             # be refused by the ownership check, so nothing is recorded twice.
             logger.warning("visibility extension failed", exc_info=True)
+        if self._store is None:
+            return None
+        try:
+            self._store.renew_lease(self._job_id, self._token, self._window_s)
+        except TransitionRefused as refused:
+            current = refused.current
+            logger.warning(
+                "lease lost: the job is no longer ours; stopping its analysis",
+                extra={"status": str(current.status) if current else None},
+            )
+            return JobError(ErrorKind.INTERRUPTED, "ownership lost: the job was taken over")
+        except Exception:  # AWS failing: the next tick tries again
+            logger.warning("lease renewal failed", exc_info=True)
+        return None
+
+
+@dataclasses.dataclass
+class Handling:
+    """What the worker knows about the message in hand, for whatever ends its handling."""
+
+    message: ReceivedMessage
+    job_message: JobMessage | None = None
+    record: JobRecord | None = None
+    token: str | None = None
+
+    @property
+    def attempt_id(self) -> str:
+        return (self.token or "").rsplit("/", 1)[-1]
 
 
 class Worker:
@@ -178,6 +223,10 @@ class Worker:
         self.last_poll_at: float | None = None
         self._stale_poll_s = max(90.0, 3.0 * (config.wait_s + 10))
         self._crash_at = os.environ.get("WORKER_TEST_CRASH_AT", "")
+        # A job's boundaries (the same rules as the enqueue function) and AWS faults seen.
+        self.policy = config.policy
+        self.faults = FaultTracker(config.degraded_after_faults)
+        self.handling: Handling | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -389,24 +438,101 @@ class Worker:
     # -- one message -------------------------------------------------------------------------
 
     def handle(self, message: ReceivedMessage, *, extended_at: float | None = None) -> None:
+        """One message, whatever it holds: everything that happens here ends as an outcome
+        of its job (gpu_worker/faults.py), never as an exit of the worker."""
         job_id = job_id_from_body(message.body)
         logger.append_keys(job_id=job_id, message_id=message.message_id)
+        self.handling = Handling(message)
         try:
             self._handle(message, extended_at)
+        except Exception as exc:  # noqa: BLE001 - the per-job boundary
+            self._contain(self.handling, exc)
+        else:
+            self.faults.ok()
         finally:
+            self.handling = None
             self.jobs_handled += 1
             logger.remove_keys(["job_id", "message_id", "attempt", "analyzer"])
 
+    def _contain(self, handling: Handling, exc: Exception) -> None:
+        """Whatever escaped the handling of one message becomes an outcome of that job."""
+        if is_infra_fault(exc):
+            self._release_for_fault(handling, exc)
+            return
+        logger.exception("unexpected error while handling the job", extra={"error": describe(exc)})
+        error = JobError(ErrorKind.UNKNOWN, f"worker error: {describe(exc)}")
+        try:
+            if handling.record is None or handling.token is None or handling.job_message is None:
+                # Nothing claimed yet: the message itself is what the worker cannot handle.
+                self._dead_letter_unknown(handling.message, error.message)
+                return
+            attempt = Outcome(False, error=error)
+            decision = self._decide(attempt, handling.record)
+            self.apply(
+                decision,
+                attempt,
+                handling.message,
+                handling.record,
+                handling.token,
+                handling.job_message,
+            )
+        except Exception as again:  # noqa: BLE001 - settling failed too: release, never die
+            self._release_for_fault(handling, again)
+
+    def _release_for_fault(self, handling: Handling, exc: BaseException) -> None:
+        """An AWS fault (or one that settling the job met): release the message with backoff,
+        give the job back if we hold it, count no attempt. Every step may fail again: the
+        lease runs out and the message reappears on its own, so nothing here may raise."""
+        consecutive = self.faults.fault(exc)
+        decision = decide_infra_fault(
+            consecutive,
+            backoff_base_s=self.config.backoff_base_s,
+            backoff_max_s=self.config.backoff_max_s,
+        )
+        logger.warning(
+            "AWS fault while handling the job; released, no attempt counted",
+            extra={
+                "action": str(decision.action),
+                "error": describe(exc),
+                "consecutive_faults": consecutive,
+                "backoff_s": decision.backoff_s,
+                "degraded": self.faults.degraded,
+            },
+        )
+        self.metrics.record_infra_fault()
+        message = handling.message
+        if handling.record is not None and handling.token is not None:
+            try:
+                self.store.give_back(handling.record.job_id, handling.token)
+            except Exception:  # our lease runs out instead
+                logger.warning("could not give the job back; its lease runs out", exc_info=True)
+        if message.receive_count >= self.config.max_receive_count - 1:
+            # One more receive and SQS's redrive would dead-letter the job for AWS's fault: a
+            # fresh copy (receive count 0) replaces this one. A duplicate is harmless (lease).
+            try:
+                self.queue.send_body(message.body, delay_s=int(decision.backoff_s))
+                self.queue.delete(message.receipt_handle)
+                return
+            except Exception:  # fall back to releasing this copy
+                logger.warning("could not re-send the message fresh", exc_info=True)
+        try:
+            self.queue.change_visibility(message.receipt_handle, int(decision.backoff_s))
+        except Exception:  # it comes back after the window instead
+            logger.warning("could not release the message", exc_info=True)
+
     def _handle(self, message: ReceivedMessage, extended_at: float | None = None) -> None:
+        handling = self.handling or Handling(message)
         try:
             job_message = JobMessage.from_json(message.body)
         except InvalidJob as exc:
             self._dead_letter_unknown(message, str(exc))
             return
+        handling.job_message = job_message
         token = f"{self.config.worker_id}/{message.message_id}/{uuid.uuid4().hex[:12]}"
-        claimed = self._claim_if_queued(job_message, token)
+        claimed = self._claim_if_queued(job_message, token, message)
         if claimed is not None:
             request, record, ran_before = claimed
+            handling.record, handling.token = record, token
             self._start(message, record, request, token, job_message, ran_before, extended_at)
             return
         # Everything else (a takeover, a duplicate, a dead letter to finish, an invalid
@@ -423,8 +549,11 @@ class Worker:
             # A previous holder died between dead-lettering steps: finish them.
             self._finish_dead_letter(message, record)
             return
+        if record.lease_live(time.time()):
+            self._leave_to_holder(message, record)
+            return
         try:
-            request = validate_request(job_message.request)
+            request = validate_request(job_message.request, self.policy)
         except InvalidJob as exc:
             details = "; ".join(f"{v.path}: {v.message}" for v in exc.violations)
             self._dead_letter(
@@ -433,8 +562,14 @@ class Worker:
             return
         try:
             record = self.store.claim(
-                record.job_id, token, self.config.worker_id, expect_owner=record.owner_token
+                record.job_id,
+                token,
+                self.config.worker_id,
+                expect_owner=record.owner_token,
+                lease_s=self.config.visibility_window_s,
+                message_id=message.message_id,
             )
+            handling.record, handling.token = record, token
         except TransitionRefused as refused:
             current = refused.current
             if current is not None and current.status == JobStatus.SUCCEEDED:
@@ -446,15 +581,35 @@ class Worker:
             return
         self._start(message, record, request, token, job_message, True, extended_at)
 
+    def _leave_to_holder(self, message: ReceivedMessage, record: JobRecord) -> None:
+        """A copy of a job whose holder's lease is live: never run it. Exactly one message
+        must stay able to recover the job if the holder dies: the holder's own."""
+        if record.holder_message_id is not None and record.holder_message_id != message.message_id:
+            # A duplicate (at-least-once delivery, a re-send): the holder's message recovers
+            # the job if the holder dies, so this copy goes.
+            logger.info("duplicate delivery under a live lease; deleted")
+            self.queue.delete(message.receipt_handle)
+            return
+        # The holder's own message came back (its visibility extension failed, or clocks
+        # differ): keep it, invisible until the lease ends; then it takes the job over.
+        assert record.lease_expires_at is not None
+        wait_s = max(1, int(record.lease_expires_at - time.time()) + 1)
+        logger.info("job's holder still holds its lease; message kept", extra={"wait_s": wait_s})
+        self.queue.change_visibility(message.receipt_handle, wait_s)
+
     def _claim_if_queued(
-        self, job_message: JobMessage, token: str
+        self, job_message: JobMessage, token: str, message: ReceivedMessage
     ) -> tuple[dict[str, Any], JobRecord, bool] | None:
         """The common case in one conditional write, no read first: a valid request whose
         job is QUEUED. None sends every other case down the path that reads the record."""
         try:
-            request = validate_request(job_message.request)
+            request = validate_request(job_message.request, self.policy)
             record, ran_before = self.store.claim_queued(
-                job_message.job_id, token, self.config.worker_id
+                job_message.job_id,
+                token,
+                self.config.worker_id,
+                lease_s=self.config.visibility_window_s,
+                message_id=message.message_id,
             )
         except (InvalidJob, TransitionRefused):
             return None
@@ -505,26 +660,27 @@ class Worker:
             interruptions=record.interruptions,
         )
         heartbeat = Heartbeat(
-            self.queue, message.receipt_handle, self.config.visibility_window_s, extended_at
+            self.queue,
+            message.receipt_handle,
+            self.config.visibility_window_s,
+            extended_at,
+            store=self.store,
+            job_id=record.job_id,
+            token=token,
         )
         outcome = self.supervisor.run(
-            job, restored, max_runtime_s=request.get("max_runtime_s"), on_tick=heartbeat.tick
+            job,
+            restored,
+            # Every attempt has a limit: the stack's cap, which a request may only lower.
+            max_runtime_s=self.policy.runtime_limit_s(request),
+            on_tick=heartbeat.tick,
         )
         peak_bytes = self.memory_guard.peak_bytes
         if outcome.error is not None and outcome.error.peak_memory_bytes is None and peak_bytes:
             # Every failure carries the peak the guard saw (OOM verdicts already do).
             error = dataclasses.replace(outcome.error, peak_memory_bytes=peak_bytes)
             outcome = dataclasses.replace(outcome, error=error)
-        decision = decide(
-            outcome.error,
-            permanent=outcome.permanent,
-            attempts=record.attempts,
-            interruptions=record.interruptions,
-            max_attempts=self.config.max_attempts,
-            max_interruptions=self.config.max_interruptions,
-            backoff_base_s=self.config.backoff_base_s,
-            backoff_max_s=self.config.backoff_max_s,
-        )
+        decision = self._decide(outcome, record)
         # The child-fell-over chat notice (pipeline/alarms.py) reads this line. An error's text
         # can quote the job's input (an analyzer's "ValueError: could not convert string to
         # float: '<input>'", a traceback's frames): the log gets its first line only, the
@@ -562,6 +718,20 @@ class Worker:
 
     # -- decisions ---------------------------------------------------------------------------
 
+    def _decide(self, outcome: Outcome, record: JobRecord) -> Decision:
+        if outcome.abandoned:
+            return decide_abandoned()
+        return decide(
+            outcome.error,
+            permanent=outcome.permanent,
+            attempts=record.attempts,
+            interruptions=record.interruptions,
+            max_attempts=self.config.max_attempts,
+            max_interruptions=self.config.max_interruptions,
+            backoff_base_s=self.config.backoff_base_s,
+            backoff_max_s=self.config.backoff_max_s,
+        )
+
     def apply(
         self,
         decision: Decision,
@@ -573,7 +743,11 @@ class Worker:
         checkpointed: bool = True,
     ) -> None:
         try:
-            if decision.action is Action.ACK:
+            if decision.action is Action.ABANDON:
+                # Another holder owns the job: nothing of ours is recorded, and our message
+                # (if it is still the job's) finds the job under the new holder's lease.
+                logger.warning("attempt abandoned: ownership lost")
+            elif decision.action is Action.ACK:
                 self._acknowledge(message, record, token, outcome, checkpointed)
             elif decision.action is Action.RETRY:
                 assert outcome.error is not None
@@ -618,6 +792,12 @@ class Worker:
                 self._record_success(message, record, token, output_json, checkpointed)
             except TransitionRefused:
                 logger.warning("outcome refused: ownership lost", extra={"job_id": record.job_id})
+            except Exception as exc:  # recorded later by the message's next copy
+                handling = Handling(message, None, record, token)
+                if is_infra_fault(exc):
+                    self._release_for_fault(handling, exc)
+                else:
+                    raise
 
         # The next job starts while this one is recorded: the same steps and guards, later.
         finisher.submit(record.job_id, finish)
@@ -632,8 +812,17 @@ class Worker:
         *,
         now: bool = False,
     ) -> None:
-        uri = self.results.put(record.job_id, output_json)
-        self.store.complete_quietly(record.job_id, token, uri)
+        attempt_id = token.rsplit("/", 1)[-1]
+        uri = self.results.put(record.job_id, output_json, attempt_id)
+        try:
+            self.store.complete_quietly(record.job_id, token, uri)
+        except TransitionRefused:
+            # Presumed dead and replaced: our output is not the job's result. Remove it.
+            try:
+                self.results.discard(record.job_id, attempt_id)
+            except Exception:  # an orphan under results/{job_id}, never named
+                logger.warning("could not remove a refused attempt's output", exc_info=True)
+            raise
         acker = self.acker
         if acker is not None:
             acker.ack(message.receipt_handle, now=now)  # SUCCEEDED is durable: it may wait
@@ -700,7 +889,12 @@ class Worker:
             os._exit(CRASH_EXIT_CODE)
 
     def _finish_dead_letter(self, message: ReceivedMessage, record: JobRecord) -> None:
-        if not record.extra.get("dlq_sent"):
+        # Keyed per occurrence (the dead-lettering's finished_at, as the dead-letter function
+        # keys its notices): a redriven job that fails again goes to the DLQ again.
+        occurrence = record.finished_at or "-"
+        sent_for = record.extra.get("dlq_sent_for")
+        sent = sent_for == occurrence or (sent_for is None and record.extra.get("dlq_sent") is True)
+        if not sent:
             error = record.last_error or JobError(ErrorKind.UNKNOWN, "dead-lettered")
             self.dlq.send_body(
                 message.body,
@@ -713,7 +907,7 @@ class Worker:
                 },
             )
             self._crash_point("after_dlq_send")
-            self.store.set_fields(record.job_id, {"dlq_sent": True})
+            self.store.set_fields(record.job_id, {"dlq_sent": True, "dlq_sent_for": occurrence})
             self._crash_point("after_dlq_marked")
         self.queue.delete(message.receipt_handle)
         logger.warning(

@@ -6,6 +6,8 @@
 | INVALID_INPUT, or a PermanentError       | DEAD_LETTER at once                           |
 | OOM, TIMEOUT, ANALYZER_ERROR, UNKNOWN    | RETRY with backoff; DEAD_LETTER at MaxAttempts|
 | INTERRUPTED                              | REQUEUE fresh copy; DEAD_LETTER past the cap  |
+| an AWS fault (throttled, network, 5xx)   | RELEASE with backoff; no attempt is counted   |
+| the job is no longer ours (lease lost)   | ABANDON: record nothing, leave the message    |
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class Action(enum.StrEnum):
     RETRY = "RETRY"
     DEAD_LETTER = "DEAD_LETTER"
     REQUEUE = "REQUEUE"
+    RELEASE = "RELEASE"
+    ABANDON = "ABANDON"
 
 
 # Error kind -> what a non-permanent failure of that kind does, before its cap is applied.
@@ -79,3 +83,19 @@ def decide(
     if action is Action.DEAD_LETTER:
         return Decision(action, f"{error.kind} is permanent")
     return Decision(action, f"interruption {interruptions + 1} of at most {max_interruptions}")
+
+
+def decide_infra_fault(
+    consecutive: int, *, backoff_base_s: float, backoff_max_s: float
+) -> Decision:
+    """An AWS fault is not the job's: release the message with backoff, count nothing. The
+    backoff grows with the faults in a row, so a failing AWS is not hammered."""
+    return Decision(
+        Action.RELEASE,
+        f"AWS fault {consecutive} in a row; no attempt counted",
+        backoff_s(consecutive, backoff_base_s, backoff_max_s),
+    )
+
+
+def decide_abandoned() -> Decision:
+    return Decision(Action.ABANDON, "ownership lost: another holder took the job over")

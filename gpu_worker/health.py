@@ -6,7 +6,10 @@ a child process and the supervisor only waits on a pipe, so this thread answers 
 milliseconds however busy the child is. It reads the worker's state; it never blocks on it.
 
 200 while the worker is healthy; 503 when it is idle and its last successful SQS poll is
-older than ``stale_poll_s`` (it cannot reach the queue), so the container's health check fails.
+older than ``stale_poll_s`` (it cannot reach the queue), or when its job has run past its runtime
+limit (the supervisor should have killed it by then: something is wedged), so the container's
+health check fails. AWS faults in a row make the status ``degraded`` with a 200: restarting the
+worker would not mend AWS, and the InfraFaults alarm tells the operator.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ def worker_snapshot(worker: Worker, *, stale_poll_s: float) -> dict[str, Any]:
     started = supervisor.job_started_at
     draining = worker.stopping.is_set() or worker.draining.is_set()
     status = "draining" if draining else ("busy" if job is not None else "idle")
+    faults = worker.faults.report()
+    if status != "draining" and worker.faults.degraded:
+        status = "degraded"
     child_pid = supervisor.child_pid
     # While a job runs the guard samples every few ms; read its value rather than walk the
     # process tree again. Idle, measure the (model-holding) child directly.
@@ -55,7 +61,13 @@ def worker_snapshot(worker: Worker, *, stale_poll_s: float) -> dict[str, Any]:
     last_poll = worker.last_poll_at
     poll_age = None if last_poll is None else round(now - last_poll, 3)
     reference = last_poll if last_poll is not None else worker.started_at
-    ok = status != "idle" or reference is None or now - reference <= stale_poll_s
+    ok = job is not None or draining or reference is None or now - reference <= stale_poll_s
+    runtime_s = time.monotonic() - started if job is not None and started is not None else None
+    limit_s = supervisor.job_limit_s
+    # A grace of a few ticks: the supervisor kills at the limit on its next tick.
+    past_limit = runtime_s is not None and limit_s is not None and runtime_s > limit_s + 30
+    if past_limit:
+        ok = False
     return {
         "status": status,
         "ok": ok,
@@ -67,7 +79,9 @@ def worker_snapshot(worker: Worker, *, stale_poll_s: float) -> dict[str, Any]:
             "job_id": job.job_id,
             "analyzer": job.analyzer,
             "attempt": job.attempt,
-            "runtime_s": round(time.monotonic() - started, 3) if started is not None else None,
+            "runtime_s": round(runtime_s, 3) if runtime_s is not None else None,
+            "runtime_limit_s": limit_s,
+            "past_limit": past_limit,
         },
         "child": {
             "pid": child_pid,
@@ -86,6 +100,12 @@ def worker_snapshot(worker: Worker, *, stale_poll_s: float) -> dict[str, Any]:
         "last_successful_poll_at": _iso(last_poll),
         "last_successful_poll_age_s": poll_age,
         "jobs_handled": worker.jobs_handled,
+        "infra_faults": {
+            "total": faults.total,
+            "consecutive": faults.consecutive,
+            "last_at": _iso(faults.last_at),
+            "last_error": faults.last_error,
+        },
     }
 
 

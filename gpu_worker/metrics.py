@@ -252,6 +252,10 @@ class WorkerMetrics:
         if peak_memory_pct is not None:
             self.put(CHILD_MEMORY_PEAK_PERCENT, round(peak_memory_pct, 2), "Percent")
 
+    def record_infra_fault(self) -> None:
+        """An AWS call failed while a job was handled; the job was released, not charged."""
+        self.put(WorkerMetric.INFRA_FAULTS, 1)
+
     # -- flushing ------------------------------------------------------------------------------
 
     def sample(self) -> None:

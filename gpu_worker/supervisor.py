@@ -42,6 +42,10 @@ class Outcome:
     permanent: bool = False
     duration_s: float = 0.0
     checkpoints: int = 0
+    # The job is no longer ours (our lease ran out and another holder took it over): the child
+    # was stopped and nothing of this attempt may be recorded.
+    abandoned: bool = False
+    checkpoint_failures: int = 0
 
 
 class ChildStartError(RuntimeError):
@@ -92,6 +96,8 @@ class Supervisor:
         self.progress: dict[str, Any] = {}
         self.current_job: Job | None = None
         self.job_started_at: float | None = None
+        self.job_limit_s: float | None = None  # the running job's runtime limit
+        self.last_checkpoint_error: str | None = None
 
     # -- child lifecycle ---------------------------------------------------------------------
 
@@ -212,15 +218,19 @@ class Supervisor:
         restored: Any | None,
         *,
         max_runtime_s: float | None,
-        on_tick: Callable[[], None],
+        on_tick: Callable[[], JobError | None],
     ) -> Outcome:
+        """Run one job in the child. ``on_tick`` does the periodic duties (visibility, lease);
+        a JobError from it means the job is no longer ours: the child is stopped at once."""
         self.ensure_child(on_tick)
         assert self._conn is not None and self._process is not None
         if not self._stopping:
             self._stop_event.clear()
         started = time.monotonic()
         self.current_job, self.job_started_at, self.progress = job, started, {}
+        self.job_limit_s = max_runtime_s
         checkpoints = 0
+        checkpoint_failures = 0
         pid = self._process.pid
         try:
             self._conn.send(("run", asdict(job), restored))
@@ -236,8 +246,22 @@ class Supervisor:
                 if message is not None:
                     kind = message[0]
                     if kind == "checkpoint":
-                        self._on_checkpoint(job.job_id, message[1])
-                        checkpoints += 1
+                        refused = self._save_checkpoint(job.job_id, message[1])
+                        if refused is not None:
+                            # The analyzer handed over a state no store can hold: its bug,
+                            # and retrying cannot fix it.
+                            self.kill_child()
+                            return Outcome(
+                                False,
+                                error=refused,
+                                permanent=True,
+                                duration_s=elapsed,
+                                checkpoints=checkpoints,
+                            )
+                        if self.last_checkpoint_error is None:
+                            checkpoints += 1
+                        else:
+                            checkpoint_failures += 1
                     elif kind == "progress":
                         self.progress = dict(message[1])
                     elif kind == "artifact":
@@ -248,6 +272,7 @@ class Supervisor:
                             output_json=message[1],
                             duration_s=elapsed,
                             checkpoints=checkpoints,
+                            checkpoint_failures=checkpoint_failures,
                         )
                     elif kind == "error":
                         _, error_kind, text, permanent = message
@@ -301,10 +326,41 @@ class Supervisor:
                     return Outcome(
                         False, error=verdict, duration_s=elapsed, checkpoints=checkpoints
                     )
-                on_tick()  # throttles itself: it may be called far more often than needed
+                lost = on_tick()  # throttles itself: it may be called far more often than needed
+                if lost is not None:
+                    self.kill_child()
+                    return Outcome(
+                        False,
+                        error=lost,
+                        duration_s=elapsed,
+                        checkpoints=checkpoints,
+                        abandoned=True,
+                    )
         finally:
             self._watchers_call("stop")
-            self.current_job, self.job_started_at = None, None
+            self.current_job, self.job_started_at, self.job_limit_s = None, None, None
+
+    def _save_checkpoint(self, job_id: str, state: Any) -> JobError | None:
+        """Store a checkpoint; a store that fails (disk full, S3 down) costs this checkpoint,
+        not the job, which goes on (``last_checkpoint_error`` says why). Returns an error only
+        for a state that cannot be stored at all (not JSON, not bytes)."""
+        try:
+            self._on_checkpoint(job_id, state)
+        except (TypeError, ValueError, RecursionError) as exc:
+            return JobError(
+                ErrorKind.ANALYZER_ERROR,
+                f"checkpoint state cannot be stored (JSON or bytes only): {type(exc).__name__}: "
+                f"{str(exc)[:200]}",
+            )
+        except Exception as exc:  # noqa: BLE001 - a failing store must never end the worker
+            self.last_checkpoint_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            logger.warning(
+                "checkpoint not stored; the job goes on",
+                extra={"job_id": job_id, "error": self.last_checkpoint_error},
+            )
+            return None
+        self.last_checkpoint_error = None
+        return None
 
     def _watcher_verdict(self, pid: int | None) -> JobError | None:
         for watcher in self.watchers:

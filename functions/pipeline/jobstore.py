@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -24,6 +25,13 @@ from pipeline.contract import TRANSITIONS, ErrorKind, JobStatus
 # so the standby asks "is my worker busy?" with a Query, not a Scan of every job ever run.
 RUNNING_ON = "running_on"
 RUNNING_ON_INDEX = "RunningOnIndex"
+# The ownership lease (DESIGN.md "Ownership"): every RUNNING job carries when its holder's claim
+# runs out (epoch seconds) and the id of the SQS message that holder keeps invisible. The holder
+# renews the lease with every visibility extension; another holder takes over only after it ran
+# out. Both are removed by every move out of RUNNING.
+LEASE_EXPIRES_AT = "lease_expires_at"
+HOLDER_MESSAGE_ID = "holder_message_id"
+LEASE_FIELDS = (LEASE_EXPIRES_AT, HOLDER_MESSAGE_ID)
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}(?![0-9A-Za-z])")
 
 
@@ -83,6 +91,20 @@ def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _lease(lease_s: float | None, message_id: str | None) -> dict[str, Any]:
+    """The lease fields a claim sets (none without ``lease_s``: an unleased claim)."""
+    if lease_s is None:
+        return {}
+    values: dict[str, Any] = {LEASE_EXPIRES_AT: round(time.time() + lease_s, 3)}
+    if message_id:
+        values[HOLDER_MESSAGE_ID] = message_id
+    return values
+
+
 @dataclass(frozen=True)
 class JobRecord:
     job_id: str
@@ -99,7 +121,17 @@ class JobRecord:
     started_at: str | None = None
     finished_at: str | None = None
     sent: bool = False
+    lease_expires_at: float | None = None
+    holder_message_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def lease_live(self, now: float) -> bool:
+        """A RUNNING job whose holder's lease has not run out (no lease: none to respect)."""
+        return (
+            self.status == JobStatus.RUNNING
+            and self.lease_expires_at is not None
+            and self.lease_expires_at > now
+        )
 
     def to_public(self) -> dict[str, Any]:
         """What GET /jobs/{job_id} returns: no request payload, no ownership token."""
@@ -182,7 +214,9 @@ def _record(item: dict[str, Any]) -> JobRecord:
         started_at=data.get("started_at"),
         finished_at=data.get("finished_at"),
         sent=bool(data.get("sent", False)),
-        extra={k: v for k, v in data.items() if k not in _KNOWN},
+        lease_expires_at=_opt_float(data.get(LEASE_EXPIRES_AT)),
+        holder_message_id=data.get(HOLDER_MESSAGE_ID),
+        extra={k: v for k, v in data.items() if k not in _KNOWN and k not in LEASE_FIELDS},
     )
 
 
@@ -278,7 +312,8 @@ class JobStore:
             condition += " AND #owner = :owner"
         updates = {"status": str(target), **(set_values or {})}
         if target is not JobStatus.RUNNING:
-            remove = (*remove, RUNNING_ON)  # every way out of RUNNING leaves the index
+            # Every way out of RUNNING leaves the index and ends the lease.
+            remove = (*remove, RUNNING_ON, *LEASE_FIELDS)
         return self._update(
             job_id,
             set_values=updates,
@@ -291,15 +326,26 @@ class JobStore:
             return_record=return_record,
         )
 
-    def claim(self, job_id: str, owner: str, worker: str, expect_owner: str | None) -> JobRecord:
+    def claim(
+        self,
+        job_id: str,
+        owner: str,
+        worker: str,
+        expect_owner: str | None,
+        *,
+        lease_s: float | None = None,
+        message_id: str | None = None,
+    ) -> JobRecord:
         """Take a QUEUED job, or take over a RUNNING one whose holder is presumed dead.
 
         ``expect_owner`` is the token read just before: the takeover succeeds only if nobody
-        else took the job in between.
+        else took the job in between, and only once the holder's lease has run out (a job
+        under a live lease is never taken over). ``lease_s`` starts the new holder's lease.
         """
         now = utc_now()
-        values = {"owner_token": owner, "worker": worker, "started_at": now}
+        values: dict[str, Any] = {"owner_token": owner, "worker": worker, "started_at": now}
         values[RUNNING_ON] = running_on(worker)
+        values.update(_lease(lease_s, message_id))
         current = self.get(job_id)
         if current is None:
             raise TransitionRefused(job_id, JobStatus.RUNNING, None)
@@ -314,21 +360,89 @@ class JobStore:
                 target=JobStatus.RUNNING,
             )
         if current.status == JobStatus.RUNNING:
-            return self.transition(
+            return self._take_over(
                 job_id,
-                JobStatus.RUNNING,
-                expect_owner=expect_owner if expect_owner is not None else current.owner_token,
-                set_values=values,
+                expect_owner if expect_owner is not None else current.owner_token,
+                values,
             )
         raise TransitionRefused(job_id, JobStatus.RUNNING, current)
 
-    def claim_queued(self, job_id: str, owner: str, worker: str) -> tuple[JobRecord, bool]:
+    def _take_over(self, job_id: str, old_owner: str | None, values: dict[str, Any]) -> JobRecord:
+        """RUNNING -> RUNNING under a new token: one conditional write on the old token and on
+        the lease having run out (or never set, by a holder from before leases)."""
+        names = {"#status": "status", "#owner": "owner_token", "#lease": LEASE_EXPIRES_AT}
+        condition = (
+            "#status = :running AND #owner = :owner"
+            " AND (attribute_not_exists(#lease) OR #lease < :now)"
+        )
+        if old_owner is None:
+            condition = (
+                "#status = :running AND attribute_not_exists(#owner)"
+                " AND (attribute_not_exists(#lease) OR #lease < :now)"
+            )
+        condition_values: dict[str, Any] = {
+            ":running": str(JobStatus.RUNNING),
+            ":now": round(time.time(), 3),
+        }
+        if old_owner is not None:
+            condition_values[":owner"] = old_owner
+        return self._update(
+            job_id,
+            set_values=values,
+            condition=condition,
+            names=names,
+            values=condition_values,
+            target=JobStatus.RUNNING,
+        )
+
+    def renew_lease(self, job_id: str, owner: str, lease_s: float) -> None:
+        """The holder extends its lease (with its message's visibility). TransitionRefused:
+        the job is no longer ours (taken over after our lease ran out, or finished)."""
+        names = {"#status": "status", "#owner": "owner_token"}
+        self._update(
+            job_id,
+            set_values=_lease(lease_s, None),
+            condition="#status = :running AND #owner = :owner",
+            names=names,
+            values={":running": str(JobStatus.RUNNING), ":owner": owner},
+            target=JobStatus.RUNNING,
+            return_record=False,
+        )
+
+    def give_back(self, job_id: str, owner: str) -> None:
+        """RUNNING -> QUEUED without counting anything: the attempt never ran or was cut short
+        by an AWS fault that is not the job's (DESIGN.md: infrastructure faults are never the
+        job's attempt)."""
+        self.transition(
+            job_id,
+            JobStatus.QUEUED,
+            expect_owner=owner,
+            set_values={},
+            remove=("owner_token",),
+            return_record=False,
+        )
+
+    def claim_queued(
+        self,
+        job_id: str,
+        owner: str,
+        worker: str,
+        *,
+        lease_s: float | None = None,
+        message_id: str | None = None,
+    ) -> tuple[JobRecord, bool]:
         """QUEUED -> RUNNING in one conditional write, without a read first (a worker's
         common case). Returns the claimed record and whether the job had started before (so
         it may have left a checkpoint). TransitionRefused for any other status, or none."""
         now = utc_now()
-        values = {"owner_token": owner, "worker": worker, "started_at": now, "updated_at": now}
+        values: dict[str, Any] = {
+            "owner_token": owner,
+            "worker": worker,
+            "started_at": now,
+            "updated_at": now,
+        }
         values[RUNNING_ON] = running_on(worker)
+        values.update(_lease(lease_s, message_id))
         names = {"#status": "status", **{f"#s{i}": key for i, key in enumerate(values)}}
         try:
             response = self._client.update_item(
@@ -341,7 +455,7 @@ class JobStore:
                 ExpressionAttributeValues={
                     ":running": {"S": str(JobStatus.RUNNING)},
                     ":queued": {"S": str(JobStatus.QUEUED)},
-                    **{f":s{i}": {"S": value} for i, value in enumerate(values.values())},
+                    **{f":s{i}": _to_dynamo(value) for i, value in enumerate(values.values())},
                 },
                 # The old item: what the job was (attempts, started before?) plus what we set.
                 ReturnValues="ALL_OLD",
@@ -358,6 +472,8 @@ class JobStore:
             worker=worker,
             started_at=now,
             updated_at=now,
+            lease_expires_at=values.get(LEASE_EXPIRES_AT),
+            holder_message_id=values.get(HOLDER_MESSAGE_ID),
         )
         return record, old.started_at is not None
 
@@ -421,7 +537,10 @@ class JobStore:
         if reset_attempts:
             values["attempts"] = 0
             values["interruptions"] = 0
-        return self.transition(job_id, JobStatus.QUEUED, set_values=values, remove=("finished_at",))
+        # dlq_sent belongs to the dead-lettering being redriven: the next one is sent again.
+        return self.transition(
+            job_id, JobStatus.QUEUED, set_values=values, remove=("finished_at", "dlq_sent")
+        )
 
     def set_fields(self, job_id: str, values: dict[str, Any]) -> JobRecord:
         """Update bookkeeping fields (not the status) of an existing job."""

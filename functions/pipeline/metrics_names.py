@@ -43,8 +43,6 @@ class WorkerMetric(enum.StrEnum):
     # Count: an AWS call failed (throttling, network, 5xx) while handling a job; the message
     # was released with backoff and no attempt was counted. Sustained: the "AWS failing" alarm.
     INFRA_FAULTS = "InfraFaults"
-    # Count: an attempt ran past its runtime limit (the child stopped, hung or was too slow).
-    JOBS_TIMED_OUT = "JobsTimedOut"
 
 
 class FunctionMetric(enum.StrEnum):

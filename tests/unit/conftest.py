@@ -83,7 +83,8 @@ def worker_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 def stack_worker_config(stack: Stack, **settings: Any) -> Any:
     """A WorkerConfig for the provisioned stack's queue, DLQ, table and bucket, plus
-    ``settings`` (worker_id, wait_s, metrics_sink, ... as each test needs)."""
+    ``settings`` (worker_id, wait_s, metrics_sink, ... as each test needs). The drill
+    analyzers are on, as in devstack: the tests drill with them."""
     from gpu_worker.config import WorkerConfig
 
     return WorkerConfig(
@@ -91,7 +92,7 @@ def stack_worker_config(stack: Stack, **settings: Any) -> Any:
         dlq_url=stack.ref("JobsDeadLetterQueue"),
         table_name=stack.ref("JobsTable"),
         bucket=stack.ref("DataBucket"),
-        **settings,
+        **{"enable_drills": True, **settings},
     )
 
 
