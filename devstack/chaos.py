@@ -561,18 +561,21 @@ class Chaos:
             for item in page.get("Contents", []):
                 keys[item["Key"]] += 1
         for job_id, record in records.items():
-            key = f"results/{job_id}.json"
+            # One object per attempt (results/{job_id}/result-{attempt}.json): the record names
+            # the one whose completion was recorded; a refused attempt removes its own.
+            written = [k for k in keys if k.startswith(f"results/{job_id}/")]
             if record.status != JobStatus.SUCCEEDED:
-                if keys[key]:
+                if written:
                     self.report.duplicate_effects += 1
                     violation(f"{job_id[:8]}: {record.status} but has a result object")
                 continue
-            others = [k for k in keys if k.startswith(f"results/{job_id}") and k != key]
+            key = (record.result_uri or "").removeprefix(f"s3://{dev.bucket}/")
+            others = [k for k in written if k != key]
             if keys[key] != 1 or others:
                 self.report.duplicate_effects += 1
                 violation(f"{job_id[:8]}: {keys[key]} result objects (+{len(others)} others)")
                 continue
-            if record.result_uri != f"s3://{dev.bucket}/{key}":
+            if not key.startswith(f"results/{job_id}/result-"):
                 violation(f"{job_id[:8]}: result_uri {record.result_uri}")
             if self.planned[job_id].kind == "sleep":
                 self._check_steps(job_id, record)
