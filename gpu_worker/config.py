@@ -100,6 +100,8 @@ class WorkerConfig:
     max_receive_count: int = 6
     # This many AWS faults in a row and health says "degraded".
     degraded_after_faults: int = 3
+    # botocore's tries per AWS call before a fault reaches the worker (its own retries).
+    aws_max_attempts: int = 5
 
     @property
     def policy(self) -> RequestPolicy:
@@ -154,6 +156,7 @@ class WorkerConfig:
             enable_drills=_flag("WORKER_ENABLE_DRILLS", False),
             max_receive_count=_int("WORKER_MAX_RECEIVE_COUNT", 6),
             degraded_after_faults=_int("WORKER_DEGRADED_AFTER_FAULTS", 3),
+            aws_max_attempts=_int("WORKER_AWS_MAX_ATTEMPTS", 5),
         )
         config.check()
         return config
@@ -201,6 +204,8 @@ class WorkerConfig:
             raise MissingSetting("WORKER_MAX_RUNTIME_S must be between 1 and 43200")
         if self.max_receive_count < 1:
             raise MissingSetting("WORKER_MAX_RECEIVE_COUNT must be at least 1")
+        if not 1 <= self.aws_max_attempts <= 20:
+            raise MissingSetting("WORKER_AWS_MAX_ATTEMPTS must be between 1 and 20")
         if self.degraded_after_faults < 1:
             raise MissingSetting("WORKER_DEGRADED_AFTER_FAULTS must be at least 1")
 

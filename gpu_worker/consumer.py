@@ -309,6 +309,8 @@ class Worker:
                     self.poll_once()
                 except ShutdownRequested:
                     continue
+                except Exception as exc:  # noqa: BLE001 - outside any one job: AWS, never a job
+                    self._loop_fault(exc)
         finally:
             self.watch.stop()
             self.close_intake()
@@ -385,9 +387,8 @@ class Worker:
                 visibility_s=self.config.visibility_window_s,
             )
             self.last_poll_at = time.time()
-        except QueueError:
-            logger.exception("receive failed; backing off")
-            self.stopping.wait(2.0)
+        except QueueError as exc:
+            self._loop_fault(exc)
             return
         finally:
             self._receiving = False
@@ -400,6 +401,18 @@ class Worker:
                 self._release_unstarted(message)
                 continue
             self.handle(message)
+
+    def _loop_fault(self, exc: Exception) -> None:
+        """A failure between jobs (the long poll, a batched ack): back off and poll again. The
+        worker never exits for it; persistent faults show in health and the InfraFaults alarm."""
+        consecutive = self.faults.fault(exc)
+        self.metrics.record_infra_fault()
+        wait_s = min(30.0, 2.0 * consecutive)
+        logger.warning(
+            "worker loop fault; backing off",
+            extra={"error": describe(exc), "consecutive_faults": consecutive, "wait_s": wait_s},
+        )
+        self.stopping.wait(wait_s)
 
     def _release_unstarted(self, message: ReceivedMessage) -> None:
         try:

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.contract import TRANSITIONS, ErrorKind, JobStatus
 
@@ -238,7 +238,7 @@ class JobStore:
             response = self._client.get_item(
                 TableName=self._table, Key={"job_id": {"S": job_id}}, ConsistentRead=True
             )
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             raise JobStoreError(f"get_item failed for job {job_id}: {exc}") from exc
         item = response.get("Item")
         return _record(item) if item else None
@@ -464,6 +464,8 @@ class JobStore:
             if _is_conditional_failure(exc):
                 raise TransitionRefused(job_id, JobStatus.RUNNING, None) from exc
             raise JobStoreError(f"update_item failed for job {job_id}: {exc}") from exc
+        except BotoCoreError as exc:  # the network, not the status machine
+            raise JobStoreError(f"update_item failed for job {job_id}: {exc}") from exc
         old = _record(response["Attributes"])
         record = replace(
             old,
@@ -600,6 +602,8 @@ class JobStore:
                 raise TransitionRefused(
                     job_id, target or JobStatus.QUEUED, self.get(job_id)
                 ) from exc
+            raise JobStoreError(f"update_item failed for job {job_id}: {exc}") from exc
+        except BotoCoreError as exc:  # the network, not the status machine
             raise JobStoreError(f"update_item failed for job {job_id}: {exc}") from exc
         if not return_record:
             return JobRecord(job_id=job_id, status=target or JobStatus.QUEUED, request={})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.contract import JobMessage
 
@@ -69,7 +69,7 @@ class JobQueue:
             kwargs["MessageAttributes"] = string_attributes(attributes)
         try:
             return str(self.client.send_message(**kwargs)["MessageId"])
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:  # throttled, refused or unreachable
             raise QueueError(f"send_message failed: {exc}") from exc
 
     def receive(
@@ -86,14 +86,14 @@ class JobQueue:
             kwargs["VisibilityTimeout"] = visibility_s
         try:
             response = self.client.receive_message(**kwargs)
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:  # throttled, refused or unreachable
             raise QueueError(f"receive_message failed: {exc}") from exc
         return [ReceivedMessage.from_sqs(raw) for raw in response.get("Messages", [])]
 
     def delete(self, receipt_handle: str) -> None:
         try:
             self.client.delete_message(QueueUrl=self.url, ReceiptHandle=receipt_handle)
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:  # throttled, refused or unreachable
             raise QueueError(f"delete_message failed: {exc}") from exc
 
     def delete_batch(self, receipt_handles: list[str]) -> list[str]:
@@ -108,7 +108,7 @@ class JobQueue:
         ]
         try:
             response = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:  # throttled, refused or unreachable
             raise QueueError(f"delete_message_batch failed: {exc}") from exc
         return [receipt_handles[int(entry["Id"])] for entry in response.get("Failed", [])]
 
@@ -119,7 +119,7 @@ class JobQueue:
                 ReceiptHandle=receipt_handle,
                 VisibilityTimeout=max(0, min(int(visibility_s), 43200)),
             )
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:  # throttled, refused or unreachable
             raise QueueError(f"change_message_visibility failed: {exc}") from exc
 
     def approximate_counts(self) -> tuple[int, int]:
