@@ -13,6 +13,7 @@ everyone was told exactly once. Any violation is listed and the exit status is 1
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -27,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 from botocore.exceptions import ClientError
 
 from devstack.deadletters import DeadLetterRouter, configure_notifications
@@ -36,7 +38,7 @@ from devstack.sink import WebhookSink
 from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
 from gpu_worker.checkpoint import CHECKPOINT_PREFIX, SAVED_AT_METADATA
-from pipeline.contract import ErrorKind, JobStatus
+from pipeline.contract import ErrorKind, JobMessage, JobStatus
 from pipeline.dead_letters import CALLBACK, delivered_for
 from pipeline.jobstore import JobRecord
 
@@ -57,8 +59,19 @@ MIX: dict[str, tuple[float, JobStatus, ErrorKind | None]] = {
     "fail": (0.09, JobStatus.DEAD_LETTERED, ErrorKind.ANALYZER_ERROR),
     "crash": (0.08, JobStatus.DEAD_LETTERED, ErrorKind.UNKNOWN),
 }
-FAULT_KINDS = ("sigkill", "sigterm", "spot_notice", "rebalance")
-FAULT_WEIGHTS = (3, 2, 2, 1)
+FAULT_KINDS = ("sigkill", "sigterm", "spot_notice", "rebalance", "duplicate", "stop_child")
+FAULT_WEIGHTS = (3, 2, 2, 1, 2, 1)
+# Every attempt's limit on the chaos stack: a stopped child is killed (TIMEOUT) this soon.
+MAX_RUNTIME_S = 8
+# Attempts a job of each kind earns on its own (its failures, at most MAX_ATTEMPTS); a stopped
+# child's TIMEOUT adds one. Anything above is a fault counted as the job's attempt.
+EARNED_ATTEMPTS = {
+    "echo": 0,
+    "sleep": 0,
+    "memory_hog": MAX_ATTEMPTS,
+    "fail": 1,
+    "crash": MAX_ATTEMPTS,
+}
 
 
 @dataclass
@@ -103,6 +116,7 @@ class Slot:
     notice_at: float | None = None  # monotonic: a notice follows a rebalance recommendation
     draining: bool = False
     noticed: bool = False  # told to go (notice or SIGTERM): not a target again
+    exit_planned: bool = False  # the drill killed it or told it to go: an exit is expected
 
     @property
     def name(self) -> str:
@@ -126,6 +140,10 @@ class ChaosReport:
     lost_jobs: int = 0
     stuck_jobs: int = 0
     duplicate_effects: int = 0
+    worker_exits_unplanned: int = 0
+    infra_faults_counted_as_attempts: int = 0
+    infra_faults_injected: int = 0
+    duplicates_sent: int = 0
     elapsed_s: float = 0.0
 
     @property
@@ -145,6 +163,10 @@ class ChaosReport:
             "jobs_lost": self.lost_jobs,
             "duplicate_effects": self.duplicate_effects,
             "stuck_jobs": self.stuck_jobs,
+            "worker_exits_unplanned": self.worker_exits_unplanned,
+            "infra_faults_injected": self.infra_faults_injected,
+            "infra_faults_counted_as_attempts": self.infra_faults_counted_as_attempts,
+            "duplicates_sent": self.duplicates_sent,
             "violations": len(self.violations),
             "redeliveries": self.redeliveries,
             "interruptions": self.interruptions,
@@ -225,6 +247,7 @@ class Chaos:
         self.dev: Devstack | None = None
         self.router: DeadLetterRouter | None = None
         self.channels: list[str] = []
+        self.stopped_jobs: set[str] = set()  # their child was SIGSTOPped once (TIMEOUT)
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -240,6 +263,8 @@ class Chaos:
             "WORKER_JOB_MEMORY_LIMIT": JOB_MEMORY_LIMIT,
             "WORKER_CHECKPOINT_GRACE_S": "5",
             "WORKER_METRICS": "off",
+            "WORKER_ENABLE_DRILLS": "true",
+            "WORKER_MAX_RUNTIME_S": str(MAX_RUNTIME_S),
         }
 
     def _start(self, slot: Slot) -> None:
@@ -247,6 +272,7 @@ class Chaos:
         slot.imds.reset()
         slot.generation += 1
         slot.draining, slot.noticed, slot.restart_at, slot.notice_at = False, False, None, None
+        slot.exit_planned = False
         slot.worker = self.dev.start_worker(slot.name, **self._worker_env(slot))
 
     def _healthy(self) -> list[Slot]:
@@ -318,6 +344,12 @@ class Chaos:
     def inject(self) -> None:
         """One fault from the seeded schedule, on a randomly chosen worker."""
         kind = self.rng.choices(FAULT_KINDS, weights=FAULT_WEIGHTS)[0]
+        if kind == "duplicate":
+            self._duplicate()
+            return
+        if kind == "stop_child":
+            self._stop_child()
+            return
         targets = self._healthy()
         if len(targets) <= 1:
             # Keep one worker serving: never take the last healthy one; bring one back instead.
@@ -330,6 +362,8 @@ class Chaos:
         now = time.time()
         self.report.faults[kind] += 1
         self.log(f"  t+{self._t():5.1f}s  {kind:<11} {slot.name}")
+        if kind != "rebalance":
+            slot.exit_planned = True
         if kind == "sigkill":
             hits = self._hit(slot, kind, now)
             slot.worker.kill()  # the host is gone: supervisor and analysis child
@@ -355,6 +389,43 @@ class Chaos:
         if kind in ("sigkill", "sigterm", "spot_notice"):
             slot.restart_at = time.monotonic() + self.rng.uniform(1, 4)
 
+    def _duplicate(self) -> None:
+        """Deliver a job's message again while it runs: at-least-once delivery, a client's
+        re-send, a requeue that crashed between its send and its delete."""
+        assert self.dev is not None
+        running = [
+            job_id
+            for job_id, row in self._table().items()
+            if job_id in self.planned and row.get("status") == str(JobStatus.RUNNING)
+        ]
+        if not running:
+            return
+        job_id = self.rng.choice(sorted(running))
+        self.dev.queue.send(JobMessage(job_id, self.planned[job_id].request))
+        self.report.faults["duplicate"] += 1
+        self.report.duplicates_sent += 1
+        self.log(f"  t+{self._t():5.1f}s  duplicate   {job_id[:8]}")
+
+    def _stop_child(self) -> None:
+        """SIGSTOP the analysis child under a running sleep job: it is killed at the stack's
+        runtime cap (TIMEOUT, an attempt the job earns) and the job retried."""
+        for slot in self._healthy():
+            candidates = [
+                r
+                for r in self._running_on(slot)
+                if self.planned[r.job_id].kind == "sleep" and r.job_id not in self.stopped_jobs
+            ]
+            child = analysis_child(slot.worker)
+            if not candidates or child is None:
+                continue
+            record = candidates[0]
+            with contextlib.suppress(psutil.Error):
+                child.send_signal(signal.SIGSTOP)
+                self.stopped_jobs.add(record.job_id)
+                self.report.faults["stop_child"] += 1
+                self.log(f"  t+{self._t():5.1f}s  stop_child  {slot.name} ({record.job_id[:8]})")
+            return
+
     def _restart(self, slot: Slot) -> None:
         if slot.worker is not None and slot.worker.alive():
             return
@@ -373,7 +444,15 @@ class Chaos:
                 self.report.faults["spot_notice"] += 1
                 self.log(f"  t+{self._t():5.1f}s  spot_notice {slot.name} (after rebalance)")
                 slot.draining, slot.noticed, slot.notice_at = False, True, None
+                slot.exit_planned = True
                 slot.restart_at = now + self.rng.uniform(1, 4)
+            if not slot.up() and slot.worker is not None and not slot.exit_planned:
+                # Nobody told it to go: a job (or AWS failing) took a worker down.
+                self.report.worker_exits_unplanned += 1
+                code = slot.worker.process.returncode if slot.worker.process else None
+                self.report.violations.append(f"{slot.name} exited unplanned (code {code})")
+                self.log(f"  t+{self._t():5.1f}s  UNPLANNED EXIT {slot.name} (code {code})")
+                slot.exit_planned = True
             if not slot.up() and slot.restart_at is not None and now >= slot.restart_at:
                 self._restart(slot)
             elif not slot.up() and slot.restart_at is None:
@@ -544,6 +623,7 @@ class Chaos:
             if (visible, in_flight) != (0, 0):
                 violation(f"{name} queue not empty: {visible} visible, {in_flight} in flight")
         self._check_effects(records)
+        self._check_attempts(records)
         self._check_deaths(records)
         self._check_told(records)
         if self.router.stats.errors:
@@ -604,6 +684,33 @@ class Chaos:
                     f"{job_id[:8]}: {lost:.2f}s redone after a {hit.fault} "
                     f"(checkpoint every {CHECKPOINT_EVERY_S}s)"
                 )
+
+    def _check_attempts(self, records: dict[str, JobRecord]) -> None:
+        """A job's attempts are what it earned: its own failures, and a TIMEOUT where the drill
+        stopped its child. AWS faults and dead workers never count."""
+        timeouts = self._timeouts()
+        for job_id, record in records.items():
+            kind = self.planned[job_id].kind
+            earned = min(MAX_ATTEMPTS, EARNED_ATTEMPTS[kind] + timeouts[job_id])
+            if record.attempts > earned:
+                self.report.infra_faults_counted_as_attempts += record.attempts - earned
+                self.report.violations.append(
+                    f"{job_id[:8]} ({kind}): {record.attempts} attempts, earned {earned}"
+                )
+
+    def _timeouts(self) -> Counter[str]:
+        """Attempts that ended TIMEOUT, per job, from every worker's "job finished" lines."""
+        assert self.dev is not None
+        found: Counter[str] = Counter()
+        for path in Path(self.dev.workdir).glob("*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if '"job finished"' not in line or "TIMEOUT" not in line:
+                    continue
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    if entry.get("error_kind") == str(ErrorKind.TIMEOUT):
+                        found[str(entry.get("job_id"))] += 1
+        return found
 
     def _check_deaths(self, records: dict[str, JobRecord]) -> None:
         violation = self.report.violations.append
@@ -712,6 +819,10 @@ def render(report: ChaosReport) -> None:
         ("jobs lost", "jobs_lost"),
         ("duplicate effects", "duplicate_effects"),
         ("stuck jobs", "stuck_jobs"),
+        ("worker exits unplanned", "worker_exits_unplanned"),
+        ("duplicate deliveries sent", "duplicates_sent"),
+        ("AWS faults injected", "infra_faults_injected"),
+        ("AWS faults counted as attempts", "infra_faults_counted_as_attempts"),
         ("elapsed, s", "elapsed_s"),
     ):
         faults.add_row(label, str(figures[key]))
@@ -730,6 +841,20 @@ def render(report: ChaosReport) -> None:
             console.print(f"  [red]x[/] {line}")
     else:
         console.print("[bold green]no violations: nothing lost, nothing done twice[/]")
+
+
+def analysis_child(worker: WorkerProcess | None) -> psutil.Process | None:
+    """The worker's analysis child (multiprocessing's spawn), not its resource tracker."""
+    if worker is None or not worker.alive():
+        return None
+    try:
+        for child in psutil.Process(worker.pid).children():
+            command = " ".join(child.cmdline())
+            if "spawn_main" in command and "resource_tracker" not in command:
+                return child
+    except psutil.Error:
+        return None
+    return None
 
 
 def new_seed() -> int:
