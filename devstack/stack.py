@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 
 from devstack.cfn import Stack, provision
+from devstack.faults import FaultProxy
 from devstack.lambdas import LambdaContext, http_event, load_handler_module
 from devstack.motoserver import MotoServer
 from devstack.workers import WorkerProcess, worker_env
@@ -40,6 +41,7 @@ class Devstack:
         self.server = server or MotoServer()
         self.stack: Stack | None = None
         self.workers: list[WorkerProcess] = []
+        self.proxies: list[FaultProxy] = []
         self._saved_env: dict[str, str | None] = {}
         self._enqueue: ModuleType | None = None
 
@@ -58,6 +60,9 @@ class Devstack:
         for worker in self.workers:
             worker.stop(timeout_s=15)
         self.workers.clear()
+        for proxy in self.proxies:
+            proxy.stop()
+        self.proxies.clear()
         if self._own_server:
             self.server.stop()
         for key, value in self._saved_env.items():
@@ -149,6 +154,13 @@ class Devstack:
         return self.call_api("POST", "/jobs", body=request, headers=headers)
 
     # -- workers -----------------------------------------------------------------------------
+
+    def fault_proxy(self, *, seed: int | None = None) -> FaultProxy:
+        """A started FaultProxy in front of this stack's moto server, stopped by stop(). A worker
+        goes behind it with ``start_worker(AWS_ENDPOINT_URL=proxy.endpoint_url)``."""
+        proxy = FaultProxy(self.server.endpoint_url, seed=seed).start()
+        self.proxies.append(proxy)
+        return proxy
 
     def start_worker(self, name: str | None = None, **env_overrides: str) -> WorkerProcess:
         name = name or f"worker-{len(self.workers) + 1}"
