@@ -23,7 +23,7 @@ def main() -> int:
     client_config = Config(
         connect_timeout=5,
         read_timeout=config.wait_s + 10,
-        retries={"max_attempts": config.aws_max_attempts, "mode": "adaptive"},
+        retries={"total_max_attempts": config.aws_max_attempts, "mode": "adaptive"},
         max_pool_connections=10,
     )
     try:

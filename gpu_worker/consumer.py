@@ -826,16 +826,26 @@ class Worker:
         now: bool = False,
     ) -> None:
         attempt_id = token.rsplit("/", 1)[-1]
-        uri = self.results.put(record.job_id, output_json, attempt_id)
+        try:
+            uri = self.results.put(record.job_id, output_json, attempt_id)
+        except Exception:
+            # The write may have landed with its answer lost: the rerun writes its own object.
+            self._discard_output(record.job_id, attempt_id)
+            raise
         try:
             self.store.complete_quietly(record.job_id, token, uri)
         except TransitionRefused:
             # Presumed dead and replaced: our output is not the job's result. Remove it.
-            try:
-                self.results.discard(record.job_id, attempt_id)
-            except Exception:  # an orphan under results/{job_id}, never named
-                logger.warning("could not remove a refused attempt's output", exc_info=True)
+            self._discard_output(record.job_id, attempt_id)
             raise
+        except Exception:
+            # Did the completion land with its answer lost? Only the record can tell; while
+            # it cannot be read, the object stays (an orphan beats a result that is missing).
+            current = self._read_quietly(record.job_id)
+            if current is None or current.result_uri != uri:
+                if current is not None:
+                    self._discard_output(record.job_id, attempt_id)
+                raise
         acker = self.acker
         if acker is not None:
             acker.ack(message.receipt_handle, now=now)  # SUCCEEDED is durable: it may wait
@@ -846,6 +856,19 @@ class Worker:
                 self.checkpoints.delete(record.job_id)
             except Exception:
                 logger.warning("checkpoint cleanup failed", exc_info=True)
+
+    def _discard_output(self, job_id: str, attempt_id: str) -> None:
+        try:
+            self.results.discard(job_id, attempt_id)
+        except Exception:  # an orphan under results/{job_id}, never named by the record
+            logger.warning("could not remove an unrecorded attempt's output", exc_info=True)
+
+    def _read_quietly(self, job_id: str) -> JobRecord | None:
+        try:
+            return self.store.get(job_id)
+        except Exception:  # AWS failing still: the caller keeps what it cannot judge
+            logger.warning("could not read the job record", exc_info=True)
+            return None
 
     def _requeue(
         self,
