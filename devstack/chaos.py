@@ -32,6 +32,7 @@ import psutil
 from botocore.exceptions import ClientError
 
 from devstack.deadletters import DeadLetterRouter, configure_notifications
+from devstack.faults import FaultProxy
 from devstack.imds import ImdsMock
 from devstack.motoserver import MotoServer
 from devstack.sink import WebhookSink
@@ -83,6 +84,10 @@ class ChaosConfig:
     fault_every_s: float = 3.0  # mean gap between faults
     timeout_s: float = 540.0  # the whole run, faults included
     visibility_s: int = 5
+    # Share of the workers' AWS calls answered as a failing AWS would (throttle, 5xx, a dropped
+    # connection), through devstack's FaultProxy, while faults are on. botocore's own retries
+    # are off in the drill's workers so each one reaches the worker. 0 turns it off.
+    aws_fault_rate: float = 0.05
 
 
 @dataclass
@@ -248,6 +253,7 @@ class Chaos:
         self.router: DeadLetterRouter | None = None
         self.channels: list[str] = []
         self.stopped_jobs: set[str] = set()  # their child was SIGSTOPped once (TIMEOUT)
+        self.proxy: FaultProxy | None = None
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -265,6 +271,11 @@ class Chaos:
             "WORKER_METRICS": "off",
             "WORKER_ENABLE_DRILLS": "true",
             "WORKER_MAX_RUNTIME_S": str(MAX_RUNTIME_S),
+            **(
+                {"AWS_ENDPOINT_URL": self.proxy.endpoint_url, "WORKER_AWS_MAX_ATTEMPTS": "1"}
+                if self.proxy is not None
+                else {}
+            ),
         }
 
     def _start(self, slot: Slot) -> None:
@@ -329,7 +340,8 @@ class Chaos:
         for record in self._running_on(slot):
             kind = self.planned[record.job_id].kind
             hit = Hit(record.job_id, kind, fault, now, record.started_at)
-            if fault == "sigkill" and kind == "sleep":
+            # A stopped child makes no progress: time since its checkpoint is not work lost.
+            if fault == "sigkill" and kind == "sleep" and record.job_id not in self.stopped_jobs:
                 # Work since the last checkpoint (or since the attempt began) is lost.
                 marks = (self._checkpoint_time(record.job_id), _epoch(record.started_at))
                 since = max((t for t in marks if t is not None), default=now)
@@ -388,6 +400,18 @@ class Chaos:
             slot.notice_at = time.monotonic() + self.rng.uniform(2, 6)
         if kind in ("sigkill", "sigterm", "spot_notice"):
             slot.restart_at = time.monotonic() + self.rng.uniform(1, 4)
+
+    def _aws_faults_on(self) -> None:
+        """Random AWS failures on the workers' calls, of every service and operation."""
+        assert self.proxy is not None
+        rate = self.config.aws_fault_rate
+        for fault, share in (("throttle", 0.4), ("500", 0.3), ("503", 0.1), ("reset", 0.2)):
+            self.proxy.inject("*", "*", fault=fault, times=None, probability=rate * share)
+
+    def _aws_faults_off(self) -> None:
+        if self.proxy is not None:
+            self.report.infra_faults_injected = self.proxy.injected()
+            self.proxy.clear()
 
     def _duplicate(self) -> None:
         """Deliver a job's message again while it runs: at-least-once delivery, a client's
@@ -468,7 +492,13 @@ class Chaos:
             if record is None:
                 continue
             again = record.started_at != hit.started_at and record.status == JobStatus.RUNNING
-            if again and hit.lost_s is None and self.planned[hit.job_id].kind == "sleep":
+            measured = hit.job_id not in self.stopped_jobs
+            if (
+                again
+                and hit.lost_s is None
+                and self.planned[hit.job_id].kind == "sleep"
+                and measured
+            ):
                 # A graceful stop checkpoints on the way out: work since the last checkpoint
                 # before the fault is what the next holder redoes (none, when it did).
                 began = _epoch(hit.started_at)
@@ -540,6 +570,9 @@ class Chaos:
             # for the schedule and the verdict.
             self.router = DeadLetterRouter(self.dev, handler_env=env).start()
             self.channels = [c.name for c in self.router.module.config.channels]
+            if config.aws_fault_rate > 0:
+                self.proxy = self.dev.fault_proxy(seed=config.seed)
+                self._aws_faults_on()
             self.slots = [Slot(i + 1, ImdsMock().start()) for i in range(config.workers)]
             for slot in self.slots:
                 self._start(slot)
@@ -577,6 +610,8 @@ class Chaos:
             if faulting and now >= next_fault:
                 self.inject()
                 next_fault = now + self.rng.expovariate(1 / config.fault_every_s)
+            if not faulting:
+                self._aws_faults_off()
             self.housekeeping()
             if now - last_check >= 1.0:
                 last_check = now
@@ -593,6 +628,7 @@ class Chaos:
         settle = time.monotonic() + 10
         while time.monotonic() < settle and self.dev.dlq.approximate_counts() != (0, 0):
             time.sleep(0.2)
+        self._aws_faults_off()
         self._follow_hits()
 
     # -- checks --------------------------------------------------------------------------------
@@ -673,13 +709,12 @@ class Chaos:
                 f"{job_id[:8]}: steps ran {len(ran)} for {result.get('steps')}, "
                 f"redone {duplicated[:10]}"
             )
+        # A checkpoint that AWS failed to store leaves the one before it to resume from.
+        missed = self._log_counts("checkpoint not stored; the job goes on")[job_id]
+        bound = CHECKPOINT_EVERY_S * (1 + missed) + LOSS_SLACK_S
         for hit in self.report.hits:
             lost = hit.lost_s
-            if (
-                hit.job_id == job_id
-                and lost is not None
-                and lost > CHECKPOINT_EVERY_S + LOSS_SLACK_S
-            ):
+            if hit.job_id == job_id and lost is not None and lost > bound:
                 violation(
                     f"{job_id[:8]}: {lost:.2f}s redone after a {hit.fault} "
                     f"(checkpoint every {CHECKPOINT_EVERY_S}s)"
@@ -700,15 +735,21 @@ class Chaos:
 
     def _timeouts(self) -> Counter[str]:
         """Attempts that ended TIMEOUT, per job, from every worker's "job finished" lines."""
+        return self._log_counts("job finished", error_kind=str(ErrorKind.TIMEOUT))
+
+    def _log_counts(self, message: str, **keys: str) -> Counter[str]:
+        """Per job id: the workers' log lines with this message (and these key values)."""
         assert self.dev is not None
         found: Counter[str] = Counter()
         for path in Path(self.dev.workdir).glob("*.log"):
             for line in path.read_text(errors="replace").splitlines():
-                if '"job finished"' not in line or "TIMEOUT" not in line:
+                if f'"{message}"' not in line:
                     continue
                 with contextlib.suppress(ValueError):
                     entry = json.loads(line)
-                    if entry.get("error_kind") == str(ErrorKind.TIMEOUT):
+                    if entry.get("message") == message and all(
+                        entry.get(k) == v for k, v in keys.items()
+                    ):
                         found[str(entry.get("job_id"))] += 1
         return found
 

@@ -391,7 +391,10 @@ class _ProxyServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that goes away mid-exchange is routine here (the reset fault does it on
         # purpose); anything else still deserves the traceback.
-        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+        error = sys.exc_info()[1]
+        # http.server flushes the reply it thinks it owes after a reset closed the stream.
+        closed = isinstance(error, ValueError) and "closed file" in str(error)
+        if not isinstance(error, ConnectionError | TimeoutError) and not closed:
             super().handle_error(request, client_address)
 
 

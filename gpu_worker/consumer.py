@@ -47,7 +47,14 @@ from pipeline.contract import (
     job_id_from_body,
     validate_request,
 )
-from pipeline.jobstore import JobError, JobRecord, JobStore, TransitionRefused, utc_now
+from pipeline.jobstore import (
+    JobError,
+    JobRecord,
+    JobStore,
+    TransitionRefused,
+    attempt_id,
+    utc_now,
+)
 from pipeline.queue import JobQueue, QueueError, ReceivedMessage
 
 logger = Logger(service="spotline-worker")
@@ -825,18 +832,18 @@ class Worker:
         *,
         now: bool = False,
     ) -> None:
-        attempt_id = token.rsplit("/", 1)[-1]
+        this_attempt = attempt_id(token)
         try:
-            uri = self.results.put(record.job_id, output_json, attempt_id)
+            uri = self.results.put(record.job_id, output_json, this_attempt)
         except Exception:
             # The write may have landed with its answer lost: the rerun writes its own object.
-            self._discard_output(record.job_id, attempt_id)
+            self._discard_output(record.job_id, this_attempt)
             raise
         try:
             self.store.complete_quietly(record.job_id, token, uri)
         except TransitionRefused:
             # Presumed dead and replaced: our output is not the job's result. Remove it.
-            self._discard_output(record.job_id, attempt_id)
+            self._discard_output(record.job_id, this_attempt)
             raise
         except Exception:
             # Did the completion land with its answer lost? Only the record can tell; while
@@ -844,8 +851,12 @@ class Worker:
             current = self._read_quietly(record.job_id)
             if current is None or current.result_uri != uri:
                 if current is not None:
-                    self._discard_output(record.job_id, attempt_id)
+                    self._discard_output(record.job_id, this_attempt)
                 raise
+        # Earlier attempts killed between their result write and their completion left
+        # objects no record names: this one is the result, those go.
+        for earlier in sorted(record.attempt_ids - {this_attempt}):
+            self._discard_output(record.job_id, earlier)
         acker = self.acker
         if acker is not None:
             acker.ack(message.receipt_handle, now=now)  # SUCCEEDED is durable: it may wait
@@ -901,6 +912,9 @@ class Worker:
         ``ran``: this attempt ran and failed, so it counts (the third OOM says attempts=3).
         """
         if ran:
+            assert token is not None
+            for earlier in sorted(record.attempt_ids - {attempt_id(token)}):
+                self._discard_output(record.job_id, earlier)  # no attempt's output is a result
             try:
                 record = self.store.transition(
                     record.job_id,

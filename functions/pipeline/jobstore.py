@@ -32,6 +32,17 @@ RUNNING_ON_INDEX = "RunningOnIndex"
 LEASE_EXPIRES_AT = "lease_expires_at"
 HOLDER_MESSAGE_ID = "holder_message_id"
 LEASE_FIELDS = (LEASE_EXPIRES_AT, HOLDER_MESSAGE_ID)
+# Every claim adds its attempt id (a string set): each attempt writes its own result object, so
+# whoever records the outcome knows which other attempts may have left one behind (a holder
+# killed between its result write and its completion) and removes them.
+ATTEMPT_IDS = "attempt_ids"
+
+
+def attempt_id(token: str) -> str:
+    """The attempt's own part of an ownership token (``worker/message/attempt``)."""
+    return token.rsplit("/", 1)[-1]
+
+
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}(?![0-9A-Za-z])")
 
 
@@ -124,6 +135,11 @@ class JobRecord:
     lease_expires_at: float | None = None
     holder_message_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def attempt_ids(self) -> frozenset[str]:
+        found = self.extra.get(ATTEMPT_IDS)
+        return frozenset(str(x) for x in found) if isinstance(found, set | list) else frozenset()
 
     def lease_live(self, now: float) -> bool:
         """A RUNNING job whose holder's lease has not run out (no lease: none to respect)."""
@@ -358,6 +374,7 @@ class JobStore:
                 names=names,
                 values={":queued": str(JobStatus.QUEUED)},
                 target=JobStatus.RUNNING,
+                increment={ATTEMPT_IDS: {attempt_id(owner)}},
             )
         if current.status == JobStatus.RUNNING:
             return self._take_over(
@@ -393,6 +410,7 @@ class JobStore:
             names=names,
             values=condition_values,
             target=JobStatus.RUNNING,
+            increment={ATTEMPT_IDS: {attempt_id(str(values["owner_token"]))}},
         )
 
     def renew_lease(self, job_id: str, owner: str, lease_s: float) -> None:
@@ -449,12 +467,14 @@ class JobStore:
                 TableName=self._table,
                 Key={"job_id": {"S": job_id}},
                 UpdateExpression="SET #status = :running, "
-                + ", ".join(f"#s{i} = :s{i}" for i in range(len(values))),
+                + ", ".join(f"#s{i} = :s{i}" for i in range(len(values)))
+                + " ADD #ids :ids",
                 ConditionExpression="#status = :queued",
-                ExpressionAttributeNames=names,
+                ExpressionAttributeNames={**names, "#ids": ATTEMPT_IDS},
                 ExpressionAttributeValues={
                     ":running": {"S": str(JobStatus.RUNNING)},
                     ":queued": {"S": str(JobStatus.QUEUED)},
+                    ":ids": {"SS": [attempt_id(owner)]},
                     **{f":s{i}": _to_dynamo(value) for i, value in enumerate(values.values())},
                 },
                 # The old item: what the job was (attempts, started before?) plus what we set.
@@ -476,6 +496,7 @@ class JobStore:
             updated_at=now,
             lease_expires_at=values.get(LEASE_EXPIRES_AT),
             holder_message_id=values.get(HOLDER_MESSAGE_ID),
+            extra={**old.extra, ATTEMPT_IDS: {*old.attempt_ids, attempt_id(owner)}},
         )
         return record, old.started_at is not None
 
@@ -559,13 +580,14 @@ class JobStore:
         set_values: dict[str, Any],
         condition: str,
         remove: tuple[str, ...] = (),
-        increment: dict[str, int] | None = None,
+        increment: dict[str, int | set[str]] | None = None,
         names: dict[str, str] | None = None,
         values: dict[str, Any] | None = None,
         target: JobStatus | None = None,
         return_record: bool = True,
     ) -> JobRecord:
-        """The conditional UpdateItem behind every write. ``return_record=False`` asks
+        """The conditional UpdateItem behind every write (``increment`` ADDs a number, or
+        strings to a string set). ``return_record=False`` asks
         DynamoDB for no reply item; the JobRecord returned then holds only ``job_id``."""
         names = dict(names or {})
         values = dict(values or {})
