@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
@@ -370,6 +371,9 @@ def test_an_sqs_network_error_is_503_and_leaves_the_job_stored_unsent(
     job_id = job_id_for_idempotency_key("sqs")
     record = job_store.get(job_id)
     assert record is not None and record.status == JobStatus.QUEUED and not record.sent
+    # Stranded unless the client retries: the sweep finds it (functions/sweep).
+    cutoff = datetime.now(UTC) + timedelta(seconds=1)
+    assert [r.job_id for r in job_store.unsent_before(cutoff)] == [job_id]
     assert messages(queue) == []
 
 
