@@ -18,6 +18,11 @@ from devstack.workers import WorkerProcess, worker_env
 from pipeline.jobstore import JobRecord, JobStore
 from pipeline.queue import JobQueue
 
+# devstack, its drills, the chaos run and the tests send the drill analyzers (memory_hog, crash,
+# ...) through enqueue to real workers: a local stack accepts them unless told otherwise. A
+# deployed stack keeps the template's default, off.
+DEVSTACK_PARAMETERS = {"EnableDrillAnalyzers": "true"}
+
 
 class Devstack:
     def __init__(
@@ -29,7 +34,7 @@ class Devstack:
         handler_env: dict[str, str] | None = None,
     ) -> None:
         self.handler_env = handler_env or {}
-        self.parameters = parameters or {}
+        self.parameters = {**DEVSTACK_PARAMETERS, **(parameters or {})}
         # SPOTLINE_DEVSTACK_WORKDIR: where worker logs go (tests read them after a demo run).
         named = os.environ.get("SPOTLINE_DEVSTACK_WORKDIR")
         self.workdir = workdir or (
