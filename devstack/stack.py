@@ -13,11 +13,16 @@ import boto3
 
 from devstack.cfn import Stack, provision
 from devstack.faults import FaultProxy
-from devstack.lambdas import LambdaContext, http_event, load_handler_module
+from devstack.lambdas import LambdaContext, http_event, load_event, load_handler_module
 from devstack.motoserver import MotoServer
 from devstack.workers import WorkerProcess, worker_env
 from pipeline.jobstore import JobRecord, JobStore
 from pipeline.queue import JobQueue
+
+# devstack, its drills, the chaos run and the tests send the drill analyzers (memory_hog, crash,
+# ...) through enqueue to real workers: a local stack accepts them unless told otherwise. A
+# deployed stack keeps the template's default, off.
+DEVSTACK_PARAMETERS = {"EnableDrillAnalyzers": "true"}
 
 
 class Devstack:
@@ -30,7 +35,7 @@ class Devstack:
         handler_env: dict[str, str] | None = None,
     ) -> None:
         self.handler_env = handler_env or {}
-        self.parameters = parameters or {}
+        self.parameters = {**DEVSTACK_PARAMETERS, **(parameters or {})}
         # SPOTLINE_DEVSTACK_WORKDIR: where worker logs go (tests read them after a demo run).
         named = os.environ.get("SPOTLINE_DEVSTACK_WORKDIR")
         self.workdir = workdir or (
@@ -44,6 +49,7 @@ class Devstack:
         self.proxies: list[FaultProxy] = []
         self._saved_env: dict[str, str | None] = {}
         self._enqueue: ModuleType | None = None
+        self._sweeper: tuple[int, ModuleType] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -152,6 +158,22 @@ class Devstack:
     ) -> tuple[int, dict[str, Any]]:
         headers = {"idempotency-key": idempotency_key} if idempotency_key else None
         return self.call_api("POST", "/jobs", body=request, headers=headers)
+
+    # -- the stranded-job sweep ----------------------------------------------------------------
+
+    def sweep(self, stranded_after_s: int = 0) -> dict[str, Any]:
+        """Run the sweep function once, as its schedule would, treating jobs unsent for longer
+        than ``stranded_after_s`` as stranded (the template's default waits 2 minutes)."""
+        # A module is loaded once per process (a reload replaces it in place): one threshold
+        # at a time.
+        if self._sweeper is None or self._sweeper[0] != stranded_after_s:
+            env = {**self.handler_env, "STRANDED_AFTER_S": str(stranded_after_s)}
+            module = load_handler_module("sweep.app", self.require_stack, "SweepFunction", env)
+            self._sweeper = (stranded_after_s, module)
+        result: dict[str, Any] = self._sweeper[1].handler(
+            load_event("sweep_scheduled"), LambdaContext(function_name="SweepFunction")
+        )
+        return result
 
     # -- workers -----------------------------------------------------------------------------
 

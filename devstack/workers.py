@@ -24,6 +24,9 @@ def worker_env(stack: Stack, aws_env: dict[str, str], **overrides: str) -> dict[
         "WORKER_TABLE_NAME": stack.ref("JobsTable"),
         "WORKER_BUCKET": stack.ref("DataBucket"),
         "WORKER_VISIBILITY_WINDOW_S": str(stack.parameters["VisibilityTimeoutSeconds"]),
+        # The same policy as the stack's enqueue function (the launch template's user data).
+        "WORKER_MAX_RUNTIME_S": str(stack.parameters["WorkerMaxRuntimeS"]),
+        "WORKER_ENABLE_DRILLS": str(stack.parameters["EnableDrillAnalyzers"]),
         "WORKER_WAIT_S": "1",
         "WORKER_BACKOFF_BASE_S": "1",
         "WORKER_BACKOFF_MAX_S": "4",

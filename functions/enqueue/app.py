@@ -13,6 +13,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError
 
 from pipeline import submission
 from pipeline.contract import InvalidJob, SchemaViolation, is_job_id, parse_request
@@ -21,6 +22,8 @@ from pipeline.queue import JobQueue, QueueError
 from pipeline.settings import Settings
 
 settings = Settings.from_env()
+# The stack's rules beyond the schema (bucket, drill analyzers, runtime cap), built once.
+policy = settings.request_policy()
 logger = Logger()
 metrics = Metrics()
 app = APIGatewayHttpResolver()
@@ -76,7 +79,7 @@ def _status_url(job_id: str) -> str:
 
 @app.post("/jobs")
 def submit_job() -> Response:
-    request = parse_request(_request_body())
+    request = parse_request(_request_body(), policy)
     key = app.current_event.headers.get("idempotency-key")
     job = submission.submit(
         request,
@@ -122,11 +125,16 @@ def conflict(error: submission.IdempotencyConflict) -> Response:
     return _json(409, {"message": str(error)})
 
 
+# JobStore and JobQueue translate ClientError (throttling, 5xx); a network failure (no
+# connection, a timeout) reaches here as botocore's own BotoCoreError. Either way AWS failed,
+# not the request: 503, never a 500 that counts as the function's error.
 @app.exception_handler(JobStoreError)
 @app.exception_handler(QueueError)
+@app.exception_handler(BotoCoreError)
 def unavailable(error: Exception) -> Response:
-    # An AWS dependency failed: the client may retry (with the same Idempotency-Key).
-    logger.exception("dependency failed")
+    # The client may retry (with the same Idempotency-Key); a job stored but not sent is
+    # sent by the sweep (functions/sweep) if it never does.
+    logger.exception("dependency failed", extra={"error_type": type(error).__name__})
     return _json(503, {"message": "temporarily unavailable, retry"}, {"Retry-After": "2"})
 
 

@@ -579,6 +579,38 @@ def check_function_alarms(view: View) -> list[Finding]:
     return findings
 
 
+def _timeout_s(view: View, props: Mapping[str, Any]) -> float | None:
+    globals_timeout = view.template.get("Globals", {}).get("Function", {}).get("Timeout", 3)
+    return view.number(props.get("Timeout", globals_timeout))
+
+
+def check_stranded_sweep(view: View) -> list[Finding]:
+    """The sweep must wait longer than enqueue may run: a younger unsent job may be one that
+    enqueue is still sending (a duplicate is harmless, but the sweep would be racing it)."""
+    handlers = dict(view.of_type(*FUNCTION_TYPES))
+    enqueue = [p for p in handlers.values() if p.get("Handler") == "enqueue.app.handler"]
+    enqueue_timeout = max((_timeout_s(view, p) or 0 for p in enqueue), default=None)
+    findings = []
+    for function_id, props in handlers.items():
+        variables = (props.get("Environment") or {}).get("Variables") or {}
+        if "STRANDED_AFTER_S" not in variables or enqueue_timeout is None:
+            continue
+        after_s = view.number(variables["STRANDED_AFTER_S"])
+        if after_s is not None and after_s <= enqueue_timeout:
+            findings.append(
+                Finding(
+                    "stranded-sweep",
+                    "warning",
+                    function_id,
+                    f"STRANDED_AFTER_S {after_s:g} is not above the enqueue function's Timeout "
+                    f"{enqueue_timeout:g} s: the sweep may send a job enqueue is still sending",
+                    f"raise StrandedJobAfterSeconds above {enqueue_timeout:g} (e.g. "
+                    f"{max(120, 4 * enqueue_timeout):g})",
+                )
+            )
+    return findings
+
+
 def dashboard_metrics(body: str) -> list[tuple[str, str, dict[str, str]]]:
     """(namespace, metric name, dimensions) of every metric line of a dashboard body, with
     ``${...}`` left as text."""
@@ -688,6 +720,7 @@ CHECKS = (
     check_dlq_consumers,
     check_plain_secrets,
     check_function_alarms,
+    check_stranded_sweep,
     check_dashboards,
 )
 

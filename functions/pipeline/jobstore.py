@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 import time
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -164,6 +166,21 @@ class JobRecord:
         }
 
 
+# Set by ``create`` and removed by ``mark_sent``: the table's sparse index UnsentIndex
+# (template.yaml) then holds exactly the jobs stored whose message was never sent, so the sweep
+# (functions/sweep) finds the ones enqueue left stranded with a Query, not a Scan.
+UNSENT_SINCE = "unsent_since"
+UNSENT_SHARD = "unsent_shard"
+UNSENT_INDEX = "UnsentIndex"
+# Every job passes through the index once, and one index partition takes ~1000 writes/s (a
+# throttled index throttles the table): the index key spreads jobs over this many partitions.
+UNSENT_SHARDS = 16
+
+
+def unsent_shard(job_id: str) -> str:
+    return str(zlib.crc32(job_id.encode("utf-8")) % UNSENT_SHARDS)
+
+
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 _KNOWN = {
@@ -182,6 +199,8 @@ _KNOWN = {
     "finished_at",
     "sent",
     RUNNING_ON,
+    UNSENT_SINCE,
+    UNSENT_SHARD,
 }
 
 
@@ -273,6 +292,8 @@ class JobStore:
             "sent": False,
             "created_at": now,
             "updated_at": now,
+            UNSENT_SINCE: now,
+            UNSENT_SHARD: unsent_shard(job_id),
         }
         try:
             self._client.put_item(
@@ -290,7 +311,14 @@ class JobStore:
         return _record({k: _to_dynamo(v) for k, v in item.items()}), True
 
     def mark_sent(self, job_id: str) -> None:
-        self._update(job_id, set_values={"sent": True}, condition="attribute_exists(job_id)")
+        """The job's message is on the queue: it leaves UnsentIndex."""
+        self._update(
+            job_id,
+            set_values={"sent": True},
+            remove=(UNSENT_SINCE, UNSENT_SHARD),
+            condition="attribute_exists(job_id)",
+            return_record=False,
+        )
 
     # -- transitions -----------------------------------------------------------------------
 
@@ -630,6 +658,39 @@ class JobStore:
         if not return_record:
             return JobRecord(job_id=job_id, status=target or JobStatus.QUEUED, request={})
         return _record(response["Attributes"])
+
+    # -- stranded jobs (the sweep) -----------------------------------------------------------
+
+    def unsent_before(self, cutoff: datetime, *, limit: int = 500) -> Iterator[JobRecord]:
+        """Jobs stored at or before ``cutoff`` whose message was never sent, oldest first in
+        each shard, at most ``limit``. Each record holds what UnsentIndex projects:
+        ``job_id``, ``status``, ``request`` (an index is eventually consistent)."""
+        before = cutoff.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        found = 0
+        for shard in range(UNSENT_SHARDS):
+            kwargs: dict[str, Any] = {
+                "TableName": self._table,
+                "IndexName": UNSENT_INDEX,
+                "KeyConditionExpression": "#shard = :shard AND #since <= :cutoff",
+                "ExpressionAttributeNames": {"#shard": UNSENT_SHARD, "#since": UNSENT_SINCE},
+                "ExpressionAttributeValues": {
+                    ":shard": {"S": str(shard)},
+                    ":cutoff": {"S": before},
+                },
+            }
+            while True:
+                try:
+                    response = self._client.query(**kwargs)
+                except ClientError as exc:
+                    raise JobStoreError(f"query of {UNSENT_INDEX} failed: {exc}") from exc
+                for item in response.get("Items", []):
+                    yield _record(item)
+                    found += 1
+                    if found >= limit:
+                        return
+                if "LastEvaluatedKey" not in response:
+                    break
+                kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
 
 def _is_conditional_failure(exc: ClientError) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from pipeline.contract import DEFAULT_MAX_RUNTIME_S, RequestPolicy
+
 
 class MissingSetting(RuntimeError):
     """A required environment variable is not set; the message names it."""
@@ -29,18 +31,47 @@ def env_int(name: str, default: int) -> int:
         ) from exc
 
 
+def env_bool(name: str, default: bool) -> bool:
+    """ "true" or "false" (the template's AllowedValues); anything else fails at import."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false"):
+        raise MissingSetting(f"environment variable {name} must be true or false, got {raw!r}")
+    return raw == "true"
+
+
 @dataclass(frozen=True)
 class Settings:
     jobs_table: str
     jobs_queue_url: str
     data_bucket: str
     max_message_bytes: int = 262144
+    # EnableDrillAnalyzers: only devstack, tests and drills accept the analyzers that break things.
+    drills_enabled: bool = False
+    # WorkerMaxRuntimeS: every attempt's runtime limit; a request may lower it, never raise it.
+    max_runtime_s: int = DEFAULT_MAX_RUNTIME_S
 
     @classmethod
     def from_env(cls) -> Settings:
+        max_runtime_s = env_int("MAX_RUNTIME_S", DEFAULT_MAX_RUNTIME_S)
+        if max_runtime_s < 1:
+            raise MissingSetting(
+                f"environment variable MAX_RUNTIME_S must be positive, got {max_runtime_s}"
+            )
         return cls(
             jobs_table=require_env("JOBS_TABLE"),
             jobs_queue_url=require_env("JOBS_QUEUE_URL"),
             data_bucket=require_env("DATA_BUCKET"),
             max_message_bytes=env_int("MAX_MESSAGE_BYTES", 262144),
+            drills_enabled=env_bool("ENABLE_DRILL_ANALYZERS", False),
+            max_runtime_s=max_runtime_s,
+        )
+
+    def request_policy(self) -> RequestPolicy:
+        """What this stack accepts beyond the schema (the worker applies the same policy)."""
+        return RequestPolicy(
+            bucket=self.data_bucket,
+            drills_enabled=self.drills_enabled,
+            max_runtime_s=self.max_runtime_s,
         )

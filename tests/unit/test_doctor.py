@@ -251,3 +251,15 @@ def test_a_deployed_stack_is_checked_with_its_live_values() -> None:
         ("dlq-retention", "Dlq"),
         ("max-receive-count", "Jobs"),
     ]
+
+
+def test_a_sweep_not_waiting_out_the_enqueue_timeout_is_a_warning(
+    template: dict[str, Any],
+) -> None:
+    assert not [f for f in findings(template) if f.check == "stranded-sweep"]
+    template["Resources"]["EnqueueFunction"]["Properties"]["Timeout"] = 90
+    (warning,) = [
+        f for f in findings(template, StrandedJobAfterSeconds=90) if f.check == "stranded-sweep"
+    ]
+    assert (warning.level, warning.resource) == ("warning", "SweepFunction")
+    assert "Timeout 90" in warning.message and "StrandedJobAfterSeconds" in warning.fix

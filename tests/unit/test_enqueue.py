@@ -3,15 +3,32 @@ from __future__ import annotations
 import base64
 import copy
 import json
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
+import boto3
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
-from devstack.lambdas import LambdaContext, load_event
+from devstack.cfn import Stack
+from devstack.lambdas import LambdaContext, load_event, load_handler_module
+from pipeline.contract import (
+    DEFAULT_MAX_RUNTIME_S,
+    DRILL_ANALYZERS,
+    JobStatus,
+    RequestPolicy,
+    analyzer_names,
+    job_id_for_idempotency_key,
+)
 from pipeline.jobstore import JobStore
 from pipeline.queue import JobQueue
+from pipeline.settings import MissingSetting, Settings
 
 
 def call(enqueue: ModuleType, event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -161,6 +178,214 @@ def test_input_uri_outside_the_stack_bucket_gets_400(enqueue: ModuleType, queue:
     status, body = call(enqueue, submit_event(request))
     assert status == 400
     assert [e["path"] for e in body["errors"]] == ["$.input_uri"]
-    inside = {"analyzer": "echo", "input_uri": f"s3://{enqueue.settings.data_bucket}/in/a.json"}
+    inside = {"analyzer": "echo", "input_uri": f"s3://{enqueue.settings.data_bucket}/inputs/a.json"}
     assert call(enqueue, submit_event(inside))[0] == 202
     assert len(messages(queue)) == 1
+
+
+# -- issue 16: no input gets a 5xx; the stack's policy (bucket, drills, runtime cap) -----------
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        nested(100_000),  # 200 KB of "[[[[...]]]]": deeper than Python's recursion limit
+        '{"analyzer": "echo", "input": ' + nested(99_000) + "}",
+        '{"analyzer": "echo", "input": {"params": ' + nested(99_000) + "}}",
+    ],
+    ids=["body", "input", "inside-input"],
+)
+def test_a_body_nested_beyond_recursion_is_400_not_a_crash(
+    enqueue: ModuleType, queue: JobQueue, job_store: JobStore, body: str
+) -> None:
+    assert len(body) >= 198_000
+    status, answer = call(enqueue, submit_event(body))
+    assert status == 400
+    assert [e["path"] for e in answer["errors"]] == ["$"]
+    assert "nested" in answer["message"]
+    assert messages(queue) == []
+
+
+def test_a_body_nested_past_the_bound_is_400_naming_the_deepest_path(
+    enqueue: ModuleType, queue: JobQueue
+) -> None:
+    body = '{"analyzer": "echo", "input": ' + nested(40) + "}"
+    status, answer = call(enqueue, submit_event(body))
+    assert status == 400
+    (error,) = answer["errors"]
+    assert error["path"].startswith("$.input[0][0]") and "nested deeper" in error["message"]
+    assert messages(queue) == []
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"input": 10**40},  # an integer longer than the bound
+        {"input": "x" * 300_000},  # a string longer than the bound (a 413 first: too big)
+        {"input": [0] * 100_001},
+    ],
+)
+def test_inputs_past_the_size_bounds_are_4xx(enqueue: ModuleType, field: dict[str, Any]) -> None:
+    status, _ = call(enqueue, submit_event({"analyzer": "echo", **field}))
+    assert status in (400, 413)
+
+
+def test_non_finite_numbers_are_400(enqueue: ModuleType) -> None:
+    status, answer = call(enqueue, submit_event('{"analyzer": "echo", "input": [1, NaN]}'))
+    assert status == 400 and answer["errors"][0]["path"] == "$.input[1]"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "data.json",  # outside inputs/
+        "in/a.json",
+        "inputs/",  # no object
+        "inputs//a.json",
+        "inputs/../results/x.json",
+        "inputs/./a.json",
+        "inputs/a.json?versionId=1",
+        "inputs/a.json#x",
+    ],
+)
+def test_input_uri_must_name_an_object_under_inputs(
+    enqueue: ModuleType, queue: JobQueue, key: str
+) -> None:
+    request = {"analyzer": "echo", "input_uri": f"s3://{enqueue.settings.data_bucket}/{key}"}
+    status, answer = call(enqueue, submit_event(request))
+    assert status == 400, answer
+    assert {e["path"] for e in answer["errors"]} <= {"$", "$.input_uri"}
+    assert messages(queue) == []
+
+
+@pytest.mark.parametrize("analyzer", sorted(DRILL_ANALYZERS))
+def test_drill_analyzers_are_400_naming_the_accepted_ones_when_off(
+    enqueue: ModuleType, queue: JobQueue, analyzer: str
+) -> None:
+    assert enqueue.settings.drills_enabled is False  # the template's default
+    status, answer = call(enqueue, submit_event({"analyzer": analyzer, "input": None}))
+    assert status == 400
+    (error,) = answer["errors"]
+    assert error["path"] == "$.analyzer"
+    accepted = [name for name in analyzer_names() if name not in DRILL_ANALYZERS]
+    assert all(name in error["message"] for name in accepted)
+    assert not any(name in error["message"].split("accepted:")[1] for name in DRILL_ANALYZERS)
+    assert messages(queue) == []
+
+
+def test_drill_analyzers_are_accepted_when_the_stack_enables_them(
+    stack: Stack, queue: JobQueue
+) -> None:
+    enqueue = load_handler_module(
+        "enqueue.app", stack, "EnqueueFunction", {"ENABLE_DRILL_ANALYZERS": "true"}
+    )
+    status, _ = call(enqueue, submit_event({"analyzer": "memory_hog", "input": None}))
+    assert status == 202
+    assert len(messages(queue)) == 1
+
+
+def test_max_runtime_above_the_stacks_cap_is_400_and_at_the_cap_202(
+    stack: Stack, queue: JobQueue
+) -> None:
+    enqueue = load_handler_module("enqueue.app", stack, "EnqueueFunction", {"MAX_RUNTIME_S": "600"})
+    status, answer = call(
+        enqueue, submit_event({"analyzer": "echo", "input": 1, "max_runtime_s": 601})
+    )
+    assert status == 400
+    assert [e["path"] for e in answer["errors"]] == ["$.max_runtime_s"]
+    assert "600" in answer["errors"][0]["message"]
+    request = {"analyzer": "echo", "input": 1, "max_runtime_s": 600}
+    assert call(enqueue, submit_event(request))[0] == 202
+    assert len(messages(queue)) == 1
+
+
+def test_the_runtime_cap_defaults_to_the_templates_parameter(enqueue: ModuleType) -> None:
+    assert enqueue.settings.max_runtime_s == DEFAULT_MAX_RUNTIME_S == 21600
+    assert enqueue.policy == RequestPolicy(enqueue.settings.data_bucket, False, 21600)
+
+
+class FailingClient:
+    """A boto3 client whose ``method`` raises ``error``; every other call goes through."""
+
+    def __init__(self, client: Any, method: str, error: Exception) -> None:
+        self._client, self._method, self._error = client, method, error
+
+    def __getattr__(self, name: str) -> Any:
+        if name == self._method:
+
+            def fail(**kwargs: Any) -> Any:
+                raise self._error
+
+            return fail
+        return getattr(self._client, name)
+
+
+NETWORK_ERRORS = [
+    EndpointConnectionError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com"),
+    ConnectTimeoutError(endpoint_url="https://sqs.us-east-1.amazonaws.com"),
+    ReadTimeoutError(endpoint_url="https://sqs.us-east-1.amazonaws.com"),
+]
+
+
+@pytest.mark.parametrize("error", NETWORK_ERRORS, ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("method", ["put_item", "update_item", "get_item"])
+def test_a_dynamodb_network_error_is_503_with_retry_after(
+    enqueue: ModuleType,
+    stack: Stack,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    error: Exception,
+) -> None:
+    client = FailingClient(boto3.client("dynamodb"), method, error)
+    store = JobStore(client, stack.ref("JobsTable"))
+    monkeypatch.setattr(enqueue, "job_store", lambda: store)
+    response = enqueue.handler(
+        submit_event({"analyzer": "echo", "input": 1}, {"idempotency-key": "net"}), LambdaContext()
+    )
+    if method == "get_item":  # a new job never reads; the status route does
+        assert response["statusCode"] == 202
+        event = copy.deepcopy(load_event("enqueue_get_job"))
+        response = enqueue.handler(event, LambdaContext())
+    assert response["statusCode"] == 503
+    assert response["headers"]["Retry-After"] == "2"
+
+
+@pytest.mark.parametrize("error", NETWORK_ERRORS, ids=lambda e: type(e).__name__)
+def test_an_sqs_network_error_is_503_and_leaves_the_job_stored_unsent(
+    enqueue: ModuleType,
+    job_store: JobStore,
+    queue: JobQueue,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+) -> None:
+    failing = FailingClient(queue.client, "send_message", error)
+    monkeypatch.setattr(enqueue.job_queue(), "client", failing)
+    response = enqueue.handler(
+        submit_event({"analyzer": "echo", "input": 1}, {"idempotency-key": "sqs"}), LambdaContext()
+    )
+    assert response["statusCode"] == 503 and response["headers"]["Retry-After"] == "2"
+    job_id = job_id_for_idempotency_key("sqs")
+    record = job_store.get(job_id)
+    assert record is not None and record.status == JobStatus.QUEUED and not record.sent
+    # Stranded unless the client retries: the sweep finds it (functions/sweep).
+    cutoff = datetime.now(UTC) + timedelta(seconds=1)
+    assert [r.job_id for r in job_store.unsent_before(cutoff)] == [job_id]
+    assert messages(queue) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("ENABLE_DRILL_ANALYZERS", "yes"), ("MAX_RUNTIME_S", "six hours"), ("MAX_RUNTIME_S", "0")],
+)
+def test_a_bad_policy_setting_fails_at_import_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    for key, setting in {"JOBS_TABLE": "t", "JOBS_QUEUE_URL": "q", "DATA_BUCKET": "b"}.items():
+        monkeypatch.setenv(key, setting)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(MissingSetting, match=name):
+        Settings.from_env()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -51,12 +52,13 @@ ENQUEUE_EVENTS = events_for("enqueue_")
 DEAD_LETTER_EVENTS = events_for("dead_letter_")
 SPOT_EVENTS = events_for("spot_", "instance_state_", "reconcile", "stop_standby")
 ALARM_EVENTS = events_for("alarm_")
+SWEEP_EVENTS = events_for("sweep_")
 
 
 def test_every_event_file_is_fuzzed_by_one_handler() -> None:
-    fuzzed = ENQUEUE_EVENTS + DEAD_LETTER_EVENTS + SPOT_EVENTS + ALARM_EVENTS
+    fuzzed = ENQUEUE_EVENTS + DEAD_LETTER_EVENTS + SPOT_EVENTS + ALARM_EVENTS + SWEEP_EVENTS
     assert sorted(fuzzed) == sorted(p.stem for p in EVENTS_DIR.glob("*.json"))
-    assert all([ENQUEUE_EVENTS, DEAD_LETTER_EVENTS, SPOT_EVENTS, ALARM_EVENTS])
+    assert all([ENQUEUE_EVENTS, DEAD_LETTER_EVENTS, SPOT_EVENTS, ALARM_EVENTS, SWEEP_EVENTS])
 
 
 # -- the mutations ---------------------------------------------------------------------------
@@ -343,3 +345,26 @@ def test_alarm_fanout_forwards_or_delivers_every_hostile_event(
     # FanoutIncomplete (a channel did not take the alarm) cannot happen: the sink answers 200.
     result = alarm_fanout.handler(event, LambdaContext(function_name="AlarmFanoutFunction"))
     assert result["notices"] >= 1 or event in ({"Records": []},), (result, _describe(event))
+
+
+# -- sweep: the stranded-job schedule --------------------------------------------------------
+
+
+@pytest.fixture
+def sweep(stack: Stack, job_store: JobStore) -> ModuleType:
+    # Every job counts as stranded at once, so each invocation has one to send.
+    env = {"STRANDED_AFTER_S": "0", "POWERTOOLS_METRICS_DISABLED": "true"}
+    return load_handler_module("sweep.app", stack, "SweepFunction", env)
+
+
+@FUZZ
+@given(event=hostile_events(SWEEP_EVENTS))
+def test_sweep_sends_stranded_jobs_whatever_the_event(
+    sweep: ModuleType, job_store: JobStore, queue: JobQueue, event: Any
+) -> None:
+    job_id = str(uuid.uuid4())
+    job_store.create(job_id, {"analyzer": "echo", "input": 1})
+    # The schedule's event says nothing the sweep needs: every shape of it sends the job.
+    result = sweep.handler(event, LambdaContext(function_name="SweepFunction"))
+    assert result["sent"] == [job_id] and result["failed"] == {}, _describe(event)
+    assert [json.loads(body)["job_id"] for body in _drain(queue)] == [job_id]

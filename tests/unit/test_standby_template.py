@@ -193,7 +193,7 @@ def test_start_stop_is_confined_to_this_stacks_standby(resources: dict[str, Any]
 
 def test_jobs_in_flight_are_a_query_of_the_sparse_index_only(resources: dict[str, Any]) -> None:
     table = resources["JobsTable"]["Properties"]
-    (index,) = table["GlobalSecondaryIndexes"]
+    (index,) = [i for i in table["GlobalSecondaryIndexes"] if i["IndexName"] == RUNNING_ON_INDEX]
     assert index == {
         "IndexName": RUNNING_ON_INDEX,
         "KeySchema": [{"AttributeName": RUNNING_ON, "KeyType": "HASH"}],
@@ -270,3 +270,53 @@ def test_fleet_compose_keeps_the_settings_of_the_worker_compose_file(
             assert fleet[key] == "${WORKER_MEM_LIMIT}", key
             continue
         assert fleet[key] == local[key], f"{key}: fleet {fleet[key]!r} != local {local[key]!r}"
+
+
+# -- a job's boundaries (DESIGN.md): the stack's policy reaches the fleet, IAM confines S3 ------
+
+
+def test_the_fleet_runs_with_the_stacks_runtime_cap_and_drill_switch(
+    resources: dict[str, Any], template: dict[str, Any]
+) -> None:
+    user_data = resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+    script = user_data["Fn::Base64"]["Fn::Sub"]
+    assert "WORKER_MAX_RUNTIME_S=${WorkerMaxRuntimeS}" in script
+    assert "WORKER_ENABLE_DRILLS=${EnableDrillAnalyzers}" in script
+    enqueue = resources["EnqueueFunction"]["Properties"]["Environment"]["Variables"]
+    assert enqueue["MAX_RUNTIME_S"] == {"Ref": "WorkerMaxRuntimeS"}
+    assert enqueue["ENABLE_DRILL_ANALYZERS"] == {"Ref": "EnableDrillAnalyzers"}
+    assert template["Parameters"]["EnableDrillAnalyzers"]["Default"] == "false"
+    cap = template["Parameters"]["WorkerMaxRuntimeS"]
+    assert (cap["Default"], cap["MinValue"], cap["MaxValue"]) == (21600, 60, 43200)
+    local = yaml.safe_load((REPO_ROOT / "gpu_worker" / "docker-compose.yml").read_text())
+    environment = local["services"]["worker"]["environment"]
+    assert environment["WORKER_MAX_RUNTIME_S"] == "${WORKER_MAX_RUNTIME_S:-21600}"
+    assert environment["WORKER_ENABLE_DRILLS"] == "${WORKER_ENABLE_DRILLS:-false}"
+
+
+def test_the_worker_reads_inputs_and_checkpoints_and_writes_results_and_checkpoints_only(
+    resources: dict[str, Any],
+) -> None:
+    statements = resources["WorkerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    granted: dict[str, set[str]] = {}
+    for statement in statements:
+        for action in _actions(statement):
+            if action.startswith("s3:"):
+                listed = statement["Resource"]
+                for resource in listed if isinstance(listed, list) else [listed]:
+                    granted.setdefault(action, set()).add(str(resource))
+    bucket = "${DataBucket.Arn}"
+    assert granted == {
+        # HeadObject is GetObject's permission; gpu_worker/checkpoint.py restores checkpoints.
+        "s3:GetObject": {
+            str({"Fn::Sub": f"{bucket}/inputs/*"}),
+            str({"Fn::Sub": f"{bucket}/checkpoints/*"}),
+        },
+        "s3:PutObject": {
+            str({"Fn::Sub": f"{bucket}/results/*"}),
+            str({"Fn::Sub": f"{bucket}/checkpoints/*"}),
+        },
+        "s3:DeleteObject": {str({"Fn::Sub": f"{bucket}/checkpoints/*"})},
+        # So that a missing key is 404 (INVALID_INPUT), not 403 (an infrastructure fault).
+        "s3:ListBucket": {str({"Fn::GetAtt": ["DataBucket", "Arn"]})},
+    }

@@ -1,0 +1,61 @@
+"""Scheduled: send the message of every job stored but never sent (see stranded.py)."""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from pipeline.jobstore import JobStore
+from pipeline.metrics_names import FunctionMetric
+from pipeline.queue import JobQueue
+from sweep import stranded
+
+settings = stranded.SweepSettings.from_env()
+logger = Logger()
+metrics = Metrics()
+
+
+@functools.cache
+def job_store() -> JobStore:
+    return JobStore(boto3.client("dynamodb"), settings.jobs.jobs_table)
+
+
+@functools.cache
+def job_queue() -> JobQueue:
+    return JobQueue(boto3.client("sqs"), settings.jobs.jobs_queue_url)
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    # The schedule's event carries nothing the sweep needs: any event means "sweep now".
+    result = stranded.sweep(
+        job_store(),
+        job_queue(),
+        now=datetime.now(UTC),
+        stranded_after_s=settings.stranded_after_s,
+        logger=logger,
+    )
+    metrics.add_metric(
+        name=FunctionMetric.STRANDED_JOBS_SENT, unit=MetricUnit.Count, value=len(result.sent)
+    )
+    logger.info(
+        "sweep finished",
+        extra={
+            "sent": len(result.sent),
+            "cleared": len(result.cleared),
+            "failed": len(result.failed),
+        },
+    )
+    if result.failed:
+        # An invocation error is the SweepFunction-errors alarm; the next run tries again.
+        raise stranded.StrandedJobsNotSent(
+            f"{len(result.failed)} stranded job(s) not sent: {sorted(result.failed)[:10]}"
+        )
+    return result.to_dict()
