@@ -25,11 +25,15 @@ from pipeline.alarms import (
 from pipeline.alerts import AlertSender, channels_from_env
 from pipeline.metrics_names import FunctionMetric
 from pipeline.notice_bursts import ChildNoticeBursts
+from pipeline.webhooks import TimeBudget
 
 settings = FanoutSettings.from_env()
 channels = channels_from_env()  # a listed channel without its secret fails here, at cold start
 logger = Logger()
 metrics = Metrics()
+# Kept out of the notices' shares of the invocation's time: the ledger writes after the last
+# delivery and the verdict must happen before the function's timeout.
+RESPONSE_RESERVE_S = 3.0
 
 
 class FanoutIncomplete(RuntimeError):
@@ -106,7 +110,8 @@ def _record(outcome: Outcome) -> None:
 @logger.inject_lambda_context
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    outcomes = fanout().handle(event)
+    budget = TimeBudget(context.get_remaining_time_in_millis, reserve_s=RESPONSE_RESERVE_S)
+    outcomes = fanout().handle(event, budget=budget)
     for outcome in outcomes:
         if outcome.decision == "forward":
             logger.warning(

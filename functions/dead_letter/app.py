@@ -7,6 +7,7 @@ reported in ``batchItemFailures`` and comes back (ReportBatchItemFailures).
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -25,6 +26,7 @@ from pipeline.callbacks import CallbackSender
 from pipeline.dead_letters import DeadLetter, DeadLetterConfig, DeadLetterService, MessageLedger
 from pipeline.jobstore import JobStore
 from pipeline.settings import Settings
+from pipeline.webhooks import Deadline, TimeBudget
 
 settings = Settings.from_env()
 config = DeadLetterConfig.from_env()
@@ -32,6 +34,9 @@ logger = Logger()
 metrics = Metrics()
 # An all-failed batch is reported record by record, like any other partial failure.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+# Kept out of the records' shares of the invocation's time: the last record's writes and the
+# batch response must still happen before the function's timeout, or the whole batch is retried.
+RESPONSE_RESERVE_S = 3.0
 
 
 @functools.cache
@@ -49,8 +54,9 @@ def service() -> DeadLetterService:
     )
 
 
-def record_handler(record: SQSRecord) -> None:
-    outcome = service().handle(DeadLetter.from_event_record(record.raw_event))
+def record_handler(record: SQSRecord, deadlines: Iterator[Deadline]) -> None:
+    letter = DeadLetter.from_event_record(record.raw_event)
+    outcome = service().handle(letter, deadline=next(deadlines))
     metrics.add_metric(name=f"DeadLetters_{outcome.kind}", unit=MetricUnit.Count, value=1)
 
 
@@ -73,9 +79,12 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         logger.warning("malformed records ignored", extra={"ignored": ignored})
     if not reportable:
         return {"batchItemFailures": []}
+    # Each record may spend its share of the time left (a slow callback endpoint never starves
+    # the records after it); one cut off by its deadline is reported failed and comes back.
+    budget = TimeBudget(context.get_remaining_time_in_millis, reserve_s=RESPONSE_RESERVE_S)
     return process_partial_response(
         event={**event, "Records": reportable},
-        record_handler=record_handler,
+        record_handler=functools.partial(record_handler, deadlines=budget.shares(len(reportable))),
         processor=processor,
         context=context,
     )

@@ -43,7 +43,7 @@ from pipeline.alerts import Alert, AlertSender, Severity
 from pipeline.contract import ErrorKind
 from pipeline.notice_bursts import DEFAULT_BURST, DEFAULT_WINDOW_S, BurstDecision, ChildNoticeBursts
 from pipeline.settings import MissingSetting, env_int, require_env
-from pipeline.webhooks import Delivery
+from pipeline.webhooks import Deadline, Delivery, TimeBudget
 
 ALARM_STATE_CHANGE = "CloudWatch Alarm State Change"
 EMAIL_CHANNEL = "email"
@@ -1091,21 +1091,25 @@ class AlarmFanout:
         names = [c.name for c in self.sender.channels]
         return (*names, EMAIL_CHANNEL) if self.email else tuple(names)
 
-    def handle(self, event: Any) -> list[Outcome]:
+    def handle(self, event: Any, *, budget: TimeBudget | None = None) -> list[Outcome]:
+        """Each notice delivered by its share of ``budget`` (the invocation's time left): a
+        slow channel costs one notice's share, never the notices after it."""
         outcomes = []
         notices = notices_from_event(
             event, child_notice_name=self.child_notice_name, region=self.region
         )
+        deadlines = budget.shares(len(notices)) if budget is not None else None
         for notice in notices:
+            deadline = next(deadlines) if deadlines is not None else None
             if isinstance(notice, Unreadable):
-                outcomes.append(self.forward_unreadable(notice))
+                outcomes.append(self.forward_unreadable(notice, deadline=deadline))
             elif isinstance(notice, ChildFellOver):
-                outcomes.append(self.notify_child(notice))
+                outcomes.append(self.notify_child(notice, deadline=deadline))
             else:
-                outcomes.append(self.notify(notice))
+                outcomes.append(self.notify(notice, deadline=deadline))
         return outcomes
 
-    def notify(self, notice: AlarmNotice) -> Outcome:
+    def notify(self, notice: AlarmNotice, *, deadline: Deadline | None = None) -> Outcome:
         severity = self.tags(notice.arn).get("severity") if notice.arn else None
         decision = (
             self.flaps.decide(notice)
@@ -1116,9 +1120,11 @@ class AlarmFanout:
             return Outcome(notice.transition_key, notice.name, decision.kind)
         alert = notice_alert(notice, severity_tag=severity, flapping=decision)
         channels = self.routing.channels_for(notice.name, severity)
-        return self.deliver(alert, channels, notice.transition_key, notice.name, decision.kind)
+        return self.deliver(
+            alert, channels, notice.transition_key, notice.name, decision.kind, deadline
+        )
 
-    def notify_child(self, notice: ChildFellOver) -> Outcome:
+    def notify_child(self, notice: ChildFellOver, *, deadline: Deadline | None = None) -> Outcome:
         """Each fall is posted with its job, up to the flood control's burst per window; the
         next one posted after a hold-back says how many were held back."""
         burst = (
@@ -1134,31 +1140,46 @@ class AlarmFanout:
             notice, suppressed=burst.suppressed_before, suppressed_since=burst.suppressed_since
         )
         channels = self.routing.channels_for(notice.name, CHILD_NOTICE_SEVERITY)
-        outcome = self.deliver(alert, channels, notice.transition_key, notice.name, "post")
+        outcome = self.deliver(
+            alert, channels, notice.transition_key, notice.name, "post", deadline
+        )
         if burst.error:
             outcome.warning = f"flood control ledger failed ({burst.error}): posted uncounted"
         return outcome
 
-    def forward_unreadable(self, message: Unreadable) -> Outcome:
+    def forward_unreadable(
+        self, message: Unreadable, *, deadline: Deadline | None = None
+    ) -> Outcome:
         alert = unreadable_alert(message)
         channels = self.routing.fallback_channel
-        outcome = self.deliver(alert, channels, message.transition_key, "unreadable", "forward")
+        outcome = self.deliver(
+            alert, channels, message.transition_key, "unreadable", "forward", deadline
+        )
         outcome.problem = message.problem
         outcome.excerpt = message.raw[:300]
         return outcome
 
     def deliver(
-        self, alert: Alert, channels: Iterable[str], key: str, name: str, decision: str
+        self,
+        alert: Alert,
+        channels: Iterable[str],
+        key: str,
+        name: str,
+        decision: str,
+        deadline: Deadline | None = None,
     ) -> Outcome:
         claims = {channel: self.ledger.claim(key, channel) for channel in channels}
-        deadline = time.monotonic() + self.busy_wait_s
-        while any(c == Claim.BUSY for c in claims.values()) and time.monotonic() < deadline:
+        busy_until = Deadline.after(self.busy_wait_s)
+        if deadline is not None:
+            # Waiting on another path may take half of this notice's time; ours keeps the rest.
+            busy_until = min(busy_until, deadline.part(0.5))
+        while any(c == Claim.BUSY for c in claims.values()) and not busy_until.expired:
             # Usually the other delivery path of this same transition: wait for its verdict.
             self._sleep(self.poll_s)
             for channel in [ch for ch, c in claims.items() if c == Claim.BUSY]:
                 claims[channel] = self.ledger.claim(key, channel)
         mine = [ch for ch, c in claims.items() if c == Claim.CLAIMED]
-        deliveries = self._send(alert, mine)
+        deliveries = self._send(alert, mine, deadline)
         for channel, delivery in deliveries.items():
             if delivery.ok:
                 self.ledger.delivered(key, channel)
@@ -1173,11 +1194,17 @@ class AlarmFanout:
             busy=tuple(ch for ch, c in claims.items() if c == Claim.BUSY),
         )
 
-    def _send(self, alert: Alert, channels: list[str]) -> dict[str, Delivery]:
+    def _send(
+        self, alert: Alert, channels: list[str], deadline: Deadline | None
+    ) -> dict[str, Delivery]:
         webhooks = {c.name for c in self.sender.channels}
         skip = webhooks - set(channels)
         with ThreadPoolExecutor(max_workers=2) as pool:
-            chat = pool.submit(self.sender.send, alert, skip=skip) if webhooks - skip else None
+            chat = (
+                pool.submit(self.sender.send, alert, skip=skip, deadline=deadline)
+                if webhooks - skip
+                else None
+            )
             mail = (
                 pool.submit(self.email.send, alert)
                 if self.email is not None and EMAIL_CHANNEL in channels

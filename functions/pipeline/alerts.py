@@ -15,7 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.webhooks import Delivery, WebhookClient
+from pipeline.webhooks import (
+    DEADLINE_EXCEEDED,
+    Deadline,
+    DeadlineExceeded,
+    Delivery,
+    WebhookClient,
+    run_within,
+)
 
 
 class Severity(enum.StrEnum):
@@ -174,18 +181,27 @@ class AlertSender:
         self.client = client or WebhookClient()
         self._resolve = resolve
 
-    def _deliver(self, channel: Channel, alert: Alert) -> Delivery:
+    def _deliver(self, channel: Channel, alert: Alert, deadline: Deadline) -> Delivery:
         try:
-            url = self._resolve(channel.secret_ref)
+            url = run_within(deadline, lambda: self._resolve(channel.secret_ref))
+        except DeadlineExceeded:
+            return Delivery(False, None, 0, f"{DEADLINE_EXCEEDED} (reading the webhook secret)")
         except Exception as exc:  # noqa: BLE001 - a missing secret fails this channel only
             return Delivery(False, None, 0, f"secret unavailable: {type(exc).__name__}")
-        return self.client.post_json(url, RENDERERS[channel.kind](alert))
+        return self.client.post_json(url, RENDERERS[channel.kind](alert), deadline=deadline)
 
-    def send(self, alert: Alert, *, skip: Iterable[str] = ()) -> dict[str, Delivery]:
-        """Deliveries by channel name; channels in ``skip`` (delivered before) are left out."""
+    def send(
+        self, alert: Alert, *, skip: Iterable[str] = (), deadline: Deadline | None = None
+    ) -> dict[str, Delivery]:
+        """Deliveries by channel name; channels in ``skip`` (delivered before) are left out.
+
+        Every channel is done by ``deadline`` (and within the client's ``max_total_s``): the
+        channels deliver side by side, so a slow one never delays the others.
+        """
         todo = [c for c in self.channels if c.name not in set(skip)]
         if not todo:
             return {}
+        deadline = self.client.deadline(deadline)
         with ThreadPoolExecutor(max_workers=len(todo)) as pool:
-            futures = {c.name: pool.submit(self._deliver, c, alert) for c in todo}
+            futures = {c.name: pool.submit(self._deliver, c, alert, deadline) for c in todo}
             return {name: future.result() for name, future in futures.items()}

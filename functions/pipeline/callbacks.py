@@ -25,11 +25,18 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from pipeline.alerts import resolve_secret
 from pipeline.contract import ErrorKind, JobStatus
-from pipeline.webhooks import Delivery, WebhookClient
+from pipeline.webhooks import (
+    DEADLINE_EXCEEDED,
+    Deadline,
+    DeadlineAdapter,
+    DeadlineExceeded,
+    Delivery,
+    WebhookClient,
+    run_within,
+)
 
 SIGNATURE_HEADER = "X-Spotline-Signature"
 TIMESTAMP_HEADER = "X-Spotline-Timestamp"
@@ -187,9 +194,10 @@ def check_callback_url(
     return Target(pinned_url, host_header, str(pinned))
 
 
-class PinnedHostAdapter(HTTPAdapter):
+class PinnedHostAdapter(DeadlineAdapter):
     """Connects to the address in the URL while SNI and certificate checks use the Host header's
-    name: the connection goes where the SSRF check looked, and TLS still proves who answers."""
+    name: the connection goes where the SSRF check looked, and TLS still proves who answers.
+    Its connections are shut down at their delivery's deadline, like every outbound one."""
 
     def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
@@ -209,6 +217,7 @@ def pinned_session() -> requests.Session:
     session = requests.Session()
     session.trust_env = False  # a proxy from the environment would undo the address pinning
     session.mount("https://", PinnedHostAdapter())
+    session.mount("http://", DeadlineAdapter())  # test mode's local sink only (see TEST_MODE_ENV)
     return session
 
 
@@ -242,16 +251,24 @@ class CallbackSender:
     def check(self, url: str) -> Target:
         return check_callback_url(url, resolver=self.resolver, test_mode=self.test_mode)
 
-    def send(self, url: str, notice: dict[str, Any]) -> Delivery:
+    def send(
+        self, url: str, notice: dict[str, Any], *, deadline: Deadline | None = None
+    ) -> Delivery:
         """POST the signed notice; raise CallbackRefused when the URL may not be called.
 
-        A redirect comes back as a failed Delivery with a 3xx status (never followed).
+        Done by ``deadline`` (and within the client's ``max_total_s``), the host's DNS lookup
+        included: the user's name server answers as slowly as its owner likes. A redirect comes
+        back as a failed Delivery with a 3xx status (never followed).
         """
-        target = self.check(url)
+        deadline = self.client.deadline(deadline)
+        try:
+            target = run_within(deadline, lambda: self.check(url))
+        except DeadlineExceeded:
+            return Delivery(False, None, 0, f"{DEADLINE_EXCEEDED} (resolving the callback host)")
         if not self.signing_secret_ref:
             return Delivery(False, None, 0, "no signing key configured (CALLBACK_SIGNING_SECRET)")
         try:
-            key = self._resolve(self.signing_secret_ref)
+            key = run_within(deadline, lambda: self._resolve(str(self.signing_secret_ref)))
         except Exception as exc:  # noqa: BLE001 - reported as a failed (retryable) delivery
             return Delivery(False, None, 0, f"signing key unavailable: {type(exc).__name__}")
         body = encode_notice(notice)
@@ -263,4 +280,4 @@ class CallbackSender:
             TIMESTAMP_HEADER: timestamp,
             SIGNATURE_HEADER: sign(key, timestamp, body),
         }
-        return self.client.post(target.url, body, headers=headers)
+        return self.client.post(target.url, body, headers=headers, deadline=deadline)

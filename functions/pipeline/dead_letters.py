@@ -40,11 +40,14 @@ from pipeline.contract import (
     job_id_from_body,
 )
 from pipeline.jobstore import JobError, JobRecord, JobStore, JobStoreError, utc_now
-from pipeline.webhooks import Delivery
+from pipeline.webhooks import Deadline, Delivery
 
 CALLBACK = "callback"  # the user notice's entry in the delivery map, beside the alert channels
 BODY_PREVIEW_BYTES = 200
 GIB = 2**30
+# The user's endpoint may spend at most this part of a record's time: the operators' alert,
+# which comes after it, always keeps the rest.
+NOTICE_SHARE = 0.5
 
 
 class NotDelivered(RuntimeError):
@@ -282,21 +285,29 @@ class DeadLetterService:
     def redrive_command(self, job_id: str) -> str:
         return f"spotline --stack-name {self.stack_name} dlq redrive --job {job_id}"
 
-    def handle(self, letter: DeadLetter) -> Outcome:
+    def handle(self, letter: DeadLetter, *, deadline: Deadline | None = None) -> Outcome:
+        """Settle one dead letter; every delivery is done by ``deadline`` (delivered or not).
+
+        Raises NotDelivered for anything not delivered, a delivery cut off by the deadline
+        included, and at once when the deadline has passed already: the record comes back.
+        """
         job_id = letter.job_id
         keys = {"job_id": job_id, "message_id": letter.message_id}
+        if deadline is not None and deadline.expired:
+            self.logger.warning("no time left in this invocation; record retried", extra=keys)
+            raise NotDelivered(f"message {letter.message_id}: no time left in this invocation")
         if job_id is None:
-            return self._without_job(letter, "unparseable", None)
+            return self._without_job(letter, "unparseable", None, deadline)
         record = self.store.get(job_id)
         if record is None:
-            return self._without_job(letter, "unknown_job", job_id)
+            return self._without_job(letter, "unknown_job", job_id, deadline)
         if record.status == JobStatus.SUCCEEDED:
             self.logger.info("dead letter for a job that succeeded; acknowledged", extra=keys)
             return Outcome("succeeded", job_id)
         if self._redriven_since(letter, record):
             self.logger.info("dead letter older than the job's redrive; acknowledged", extra=keys)
             return Outcome("stale", job_id)
-        return self._dead_lettered(letter, record)
+        return self._dead_lettered(letter, record, deadline)
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -326,7 +337,9 @@ class DeadLetterService:
             )
         return JobError(ErrorKind.UNKNOWN, exceeded)
 
-    def _dead_lettered(self, letter: DeadLetter, record: JobRecord) -> Outcome:
+    def _dead_lettered(
+        self, letter: DeadLetter, record: JobRecord, deadline: Deadline | None
+    ) -> Outcome:
         if record.status != JobStatus.DEAD_LETTERED:
             # SQS's own redrive (a crashed worker never recorded an outcome) or a worker that
             # died between its steps: record it now. Doing it twice returns the first record.
@@ -338,11 +351,11 @@ class DeadLetterService:
             )
         try:
             # Read again under the lease: the last holder may have delivered since we looked.
-            return self._notify(letter, self.store.get(record.job_id) or record)
+            return self._notify(letter, self.store.get(record.job_id) or record, deadline)
         finally:
             self.ledger.release(record.job_id, holder)
 
-    def _notify(self, letter: DeadLetter, record: JobRecord) -> Outcome:
+    def _notify(self, letter: DeadLetter, record: JobRecord, deadline: Deadline | None) -> Outcome:
         error = record.last_error or self._reason(letter, record)
         analyzer = str(record.request.get("analyzer", "-"))
         keys = {
@@ -357,14 +370,17 @@ class DeadLetterService:
         # the SSRF guard, redirected, delivered): the operator is the one who can act on it.
         notice = results.get(CALLBACK)
         if notice is None:
-            notice = self._notify_user(record, error, keys)
+            notice_deadline = deadline.part(NOTICE_SHARE) if deadline is not None else None
+            notice = self._notify_user(record, error, keys, notice_deadline)
             if notice is not None and notice.startswith(("delivered", "refused")):
                 results[CALLBACK] = notice  # final: never sent again for this dead-lettering
                 self._remember(record, results)
         notice_text = notice or "no callback_url"
 
         alert = self._job_alert(record, error, analyzer, notice_text)
-        deliveries = self.alerts.send(alert, skip=[c for c in results if c != CALLBACK])
+        deliveries = self.alerts.send(
+            alert, skip=[c for c in results if c != CALLBACK], deadline=deadline
+        )
         failed = _tally(deliveries, results)
         if deliveries:
             self._remember(record, results)
@@ -378,7 +394,13 @@ class DeadLetterService:
             raise NotDelivered(f"job {record.job_id}: not delivered to {failed}")
         return Outcome("dead_lettered", record.job_id, results)
 
-    def _notify_user(self, record: JobRecord, error: JobError, keys: dict[str, Any]) -> str | None:
+    def _notify_user(
+        self,
+        record: JobRecord,
+        error: JobError,
+        keys: dict[str, Any],
+        deadline: Deadline | None,
+    ) -> str | None:
         notify = record.request.get("notify")
         url = notify.get("callback_url") if isinstance(notify, dict) else None
         if not isinstance(url, str) or not url:
@@ -390,7 +412,7 @@ class DeadLetterService:
             dead_lettered_at=record.finished_at,
         )
         try:
-            delivery = self.callbacks.send(url, notice)
+            delivery = self.callbacks.send(url, notice, deadline=deadline)
         except CallbackRefused as refused:
             self.logger.warning("user notice refused", extra={**keys, "reason": str(refused)})
             return f"refused: {refused}"
@@ -432,7 +454,9 @@ class DeadLetterService:
 
     # -- messages without a job ----------------------------------------------------------
 
-    def _without_job(self, letter: DeadLetter, kind: str, job_id: str | None) -> Outcome:
+    def _without_job(
+        self, letter: DeadLetter, kind: str, job_id: str | None, deadline: Deadline | None
+    ) -> Outcome:
         results = self.ledger.get(letter.message_id)
         title = "Unparseable dead letter" if job_id is None else "Dead letter for an unknown job"
         error = letter.attribute_error()
@@ -457,7 +481,7 @@ class DeadLetterService:
             dedupe_key=f"dead-letter-message:{letter.message_id}",
             extra={"message_id": letter.message_id},
         )
-        deliveries = self.alerts.send(alert, skip=list(results))
+        deliveries = self.alerts.send(alert, skip=list(results), deadline=deadline)
         failed = _tally(deliveries, results)
         if deliveries:
             self.ledger.put(letter.message_id, results)

@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from devstack.cfn import Stack
 from devstack.drills.alarms import CHANNELS, fanout_env
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
+from devstack.motoserver import wait_until
 from devstack.sink import WebhookSink
 from pipeline.alarms import (
     AlarmFanout,
@@ -39,6 +41,7 @@ from pipeline.alarms import (
 from pipeline.alerts import AlertSender, Channel, Severity
 from pipeline.settings import MissingSetting
 from pipeline.webhooks import WebhookClient
+from tests.unit.deadline_fixtures import CountdownContext, HostileServer, slow_headers
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 
@@ -357,6 +360,31 @@ def test_one_channel_500_and_one_timing_out_never_block_the_other(
     assert retry.ok and sorted(retry.deliveries) == ["discord", "slack"]
     assert retry.skipped == ("webhook",)
     assert len(sink.on("/hook")) == 1
+
+
+def test_a_slow_loris_channel_costs_the_notice_its_share_and_the_others_are_delivered(
+    make_fanout_app: Callable[..., ModuleType], sink: WebhookSink
+) -> None:
+    from aws_lambda_powertools.utilities import parameters
+
+    with HostileServer(slow_headers) as slow:
+        app = make_fanout_app()
+        boto3.client("ssm").put_parameter(
+            Name="/spotline/alarms/discord-webhook-url",
+            Value=slow.url + "/discord",
+            Type="SecureString",
+            Overwrite=True,
+        )
+        parameters.clear_caches()
+        context = CountdownContext(remaining_s=4.0, function_name="AlarmFanoutFunction")
+        started = time.monotonic()
+        with pytest.raises(app.FanoutIncomplete, match="discord"):
+            app.handler(load_event("alarm_sns_alarm"), context)
+        took_s = time.monotonic() - started
+        # One notice, reserve 3 s: the slow channel may hold it 1 s, never its client's 15 s.
+        assert took_s < 4.0 - app.RESPONSE_RESERVE_S + 1.0, took_s
+        assert len(posts(sink, "slack")) == len(posts(sink, "webhook")) == 1
+        wait_until(lambda: slow.ended == slow.accepted == 1, timeout=3)
 
 
 def test_handler_raises_for_a_retry_and_the_retry_never_reposts(

@@ -17,12 +17,14 @@ from aws_lambda_powertools.utilities import parameters
 from devstack.cfn import Stack, function_environment
 from devstack.deadletters import event_record, store_secret
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
+from devstack.motoserver import wait_until
 from devstack.sink import Received, WebhookSink
 from pipeline.callbacks import SIGNATURE_HEADER, TEST_MODE_ENV, TIMESTAMP_HEADER, verify
 from pipeline.contract import ErrorKind, JobStatus
 from pipeline.dead_letters import CALLBACK, DeadLetter, DeadLetterConfig, delivered_for
 from pipeline.jobstore import JobError, JobStore
 from pipeline.webhooks import WebhookClient
+from tests.unit.deadline_fixtures import CountdownContext, HostileServer, slow_headers
 
 SIGNING_KEY = "unit-test-signing-key"
 WORKER_JOB = "6f0c2a8e-3b1d-4c7a-9e55-0d2b8f1a4c19"  # events/dead_letter_worker.json
@@ -414,6 +416,62 @@ def test_a_batch_where_every_record_fails_reports_them_all(
     failed = invoke(dead_letter, event)
 
     assert sorted(failed) == sorted(r["messageId"] for r in event["Records"])
+
+
+@pytest.fixture
+def slow_loris() -> Iterator[HostileServer]:
+    """A user's callback endpoint that trickles its headers, a byte every 0.5 s, forever."""
+    with HostileServer(slow_headers) as server:
+        yield server
+
+
+def test_a_slow_loris_callback_costs_its_share_and_the_rest_of_the_batch_is_delivered(
+    dead_letter: ModuleType, job_store: JobStore, sink: WebhookSink, slow_loris: HostileServer
+) -> None:
+    records = []
+    for index in range(3):
+        job_id = f"00000000-0000-4000-8000-{index:012d}"
+        slow = index == 0
+        url = callback_url(sink, f"/callback-{index}")
+        worker_dead_lettered(
+            job_store, job_id, callback=slow_loris.url + "/callback" if slow else url
+        )
+        message_id = f"11111111-0000-4000-8000-{index:012d}"
+        records.extend(with_job("dead_letter_worker", job_id, message_id)["Records"])
+    context = CountdownContext(remaining_s=6.0, function_name="DeadLetterFunction")
+
+    started = time.monotonic()
+    response = dead_letter.handler({"Records": records}, context)
+    took_s = time.monotonic() - started
+
+    # Reserve 3 s, three records: the first may spend 1 s, its callback half of that.
+    assert took_s < 6.0 - dead_letter.RESPONSE_RESERVE_S, took_s
+    assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == [records[0]["messageId"]]
+    assert len(sink.on("/callback-1")) == len(sink.on("/callback-2")) == 1
+    assert len(sink.on("/slack")) == len(sink.on("/discord")) == 3  # every job's operators told
+    slow_job = records[0]["messageAttributes"]["job_id"]["stringValue"]
+    (alert,) = mentioning(sink.on("/slack"), slow_job)
+    assert "DeadlineExceeded" in alert.body.decode()  # the alert says the notice timed out
+    # The notice is not recorded as done: the record comes back and the callback is tried again.
+    assert set(delivered_for(job_store.get(slow_job))) == {"slack", "discord"}
+    wait_until(lambda: slow_loris.ended == slow_loris.accepted == 1, timeout=3)
+
+
+def test_records_left_without_time_are_reported_failed_untouched(
+    dead_letter: ModuleType, job_store: JobStore, sink: WebhookSink
+) -> None:
+    worker_dead_lettered(job_store, WORKER_JOB, callback=callback_url(sink))
+    event = load_event("dead_letter_worker")
+    # Less time left than the reserve for the batch response: nothing may start.
+    context = CountdownContext(remaining_s=dead_letter.RESPONSE_RESERVE_S - 0.5)
+
+    response = dead_letter.handler(event, context)
+
+    assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == [
+        event["Records"][0]["messageId"]
+    ]
+    assert sink.received == []
+    assert context.get_remaining_time_in_millis() > 0
 
 
 def test_dead_letter_parses_attributes_from_the_event_shape() -> None:

@@ -92,7 +92,7 @@ def test_one_functions_lambda_context_never_appears_on_anothers_log_lines(
 ) -> None:
     enqueue = load_handler_module("enqueue.app", stack, "EnqueueFunction")
 
-    def record_handler(record: Any) -> None:
+    def record_handler(record: Any, **_: Any) -> None:  # deadlines: unused here
         # Another function runs while this one is mid-batch (in devstack: the API is called
         # while the dead-letter router works through a batch); then this one logs again.
         assert _get_job(enqueue, "no-such-job")["statusCode"] == 404
