@@ -23,7 +23,9 @@ def main() -> int:
     client_config = Config(
         connect_timeout=5,
         read_timeout=config.wait_s + 10,
-        retries={"total_max_attempts": config.aws_max_attempts, "mode": "adaptive"},
+        # Standard mode: adaptive's client-side rate limiter would make a throttled call
+        # stall the supervisor's loop (checkpoints, heartbeats) for seconds.
+        retries={"total_max_attempts": config.aws_max_attempts, "mode": "standard"},
         max_pool_connections=10,
     )
     try:
