@@ -8,6 +8,20 @@
 | INTERRUPTED                              | REQUEUE fresh copy; DEAD_LETTER past the cap  |
 | an AWS fault (throttled, network, 5xx)   | RELEASE with backoff; no attempt is counted   |
 | the job is no longer ours (lease lost)   | ABANDON: record nothing, leave the message    |
+
+Before any attempt, the claim has its verdicts, and they are rows of the same table
+(``CLAIM_TABLE``): only ``RUN`` starts an attempt.
+
+| claim verdict                                   | action                                  |
+|-------------------------------------------------|-----------------------------------------|
+| RUN: claimed (QUEUED, or a lease that ran out)  | supervise the attempt, then the above   |
+| UNREADABLE: not a job message, or no record     | DEAD_LETTER_MESSAGE (INVALID_INPUT)     |
+| INVALID: the request breaks this stack's rules  | DEAD_LETTER (INVALID_INPUT), uncounted  |
+| SUCCEEDED: a copy of a succeeded job            | DELETE (exactly-once effect)            |
+| DEAD_LETTERED: a holder died mid dead-lettering | FINISH_DEAD_LETTER (the missing steps)  |
+| DUPLICATE: another copy under a live lease      | DELETE (the holder's message recovers)  |
+| HOLDERS_OWN: the holder's message came back     | HOLD until the lease ends               |
+| TAKEN: another holder won the claim             | LEAVE this copy alone                   |
 """
 
 from __future__ import annotations
@@ -26,6 +40,37 @@ class Action(enum.StrEnum):
     REQUEUE = "REQUEUE"
     RELEASE = "RELEASE"
     ABANDON = "ABANDON"
+    # -- before an attempt (claim verdicts) --
+    DELETE = "DELETE"
+    FINISH_DEAD_LETTER = "FINISH_DEAD_LETTER"
+    DEAD_LETTER_MESSAGE = "DEAD_LETTER_MESSAGE"
+    HOLD = "HOLD"
+    LEAVE = "LEAVE"
+
+
+class ClaimVerdict(enum.StrEnum):
+    """What the claim found (gpu_worker/claim.py); CLAIM_TABLE says what happens next."""
+
+    RUN = "RUN"
+    UNREADABLE = "UNREADABLE"
+    INVALID = "INVALID"
+    SUCCEEDED = "SUCCEEDED"
+    DEAD_LETTERED = "DEAD_LETTERED"
+    DUPLICATE = "DUPLICATE"
+    HOLDERS_OWN = "HOLDERS_OWN"
+    TAKEN = "TAKEN"
+
+
+# Every verdict but RUN settles the message without an attempt.
+CLAIM_TABLE: dict[ClaimVerdict, Action] = {
+    ClaimVerdict.UNREADABLE: Action.DEAD_LETTER_MESSAGE,
+    ClaimVerdict.INVALID: Action.DEAD_LETTER,
+    ClaimVerdict.SUCCEEDED: Action.DELETE,
+    ClaimVerdict.DEAD_LETTERED: Action.FINISH_DEAD_LETTER,
+    ClaimVerdict.DUPLICATE: Action.DELETE,
+    ClaimVerdict.HOLDERS_OWN: Action.HOLD,
+    ClaimVerdict.TAKEN: Action.LEAVE,
+}
 
 
 # Error kind -> what a non-permanent failure of that kind does, before its cap is applied.

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from aws_lambda_powertools import Logger
 
+from gpu_worker.heartbeat import extension_due_in
 from pipeline.queue import JobQueue, QueueError, ReceivedMessage
 
 logger = Logger(service="spotline-worker", child=True)
@@ -205,11 +206,15 @@ class Prefetcher:
         if not self._held:
             return _CHECK_S
         oldest = min(item.extended_at for item in self._held)
-        return max(0.0, oldest + self._window_s / 3 - time.monotonic())
+        return max(0.0, extension_due_in(oldest, self._window_s))
 
     def _due_for_extension(self) -> list[_Held]:
         now = time.monotonic()
-        return [item for item in self._held if now - item.extended_at >= self._window_s / 3]
+        return [
+            item
+            for item in self._held
+            if extension_due_in(item.extended_at, self._window_s, now) <= 0
+        ]
 
     def _extend(self, due: list[_Held]) -> None:
         """Heartbeat for held messages (one the main thread took meanwhile gets one extra

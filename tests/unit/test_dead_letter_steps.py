@@ -66,7 +66,7 @@ def crash_at(worker: Worker, step: str, seen: list[ReceivedMessage]) -> None:
         seen.append(message)
         original(message)
 
-    worker._crash_point = crash_point  # type: ignore[method-assign]
+    worker.settle.crash_point = crash_point
     worker.handle = handle  # type: ignore[method-assign]
 
 
