@@ -1,4 +1,4 @@
-"""``spotline`` (or ``python -m pipeline.cli``): the operator's view of jobs and dead letters.
+"""``spotline`` (or ``python -m spotline_ops.cli``): the operator's view of jobs and dead letters.
 
     spotline --stack-name spotline jobs status JOB_ID
     spotline --stack-name spotline dlq list

@@ -1,4 +1,4 @@
-"""``python -m pipeline.doctor [template.yaml] [--stack-name NAME]``: the misconfigurations that
+"""``python -m spotline_ops.doctor [template.yaml] [--stack-name NAME]``: the misconfigurations that
 bite in practice, each with its fix.
 
 Offline it reads a template (parameter defaults, or ``--parameter Name=Value`` overrides); with
@@ -805,7 +805,7 @@ def render(findings: list[Finding], source: str) -> str:
 
 def main(argv: list[str] | None = None, session: Any = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.doctor", description=__doc__.split("\n")[0]
+        prog="python -m spotline_ops.doctor", description=__doc__.split("\n")[0]
     )
     parser.add_argument("template", nargs="?", default="template.yaml")
     parser.add_argument("--stack-name", help="check a deployed stack (read-only calls)")
