@@ -659,6 +659,29 @@ class JobStore:
             return JobRecord(job_id=job_id, status=target or JobStatus.QUEUED, request={})
         return _record(response["Attributes"])
 
+    # -- who holds what (the standby's stop) ------------------------------------------------
+
+    def count_running_on(self, instance_id: str, *, page_size: int | None = None) -> int:
+        """RUNNING jobs held by the worker on this instance: a Query of the sparse index that
+        holds only RUNNING jobs, keyed by their holder's instance id (``running_on``).
+        ``page_size`` None: DynamoDB's own pages (1 MB). The index is eventually consistent."""
+        count = 0
+        paginator = self._client.get_paginator("query")
+        try:
+            for page in paginator.paginate(
+                TableName=self._table,
+                IndexName=RUNNING_ON_INDEX,
+                Select="COUNT",
+                KeyConditionExpression="#holder = :instance",
+                ExpressionAttributeNames={"#holder": RUNNING_ON},
+                ExpressionAttributeValues={":instance": {"S": instance_id}},
+                PaginationConfig={"PageSize": page_size} if page_size else {},
+            ):
+                count += int(page.get("Count", 0))
+        except ClientError as exc:
+            raise JobStoreError(f"query of {RUNNING_ON_INDEX} failed: {exc}") from exc
+        return count
+
     # -- stranded jobs (the sweep) -----------------------------------------------------------
 
     def unsent_before(self, cutoff: datetime, *, limit: int = 500) -> Iterator[JobRecord]:
