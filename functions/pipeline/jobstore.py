@@ -659,6 +659,26 @@ class JobStore:
             return JobRecord(job_id=job_id, status=target or JobStatus.QUEUED, request={})
         return _record(response["Attributes"])
 
+    # -- the operator's view ------------------------------------------------------------------
+
+    def dead_lettered(self) -> list[JobRecord]:
+        """Every DEAD_LETTERED job (a scan: operator tooling and drills, never the hot path)."""
+        job_ids: list[str] = []
+        paginator = self._client.get_paginator("scan")
+        try:
+            for page in paginator.paginate(
+                TableName=self._table,
+                ProjectionExpression="job_id",
+                FilterExpression="#status = :status",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":status": {"S": str(JobStatus.DEAD_LETTERED)}},
+            ):
+                job_ids.extend(item["job_id"]["S"] for item in page.get("Items", []))
+        except ClientError as exc:
+            raise JobStoreError(f"scan for dead-lettered jobs failed: {exc}") from exc
+        records = [self.get(job_id) for job_id in job_ids]
+        return [r for r in records if r is not None and r.status == JobStatus.DEAD_LETTERED]
+
     # -- who holds what (the standby's stop) ------------------------------------------------
 
     def count_running_on(self, instance_id: str, *, page_size: int | None = None) -> int:

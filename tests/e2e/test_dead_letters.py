@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from dead_letter.callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from devstack.cfn import REPO_ROOT
 from devstack.deadletters import DeadLetterRouter, configure_notifications
 from devstack.motoserver import MotoServer, wait_until
 from devstack.sink import WebhookSink
 from devstack.stack import Devstack
-from pipeline.callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from pipeline.contract import ErrorKind, JobStatus
-from pipeline.dead_letters import CALLBACK, delivered_for
+from pipeline.notified import CALLBACK, delivered_for
 from pipeline.queue import JobQueue
 from spotline_ops import cli
 

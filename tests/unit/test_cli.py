@@ -9,9 +9,9 @@ import boto3
 import pytest
 from rich.console import Console
 
+from dead_letter.ledger import MessageLedger
 from devstack.cfn import Stack
 from pipeline.contract import ErrorKind, JobMessage, JobStatus
-from pipeline.dead_letters import MessageLedger
 from pipeline.jobstore import JobError, JobStore
 from pipeline.queue import JobQueue
 from spotline_ops import cli
