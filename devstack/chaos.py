@@ -40,8 +40,8 @@ from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
 from gpu_worker.checkpoint import CHECKPOINT_PREFIX, SAVED_AT_METADATA
 from pipeline.contract import ErrorKind, JobMessage, JobStatus
-from pipeline.dead_letters import CALLBACK, delivered_for
 from pipeline.jobstore import JobRecord
+from pipeline.notified import CALLBACK, delivered_for
 
 MIB = 1024 * 1024
 STEP_S = 0.1

@@ -20,9 +20,9 @@ from typing import Any
 
 from aws_lambda_powertools.utilities import parameters
 
+from dead_letter.callbacks import TEST_MODE_ENV
 from devstack.lambdas import LambdaContext, load_handler_module
 from devstack.stack import Devstack
-from pipeline.callbacks import TEST_MODE_ENV
 
 FUNCTION = "DeadLetterFunction"
 QUEUE = "JobsDeadLetterQueue"

@@ -13,7 +13,7 @@ message is kept invisible by the heartbeat rule (extended every third of the win
 released at once (visibility 0) when the worker stops or drains. It is never claimed, so a
 release never counts as an attempt; it does add an SQS receive, which is why the template's
 ``MaxReceiveCount`` keeps ``PREFETCH_RELEASE_ALLOWANCE`` receives above ``MaxAttempts``
-(``python -m pipeline.doctor`` and a test check it).
+(``python -m spotline_ops.doctor`` and a test check it).
 
 ``Finisher`` records succeeded jobs (result to S3, ``SUCCEEDED``, then the ack), two side by
 side, while the next held job already runs. Every step keeps its order and its guard: the
@@ -47,7 +47,7 @@ logger = Logger(service="spotline-worker", child=True)
 
 # How many unstarted releases of one message (a worker that held it stopped, drained or died)
 # the queue's redrive must tolerate on top of WORKER_MAX_ATTEMPTS before it counts as a crash
-# loop. pipeline.doctor requires maxReceiveCount > MaxAttempts + this.
+# loop. spotline_ops.doctor requires maxReceiveCount > MaxAttempts + this.
 PREFETCH_RELEASE_ALLOWANCE = 2
 BATCH_LIMIT = 10  # SQS ReceiveMessage / DeleteMessageBatch limit
 # The prefetcher looks at least this often whether the worker stopped (then it releases).

@@ -1,7 +1,7 @@
 """The worker's "job finished" log line: one per attempt, read by more than this process.
 
 The template's log subscription filters it, the alarm fan-out turns a child that fell over into
-a chat notice from it (pipeline/alarms.py), and devstack, the tests and the benchmarks count it.
+a chat notice from it (functions/alarm_fanout/child_notices.py), and devstack, the tests and the benchmarks count it.
 An error's text can quote the job's input (an analyzer's "ValueError: could not convert string
 to float: '<input>'", a traceback's frames): the line carries its first line only, at most 300
 characters. The job record keeps the fuller message.

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import secrets
 
+from dead_letter.callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from devstack.deadletters import DeadLetterRouter, configure_notifications
 from devstack.drills.base import Check, Drill, Expectation
 from devstack.sink import Received, WebhookSink
 from devstack.stack import Devstack
-from pipeline.callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from pipeline.contract import JobStatus
-from pipeline.dead_letters import CALLBACK, dead_lettered_jobs, delivered_for
-from pipeline.jobstore import JobRecord
+from pipeline.jobstore import JobRecord, JobStore
+from pipeline.notified import CALLBACK, delivered_for
 
 GARBAGE = "\x00not a job {{{ <!channel> "
 
@@ -69,7 +69,9 @@ class DeadLetterDrill(Drill):
         if dev.dlq.approximate_counts() != (0, 0):
             return False
         table = dev.require_stack.ref("JobsTable")
-        if not all(self._complete(r) for r in dead_lettered_jobs(dev.client("dynamodb"), table)):
+        if not all(
+            self._complete(r) for r in JobStore(dev.client("dynamodb"), table).dead_lettered()
+        ):
             return False
         return all(_mentions(self.sink.on(f"/{c}"), "Unparseable") for c in self.channels)
 

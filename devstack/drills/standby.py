@@ -21,7 +21,7 @@ from devstack.cfn import PROVISIONERS, Stack
 from devstack.drills.base import Check, Drill
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from devstack.stack import Devstack
-from pipeline.standby import ROLE_TAG, STACK_TAG, STOP_SCHEDULE_NAME
+from spot_events.fleet import ROLE_TAG, STACK_TAG, STOP_SCHEDULE_NAME
 
 COOLDOWN_S = 3
 AMI_ID = "ami-12c6146b"  # one of moto's built-in images

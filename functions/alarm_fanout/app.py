@@ -11,20 +11,13 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from pipeline.alarms import (
-    CHILD_SUPPRESSED,
-    AlarmFanout,
-    AlarmTags,
-    DeliveryLedger,
-    EmailChannel,
-    FanoutSettings,
-    FlapTracker,
-    Outcome,
-    Routing,
-)
+from alarm_fanout.child_notices import CHILD_SUPPRESSED
+from alarm_fanout.delivery_memory import DeliveryLedger, FlapTracker
+from alarm_fanout.fanout import AlarmFanout, AlarmTags, EmailChannel, FanoutSettings, Outcome
+from alarm_fanout.notice_bursts import ChildNoticeBursts
+from alarm_fanout.routing import Routing
 from pipeline.alerts import AlertSender, channels_from_env
 from pipeline.metrics_names import FunctionMetric
-from pipeline.notice_bursts import ChildNoticeBursts
 from pipeline.webhooks import TimeBudget
 
 settings = FanoutSettings.from_env()

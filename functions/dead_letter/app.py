@@ -21,9 +21,10 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from dead_letter.callbacks import CallbackSender
+from dead_letter.dead_letters import DeadLetter, DeadLetterConfig, DeadLetterService
+from dead_letter.ledger import MessageLedger
 from pipeline.alerts import AlertSender
-from pipeline.callbacks import CallbackSender
-from pipeline.dead_letters import DeadLetter, DeadLetterConfig, DeadLetterService, MessageLedger
 from pipeline.jobstore import JobStore
 from pipeline.settings import Settings
 from pipeline.webhooks import Deadline, TimeBudget

@@ -15,7 +15,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError
 
-from pipeline import submission
+from enqueue import submission
 from pipeline.contract import InvalidJob, SchemaViolation, is_job_id, parse_request
 from pipeline.jobstore import JobStore, JobStoreError
 from pipeline.queue import JobQueue, QueueError

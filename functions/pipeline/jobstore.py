@@ -5,6 +5,9 @@ writers racing can never move a job backwards: ``SUCCEEDED`` can never become ``
 again, and only the holder of the current ownership token may record an outcome.
 """
 
+# Length (about 740 lines, JobStore about 480): every read and conditional write of the jobs
+# table is in this one class, so each write's guard on the status machine is read in one place.
+
 from __future__ import annotations
 
 import json
@@ -658,6 +661,49 @@ class JobStore:
         if not return_record:
             return JobRecord(job_id=job_id, status=target or JobStatus.QUEUED, request={})
         return _record(response["Attributes"])
+
+    # -- the operator's view ------------------------------------------------------------------
+
+    def dead_lettered(self) -> list[JobRecord]:
+        """Every DEAD_LETTERED job (a scan: operator tooling and drills, never the hot path)."""
+        job_ids: list[str] = []
+        paginator = self._client.get_paginator("scan")
+        try:
+            for page in paginator.paginate(
+                TableName=self._table,
+                ProjectionExpression="job_id",
+                FilterExpression="#status = :status",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":status": {"S": str(JobStatus.DEAD_LETTERED)}},
+            ):
+                job_ids.extend(item["job_id"]["S"] for item in page.get("Items", []))
+        except ClientError as exc:
+            raise JobStoreError(f"scan for dead-lettered jobs failed: {exc}") from exc
+        records = [self.get(job_id) for job_id in job_ids]
+        return [r for r in records if r is not None and r.status == JobStatus.DEAD_LETTERED]
+
+    # -- who holds what (the standby's stop) ------------------------------------------------
+
+    def count_running_on(self, instance_id: str, *, page_size: int | None = None) -> int:
+        """RUNNING jobs held by the worker on this instance: a Query of the sparse index that
+        holds only RUNNING jobs, keyed by their holder's instance id (``running_on``).
+        ``page_size`` None: DynamoDB's own pages (1 MB). The index is eventually consistent."""
+        count = 0
+        paginator = self._client.get_paginator("query")
+        try:
+            for page in paginator.paginate(
+                TableName=self._table,
+                IndexName=RUNNING_ON_INDEX,
+                Select="COUNT",
+                KeyConditionExpression="#holder = :instance",
+                ExpressionAttributeNames={"#holder": RUNNING_ON},
+                ExpressionAttributeValues={":instance": {"S": instance_id}},
+                PaginationConfig={"PageSize": page_size} if page_size else {},
+            ):
+                count += int(page.get("Count", 0))
+        except ClientError as exc:
+            raise JobStoreError(f"query of {RUNNING_ON_INDEX} failed: {exc}") from exc
+        return count
 
     # -- stranded jobs (the sweep) -----------------------------------------------------------
 

@@ -16,11 +16,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from pipeline import standby
 from pipeline.alerts import AlertSender, channels_from_env
+from pipeline.jobstore import JobStore
 from pipeline.metrics_names import FunctionMetric
 from pipeline.queue import JobQueue
 from pipeline.settings import Settings
+from spot_events import events, standby
+from spot_events.fleet import Fleet, StopScheduler, Workload
 
 settings = Settings.from_env()
 config = standby.StandbyConfig.from_env()
@@ -33,14 +35,13 @@ metrics = Metrics()
 def controller() -> standby.StandbyController:
     return standby.StandbyController(
         config,
-        fleet=standby.Fleet(boto3.client("ec2"), config.stack_name),
-        scheduler=standby.StopScheduler(
+        fleet=Fleet(boto3.client("ec2"), config.stack_name),
+        scheduler=StopScheduler(
             boto3.client("scheduler"), config.schedule_group, config.scheduler_role_arn
         ),
-        workload=standby.Workload(
+        workload=Workload(
             JobQueue(boto3.client("sqs"), settings.jobs_queue_url),
-            boto3.client("dynamodb"),
-            settings.jobs_table,
+            JobStore(boto3.client("dynamodb"), settings.jobs_table),
         ),
         logger=logger,
         alerts=AlertSender(channels) if channels else None,
@@ -49,23 +50,23 @@ def controller() -> standby.StandbyController:
 
 def _dispatch(event: dict[str, Any], target_arn: str) -> standby.Outcome:
     action = event.get("action")
-    if action == standby.STOP_ACTION:
-        scheduled_at = standby.parse_time(event.get("scheduled_at"))
+    if action == events.STOP_ACTION:
+        scheduled_at = events.parse_time(event.get("scheduled_at"))
         return controller().stop_standby(scheduled_at, target_arn=target_arn)
-    if action == standby.RECONCILE_ACTION:
+    if action == events.RECONCILE_ACTION:
         return controller().reconcile()
     if action is not None:
-        raise standby.MalformedEvent(f"unknown action {str(action)[:40]!r}")
+        raise events.MalformedEvent(f"unknown action {str(action)[:40]!r}")
     missing = [k for k in ("source", "detail-type", "detail", "time") if k not in event]
     if missing:
-        raise standby.MalformedEvent(f"not an EventBridge event: no {', '.join(missing)}")
+        raise events.MalformedEvent(f"not an EventBridge event: no {', '.join(missing)}")
     bridge = EventBridgeEvent(event)
     if bridge.source == "aws.events" and bridge.detail_type == "Scheduled Event":
         # The reconcile rule's own schedule.
         return controller().reconcile()
     if bridge.source != "aws.ec2":
-        raise standby.MalformedEvent(f"unexpected source {str(bridge.source)[:40]!r}")
-    spot_event = standby.parse_spot_event(bridge.detail_type, bridge.detail, bridge.time)
+        raise events.MalformedEvent(f"unexpected source {str(bridge.source)[:40]!r}")
+    spot_event = events.parse_spot_event(bridge.detail_type, bridge.detail, bridge.time)
     if spot_event is None:
         return standby.Outcome("ignored", ("state change other than running",))
     logger.append_keys(instance_id=spot_event.instance_id)
@@ -77,9 +78,9 @@ def _dispatch(event: dict[str, Any], target_arn: str) -> standby.Outcome:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         if not isinstance(event, dict):
-            raise standby.MalformedEvent("event is not an object")
+            raise events.MalformedEvent("event is not an object")
         outcome = _dispatch(event, context.invoked_function_arn)
-    except standby.MalformedEvent as exc:
+    except events.MalformedEvent as exc:
         # Retrying cannot fix a malformed event: log what was wrong (not the payload) and drop it.
         logger.warning("malformed event ignored", extra={"error": str(exc)[:200]})
         return standby.Outcome("ignored", ("malformed event",)).to_dict()

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from dead_letter.callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from devstack.cfn import REPO_ROOT
 from devstack.deadletters import DeadLetterRouter, configure_notifications
 from devstack.motoserver import MotoServer, wait_until
 from devstack.sink import WebhookSink
 from devstack.stack import Devstack
-from pipeline import cli
-from pipeline.callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from pipeline.contract import ErrorKind, JobStatus
-from pipeline.dead_letters import CALLBACK, delivered_for
+from pipeline.notified import CALLBACK, delivered_for
 from pipeline.queue import JobQueue
+from spotline_ops import cli
 
 pytestmark = pytest.mark.e2e
 
@@ -34,11 +34,12 @@ def sink() -> Iterator[WebhookSink]:
 
 
 def spotline_cli(dev: Devstack, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m pipeline.cli`` as an operator runs it, pointed at devstack."""
+    """``python -m spotline_ops.cli`` as an operator runs it, pointed at devstack."""
     names = ["--endpoint-url", dev.server.endpoint_url, "--stack-name", dev.require_stack.name]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "functions"), "COLUMNS": "200"}
+    python_path = os.pathsep.join(str(REPO_ROOT / home) for home in ("tools", "functions"))
+    env = {**os.environ, "PYTHONPATH": python_path, "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *names, *args],
+        [sys.executable, "-m", "spotline_ops.cli", *names, *args],
         capture_output=True,
         text=True,
         env=env,

@@ -17,27 +17,17 @@ from typing import Any
 import boto3
 import pytest
 
+from alarm_fanout.alarm_shapes import AlarmNotice, Unreadable, parse_eventbridge_alarm
+from alarm_fanout.delivery_memory import Claim, DeliveryLedger, FlapDecision, FlapTracker
+from alarm_fanout.fanout import AlarmFanout, AlarmTags, EmailChannel
+from alarm_fanout.notices import notices_from_event
+from alarm_fanout.rendering import notice_alert, render_email
+from alarm_fanout.routing import Routing
 from devstack.cfn import Stack
 from devstack.drills.alarms import CHANNELS, fanout_env
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from devstack.motoserver import wait_until
 from devstack.sink import WebhookSink
-from pipeline.alarms import (
-    AlarmFanout,
-    AlarmNotice,
-    AlarmTags,
-    Claim,
-    DeliveryLedger,
-    EmailChannel,
-    FlapDecision,
-    FlapTracker,
-    Routing,
-    Unreadable,
-    notice_alert,
-    notices_from_event,
-    parse_eventbridge_alarm,
-    render_email,
-)
 from pipeline.alerts import AlertSender, Channel, Severity
 from pipeline.settings import MissingSetting
 from pipeline.webhooks import WebhookClient

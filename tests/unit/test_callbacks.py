@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from devstack.sink import WebhookSink
-from pipeline.callbacks import (
+from dead_letter.callbacks import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     CallbackRefused,
@@ -28,6 +27,7 @@ from pipeline.callbacks import (
     sign,
     verify,
 )
+from devstack.sink import WebhookSink
 from pipeline.contract import ErrorKind
 from pipeline.webhooks import WebhookClient
 

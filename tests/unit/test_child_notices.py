@@ -22,25 +22,25 @@ import pytest
 import yaml
 from botocore.exceptions import ClientError, EndpointConnectionError
 
+from alarm_fanout.alarm_shapes import Unreadable
+from alarm_fanout.child_notices import (
+    CHILD_FELL_OVER_KINDS,
+    CHILD_NOTICE_NAME,
+    CHILD_NOTICE_SEVERITY,
+    ERROR_MESSAGE_CHARS,
+    ChildFellOver,
+)
+from alarm_fanout.notice_bursts import BurstDecision, ChildNoticeBursts
+from alarm_fanout.notices import notices_from_event
+from alarm_fanout.rendering import child_alert
 from devstack.cfn import Stack, load_template, provision
 from devstack.drills.alarms import fanout_env, worker_log_event, worker_log_payload
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from devstack.sink import WebhookSink
 from gpu_worker import consumer
 from gpu_worker.consumer import Worker
-from pipeline.alarms import (
-    CHILD_FELL_OVER_KINDS,
-    CHILD_NOTICE_NAME,
-    CHILD_NOTICE_SEVERITY,
-    ERROR_MESSAGE_CHARS,
-    ChildFellOver,
-    Unreadable,
-    child_alert,
-    notices_from_event,
-)
 from pipeline.contract import ErrorKind, JobMessage, new_job_id
 from pipeline.jobstore import JobStore
-from pipeline.notice_bursts import BurstDecision, ChildNoticeBursts
 from pipeline.queue import JobQueue
 from pipeline.webhooks import WebhookClient
 from tests.unit.conftest import emitted_metrics, stack_worker_config

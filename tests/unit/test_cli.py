@@ -9,12 +9,12 @@ import boto3
 import pytest
 from rich.console import Console
 
+from dead_letter.ledger import MessageLedger
 from devstack.cfn import Stack
-from pipeline import cli
 from pipeline.contract import ErrorKind, JobMessage, JobStatus
-from pipeline.dead_letters import MessageLedger
 from pipeline.jobstore import JobError, JobStore
 from pipeline.queue import JobQueue
+from spotline_ops import cli
 
 OOM_JOB = "00000000-0000-4000-8000-00000000000a"
 TIMEOUT_JOB = "00000000-0000-4000-8000-00000000000b"

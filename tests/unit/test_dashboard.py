@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from devstack.cfn import load_template
-from pipeline.doctor import View, check_dashboards, dashboard_metrics
 from pipeline.metrics_names import (
     FUNCTION_METRICS,
     FUNCTION_SERVICE,
@@ -21,6 +20,7 @@ from pipeline.metrics_names import (
     WORKER_METRICS,
     WorkerMetric,
 )
+from spotline_ops.doctor import View, check_dashboards, dashboard_metrics
 
 TEMPLATE = load_template()
 FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")

@@ -14,15 +14,16 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
+from dead_letter.callbacks import SIGNATURE_HEADER, TEST_MODE_ENV, TIMESTAMP_HEADER, verify
+from dead_letter.dead_letters import DeadLetter, DeadLetterConfig
 from devstack.cfn import Stack, function_environment
 from devstack.deadletters import event_record, store_secret
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from devstack.motoserver import wait_until
 from devstack.sink import Received, WebhookSink
-from pipeline.callbacks import SIGNATURE_HEADER, TEST_MODE_ENV, TIMESTAMP_HEADER, verify
 from pipeline.contract import ErrorKind, JobStatus
-from pipeline.dead_letters import CALLBACK, DeadLetter, DeadLetterConfig, delivered_for
 from pipeline.jobstore import JobError, JobStore
+from pipeline.notified import CALLBACK, delivered_for
 from pipeline.webhooks import WebhookClient
 from tests.unit.deadline_fixtures import CountdownContext, HostileServer, slow_headers
 

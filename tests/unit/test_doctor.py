@@ -1,4 +1,4 @@
-"""pipeline.doctor: each misconfiguration provoked, found, and explained with its fix."""
+"""spotline_ops.doctor: each misconfiguration provoked, found, and explained with its fix."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from moto import mock_aws
 
 from devstack.cfn import TEMPLATE_PATH
 from gpu_worker.config import WorkerConfig
-from pipeline import doctor
-from pipeline.doctor import Finding, View, diagnose, load_template
+from spotline_ops import doctor
+from spotline_ops.doctor import Finding, View, diagnose, load_template
 
 TEMPLATE = load_template(TEMPLATE_PATH.read_text(encoding="utf-8"))
 

@@ -30,8 +30,8 @@ from devstack.sink import WebhookSink
 from pipeline.contract import ErrorKind
 from pipeline.jobstore import JobError, JobStore
 from pipeline.queue import JobQueue
-from pipeline.standby import ROLE_TAG, STACK_TAG
 from pipeline.webhooks import WebhookClient
+from spot_events.fleet import ROLE_TAG, STACK_TAG
 
 FUZZ = settings(
     max_examples=40,

@@ -16,11 +16,11 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
+from dead_letter.callbacks import TEST_MODE_ENV
 from devstack.cfn import Stack
 from devstack.deadletters import store_secret
 from devstack.lambdas import LambdaContext, http_event, load_event, load_handler_module
 from devstack.sink import WebhookSink
-from pipeline.callbacks import TEST_MODE_ENV
 
 
 def _get_job(enqueue: ModuleType, job_id: str) -> dict[str, Any]:

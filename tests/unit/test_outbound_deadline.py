@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from dead_letter.callbacks import CallbackSender, pinned_session
 from devstack.motoserver import wait_until
 from devstack.sink import WebhookSink
 from pipeline.alerts import AlertSender, Channel
-from pipeline.callbacks import CallbackSender, pinned_session
 from pipeline.webhooks import (
     DEADLINE_EXCEEDED,
     MAX_RESPONSE_BYTES,

@@ -13,14 +13,14 @@ from moto import mock_aws
 
 from devstack.cfn import Stack, load_template, provision
 from devstack.motoserver import wait_until
+from enqueue.submission import submit
 from gpu_worker.config import WorkerConfig
 from gpu_worker.prefetch import PREFETCH_RELEASE_ALLOWANCE, Acker, Finisher, Prefetcher
-from pipeline import doctor
 from pipeline.contract import JobStatus
 from pipeline.jobstore import JobStore, TransitionRefused
 from pipeline.queue import JobQueue, QueueError, ReceivedMessage
 from pipeline.settings import MissingSetting
-from pipeline.submission import submit
+from spotline_ops import doctor
 from tests.unit.test_doctor import errors
 
 _queue_numbers = itertools.count(1)

@@ -19,7 +19,7 @@ from pipeline.jobstore import (
     running_on,
     utc_now,
 )
-from pipeline.standby import Workload
+from spot_events.fleet import Workload
 
 REQUEST = {"analyzer": "echo", "input": 1}
 ERROR = JobError(ErrorKind.ANALYZER_ERROR, "flaky")
@@ -142,12 +142,17 @@ class Calls:
 
 
 @pytest.fixture
-def workload(stack: Stack) -> Workload:
-    return Workload(None, boto3.client("dynamodb"), stack.ref("JobsTable"), page_size=2)
+def dynamodb(stack: Stack) -> Any:
+    return boto3.client("dynamodb")
+
+
+@pytest.fixture
+def workload(stack: Stack, dynamodb: Any) -> Workload:
+    return Workload(None, JobStore(dynamodb, stack.ref("JobsTable")), page_size=2)
 
 
 def test_in_flight_queries_the_index_and_reads_only_running_jobs(
-    job_store: JobStore, workload: Workload
+    job_store: JobStore, workload: Workload, dynamodb: Any
 ) -> None:
     for number in range(30):  # history: finished jobs of the same instance
         job_id = f"done-{number}"
@@ -158,7 +163,7 @@ def test_in_flight_queries_the_index_and_reads_only_running_jobs(
         job_store.create(f"run-{number}", REQUEST)
         job_store.claim_queued(f"run-{number}", f"r{number}", worker)
     job_store.create("waiting", REQUEST)
-    calls = Calls(workload.dynamodb)
+    calls = Calls(dynamodb)
 
     counts = {holder: workload.in_flight(holder) for holder in (SPOT, OTHER, LOCAL, "i-0abc")}
 

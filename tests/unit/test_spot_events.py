@@ -23,7 +23,8 @@ from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from devstack.sink import WebhookSink
 from pipeline.contract import JobStatus
 from pipeline.jobstore import JobStore
-from pipeline.standby import INTERRUPTED_TAG, ROLE_TAG, STACK_TAG, StandbyNotReady
+from spot_events.fleet import INTERRUPTED_TAG, ROLE_TAG, STACK_TAG
+from spot_events.standby import StandbyNotReady
 from tests.unit.conftest import emitted_metrics
 
 TEMPLATE = load_template()  # parsed once; each test provisions its own stack from it

@@ -20,52 +20,29 @@ stack's instances.
 
 from __future__ import annotations
 
-import enum
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
 from pipeline.alerts import Alert, AlertSender, Severity
-from pipeline.jobstore import RUNNING_ON, RUNNING_ON_INDEX
 from pipeline.settings import MissingSetting, env_int, require_env
-
-STACK_TAG = "spotline:stack"
-ROLE_TAG = "spotline:role"
-INTERRUPTED_TAG = "spotline:interrupted-at"
-WORKER = "worker"
-STANDBY = "standby"
-STOP_ACTION = "stop-standby"
-RECONCILE_ACTION = "reconcile"
-STOP_SCHEDULE_NAME = "stop-standby"
-# A spot instance is reclaimed two minutes after its warning: a warned worker still shows
-# `running` meanwhile and must not count as capacity.
-AT_RISK_WINDOW = timedelta(minutes=5)
-_ACTIVE = frozenset({"pending", "running"})
-
-
-class EventKind(enum.StrEnum):
-    INTERRUPTION = "interruption"
-    REBALANCE = "rebalance"
-    FULFILLED = "fulfilled"
-    RUNNING = "running"
-
-
-DETAIL_TYPES = {
-    "EC2 Spot Instance Interruption Warning": EventKind.INTERRUPTION,
-    "EC2 Instance Rebalance Recommendation": EventKind.REBALANCE,
-    "EC2 Spot Instance Request Fulfillment": EventKind.FULFILLED,
-    "EC2 Instance State-change Notification": EventKind.RUNNING,
-}
-
-
-class MalformedEvent(ValueError):
-    """The event cannot be acted on; it is logged and dropped (a retry would not fix it)."""
+from spot_events.events import EventKind, SpotEvent, iso, utc_now
+from spot_events.fleet import (
+    ACTIVE_STATES,
+    ROLE_TAG,
+    STACK_TAG,
+    STANDBY,
+    WORKER,
+    Fleet,
+    Instance,
+    StopScheduler,
+    Workload,
+)
 
 
 class StandbyNotReady(RuntimeError):
@@ -74,93 +51,6 @@ class StandbyNotReady(RuntimeError):
 
 class StandbyMissing(RuntimeError):
     """No instance carries this stack's standby tags: a deployment problem, not a retry case."""
-
-
-# -- values -----------------------------------------------------------------------------------
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class SpotEvent:
-    kind: EventKind
-    instance_id: str
-    time: datetime
-    detail_type: str
-
-
-def _valid_instance_id(value: Any) -> bool:
-    return (
-        isinstance(value, str)
-        and value.startswith("i-")
-        and 3 <= len(value) <= 32
-        and all(c in "0123456789abcdef" for c in value[2:])
-    )
-
-
-def parse_spot_event(detail_type: str, detail: Any, time_text: Any) -> SpotEvent | None:
-    """The domain view of an EC2 event; None for a state change other than `running`.
-
-    Raises MalformedEvent when the detail lacks what the action needs."""
-    kind = DETAIL_TYPES.get(detail_type) if isinstance(detail_type, str) else None
-    if kind is None:
-        raise MalformedEvent(f"unsupported detail-type {str(detail_type)[:80]!r}")
-    if not isinstance(detail, dict):
-        raise MalformedEvent("detail is not an object")
-    instance_id = detail.get("instance-id")
-    if not _valid_instance_id(instance_id):
-        raise MalformedEvent("detail.instance-id is missing or not an instance id")
-    if kind is EventKind.RUNNING and detail.get("state") != "running":
-        return None
-    moment = parse_time(time_text)
-    if moment is None:
-        raise MalformedEvent("event time is missing or not ISO 8601")
-    return SpotEvent(kind, instance_id, moment, detail_type)
-
-
-@dataclass(frozen=True)
-class Instance:
-    instance_id: str
-    state: str
-    role: str
-    availability_zone: str = ""
-    instance_type: str = ""
-    launch_time: datetime | None = None
-    interrupted_at: datetime | None = None
-
-    @classmethod
-    def from_ec2(cls, raw: dict[str, Any]) -> Instance:
-        tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
-        return cls(
-            instance_id=raw["InstanceId"],
-            state=raw.get("State", {}).get("Name", "unknown"),
-            role=tags.get(ROLE_TAG, ""),
-            availability_zone=raw.get("Placement", {}).get("AvailabilityZone", ""),
-            instance_type=raw.get("InstanceType", ""),
-            launch_time=parse_time(raw.get("LaunchTime")),
-            interrupted_at=parse_time(tags.get(INTERRUPTED_TAG)),
-        )
-
-    def at_risk(self, now: datetime) -> bool:
-        return self.interrupted_at is not None and now - self.interrupted_at < AT_RISK_WINDOW
 
 
 @dataclass(frozen=True)
@@ -212,139 +102,6 @@ class StandbyConfig:
     @property
     def cooldown(self) -> timedelta:
         return timedelta(seconds=self.cooldown_s)
-
-
-# -- AWS edges --------------------------------------------------------------------------------
-
-
-class Fleet:
-    """This stack's instances in EC2."""
-
-    def __init__(self, ec2: Any, stack_name: str) -> None:
-        self.ec2 = ec2
-        self.stack_name = stack_name
-
-    def _describe(
-        self, filters: list[dict[str, Any]], ids: list[str] | None = None
-    ) -> list[Instance]:
-        kwargs: dict[str, Any] = {
-            "Filters": [{"Name": f"tag:{STACK_TAG}", "Values": [self.stack_name]}, *filters]
-        }
-        if ids:
-            kwargs["InstanceIds"] = ids
-        found = []
-        for page in self.ec2.get_paginator("describe_instances").paginate(**kwargs):
-            for reservation in page["Reservations"]:
-                found.extend(Instance.from_ec2(i) for i in reservation["Instances"])
-        return found
-
-    def ours(self, instance_id: str) -> Instance | None:
-        """The instance if it carries this stack's tags; None for anyone else's (or unknown)."""
-        try:
-            found = self._describe([], [instance_id])
-        except ClientError as exc:
-            if exc.response["Error"]["Code"].startswith("InvalidInstanceID"):
-                return None
-            raise
-        return found[0] if found else None
-
-    def by_role(self, role: str) -> list[Instance]:
-        return self._describe(
-            [
-                {"Name": f"tag:{ROLE_TAG}", "Values": [role]},
-                {
-                    "Name": "instance-state-name",
-                    "Values": ["pending", "running", "stopping", "stopped"],
-                },
-            ]
-        )
-
-    def healthy_workers(self, now: datetime) -> list[Instance]:
-        """Running spot workers that have no interruption pending."""
-        return [w for w in self.by_role(WORKER) if w.state == "running" and not w.at_risk(now)]
-
-    def mark_interrupted(self, instance_ids: Iterable[str], at: datetime) -> None:
-        ids = sorted(set(instance_ids))
-        if ids:
-            self.ec2.create_tags(Resources=ids, Tags=[{"Key": INTERRUPTED_TAG, "Value": iso(at)}])
-
-    def start(self, instance_ids: list[str]) -> None:
-        self.ec2.start_instances(InstanceIds=instance_ids)
-
-    def stop(self, instance_ids: list[str]) -> None:
-        self.ec2.stop_instances(InstanceIds=instance_ids)
-
-
-class StopScheduler:
-    """The one-time schedule that invokes this function with ``{"action": "stop-standby"}``."""
-
-    def __init__(self, scheduler: Any, group: str, role_arn: str) -> None:
-        self.scheduler = scheduler
-        self.group = group
-        self.role_arn = role_arn
-
-    def schedule_stop(self, at: datetime, *, target_arn: str, scheduled_at: datetime) -> None:
-        """Create the schedule, or replace it: the latest healthy event pushes the stop back."""
-        definition: dict[str, Any] = {
-            "Name": STOP_SCHEDULE_NAME,
-            "GroupName": self.group,
-            "ScheduleExpression": f"at({at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S')})",
-            "ScheduleExpressionTimezone": "UTC",
-            "FlexibleTimeWindow": {"Mode": "OFF"},
-            "ActionAfterCompletion": "DELETE",
-            "Target": {
-                "Arn": target_arn,
-                "RoleArn": self.role_arn,
-                "Input": json.dumps({"action": STOP_ACTION, "scheduled_at": iso(scheduled_at)}),
-                "RetryPolicy": {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 3600},
-            },
-        }
-        try:
-            self.scheduler.create_schedule(**definition)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConflictException":
-                raise
-            self.scheduler.update_schedule(**definition)
-
-
-class Workload:
-    """The queue's backlog and a worker's jobs in flight, from SQS and the job table."""
-
-    def __init__(
-        self, queue: Any, dynamodb: Any, table_name: str, *, page_size: int | None = None
-    ) -> None:
-        self.queue = queue
-        self.dynamodb = dynamodb
-        self.table_name = table_name
-        self.page_size = page_size  # None: DynamoDB's own pages (1 MB); tests make them small
-
-    def backlog(self) -> int:
-        visible, _ = self.queue.approximate_counts()
-        return visible
-
-    def in_flight(self, instance_id: str) -> int:
-        """RUNNING jobs held by the worker on this instance: a Query of the sparse index that
-        holds only RUNNING jobs, keyed by their holder's instance id (jobstore.running_on).
-
-        The index is eventually consistent (as was the Scan it replaces): a job claimed a
-        moment ago may not show yet. That is acceptable here: the window is the index's lag
-        (well under a second), and a standby stopped inside it is shut down like a preempted
-        spot worker: SIGTERM, the worker checkpoints and requeues the job (an interruption,
-        never an attempt), and a worker killed outright has its message redelivered within
-        one visibility window and taken over."""
-        count = 0
-        paginator = self.dynamodb.get_paginator("query")
-        for page in paginator.paginate(
-            TableName=self.table_name,
-            IndexName=RUNNING_ON_INDEX,
-            Select="COUNT",
-            KeyConditionExpression="#holder = :instance",
-            ExpressionAttributeNames={"#holder": RUNNING_ON},
-            ExpressionAttributeValues={":instance": {"S": instance_id}},
-            PaginationConfig={"PageSize": self.page_size} if self.page_size else {},
-        ):
-            count += int(page.get("Count", 0))
-        return count
 
 
 class Logger(Protocol):
@@ -438,7 +195,7 @@ class StandbyController:
         )
 
     def on_worker_up(self, event: SpotEvent, worker: Instance, *, target_arn: str) -> Outcome:
-        standbys = [s for s in self._standbys() if s.state in _ACTIVE]
+        standbys = [s for s in self._standbys() if s.state in ACTIVE_STATES]
         if not standbys:
             return Outcome("nothing-to-stop", ("standby not running",), (worker.instance_id,))
         now = self.clock()
@@ -461,7 +218,7 @@ class StandbyController:
         now = self.clock()
         since = scheduled_at or now - self.config.cooldown
         every = self._standbys()
-        standbys = [s for s in every if s.state in _ACTIVE]
+        standbys = [s for s in every if s.state in ACTIVE_STATES]
         if not standbys:
             if _interrupted_since(every, since):
                 return self._undo_stop(since)  # a retry after losing the race below
@@ -503,7 +260,7 @@ class StandbyController:
         outcome = self._reconcile()
         running = outcome.action == "started" or (
             outcome.action != "stopped"
-            and any(s.state in _ACTIVE for s in self.fleet.by_role(STANDBY))
+            and any(s.state in ACTIVE_STATES for s in self.fleet.by_role(STANDBY))
         )
         return Outcome(
             outcome.action,
@@ -542,7 +299,7 @@ class StandbyController:
                     return Outcome("pending-start", ("standby still stopping: next reconcile",))
                 return Outcome("steady", ("fleet short, standby up",))
             return Outcome("steady", ("fleet short, no backlog",))
-        active = [s for s in standbys if s.state in _ACTIVE]
+        active = [s for s in standbys if s.state in ACTIVE_STATES]
         if not active:
             return Outcome("steady", ("fleet healthy, standby stopped",))
         # Without the schedule's timestamp: require a full cooldown since the last interruption

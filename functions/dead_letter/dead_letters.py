@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
+from dead_letter.callbacks import TEST_MODE_ENV, CallbackRefused, CallbackSender, build_notice
+from dead_letter.ledger import MessageLedger
 from pipeline.alerts import Alert, AlertSender, Channel, Severity, channels_from_env
-from pipeline.callbacks import TEST_MODE_ENV, CallbackRefused, CallbackSender, build_notice
 from pipeline.contract import (
     ErrorKind,
     JobStatus,
@@ -39,10 +37,10 @@ from pipeline.contract import (
     is_job_id,
     job_id_from_body,
 )
-from pipeline.jobstore import JobError, JobRecord, JobStore, JobStoreError, utc_now
+from pipeline.jobstore import JobError, JobRecord, JobStore, utc_now
+from pipeline.notified import CALLBACK, delivered_for, notified_field
 from pipeline.webhooks import Deadline, Delivery
 
-CALLBACK = "callback"  # the user notice's entry in the delivery map, beside the alert channels
 BODY_PREVIEW_BYTES = 200
 GIB = 2**30
 # The user's endpoint may spend at most this part of a record's time: the operators' alert,
@@ -135,105 +133,6 @@ def _int(value: Any, default: Any) -> Any:
         return int(value)
     except (TypeError, ValueError):
         return default
-
-
-# -- what was delivered -------------------------------------------------------------------------
-
-
-class MessageLedger:
-    """Deliveries for DLQ messages that have no job record, keyed by message id, in the job
-    table (``job_id = dead-letter-message#ID``: never a valid job id, never in a status scan)."""
-
-    PREFIX = "dead-letter-message#"
-    # Long past any redelivery of the message (DLQ retention 13 days, notification failures
-    # queue 14): then DynamoDB's TTL removes the item (``expires_at``, epoch seconds).
-    RETAIN_S = 30 * 86400
-
-    def __init__(self, client: Any, table_name: str) -> None:
-        self._client = client
-        self._table = table_name
-
-    def _key(self, message_id: str) -> dict[str, Any]:
-        return {"job_id": {"S": self.PREFIX + message_id}}
-
-    def get(self, message_id: str) -> dict[str, str]:
-        try:
-            item = self._client.get_item(
-                TableName=self._table, Key=self._key(message_id), ConsistentRead=True
-            ).get("Item", {})
-        except ClientError as exc:
-            raise JobStoreError(f"ledger read failed for message {message_id}: {exc}") from exc
-        return {k: v["S"] for k, v in item.get("notified", {}).get("M", {}).items() if "S" in v}
-
-    def put(self, message_id: str, delivered: dict[str, str]) -> None:
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=self._key(message_id),
-                UpdateExpression="SET notified = :n, updated_at = :t, expires_at = :e",
-                ExpressionAttributeValues={
-                    ":n": {"M": {k: {"S": v} for k, v in delivered.items()}},
-                    ":t": {"S": utc_now()},
-                    ":e": {"N": str(int(time.time()) + self.RETAIN_S)},
-                },
-            )
-        except ClientError as exc:
-            raise JobStoreError(f"ledger write failed for message {message_id}: {exc}") from exc
-
-    # -- one deliverer per job at a time ----------------------------------------------------
-
-    LEASE_PREFIX = "dead-letter-lease#"
-    # Longer than the dead-letter function's Timeout (120 s): a holder that died mid-delivery
-    # frees the job before SQS shows its message again (DLQ visibility timeout 720 s).
-    LEASE_S = 150
-
-    def lease(self, job_id: str, holder: str) -> bool:
-        """Take the right to notify for ``job_id`` (False: another invocation holds it).
-
-        Two copies of one dead letter (a worker that crashed between sending to the DLQ and
-        marking it sent) may reach two concurrent invocations; without this, both would read
-        "nothing delivered yet" and both would alert."""
-        now = int(time.time())
-        try:
-            self._client.put_item(
-                TableName=self._table,
-                Item={
-                    "job_id": {"S": self.LEASE_PREFIX + job_id},
-                    "holder": {"S": holder},
-                    "lease_until": {"N": str(now + self.LEASE_S)},
-                    "expires_at": {"N": str(now + self.LEASE_S + 86400)},
-                },
-                ConditionExpression="attribute_not_exists(job_id) OR lease_until < :now",
-                ExpressionAttributeValues={":now": {"N": str(now)}},
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise JobStoreError(f"lease write failed for job {job_id}: {exc}") from exc
-        return True
-
-    def release(self, job_id: str, holder: str) -> None:
-        """Give the lease back (only our own: a lease that expired may be someone else's)."""
-        try:
-            self._client.delete_item(
-                TableName=self._table,
-                Key={"job_id": {"S": self.LEASE_PREFIX + job_id}},
-                ConditionExpression="holder = :h",
-                ExpressionAttributeValues={":h": {"S": holder}},
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise JobStoreError(f"lease release failed for job {job_id}: {exc}") from exc
-
-
-def delivered_for(record: JobRecord) -> dict[str, str]:
-    """Results already recorded for this dead-lettering (an earlier one, before a redrive,
-    does not count: the job's ``finished_at`` names the dead-lettering)."""
-    notified = record.extra.get("notified")
-    if not isinstance(notified, dict) or notified.get("dead_lettered_at") != record.finished_at:
-        return {}
-    results = notified.get("results")
-    return {str(k): str(v) for k, v in results.items()} if isinstance(results, dict) else {}
 
 
 # -- the outcome ------------------------------------------------------------------------------
@@ -423,10 +322,7 @@ class DeadLetterService:
         return f"failed: status {delivery.status}, {delivery.error}"
 
     def _remember(self, record: JobRecord, results: dict[str, str]) -> None:
-        self.store.set_fields(
-            record.job_id,
-            {"notified": {"dead_lettered_at": record.finished_at, "results": dict(results)}},
-        )
+        self.store.set_fields(record.job_id, notified_field(record, results))
 
     def _job_alert(self, record: JobRecord, error: JobError, analyzer: str, notice: str) -> Alert:
         redrive = self.redrive_command(record.job_id)
@@ -492,24 +388,6 @@ class DeadLetterService:
         if failed:
             raise NotDelivered(f"message {letter.message_id}: not delivered to {failed}")
         return Outcome(kind, job_id, results)
-
-
-def dead_lettered_jobs(client: Any, table_name: str) -> list[JobRecord]:
-    """Every DEAD_LETTERED job (a scan: operator tooling and drills, never the hot path)."""
-    store = JobStore(client, table_name)
-    job_ids: list[str] = []
-    paginator = client.get_paginator("scan")
-    pages = paginator.paginate(
-        TableName=table_name,
-        ProjectionExpression="job_id",
-        FilterExpression="#status = :status",
-        ExpressionAttributeNames={"#status": "status"},
-        ExpressionAttributeValues={":status": {"S": str(JobStatus.DEAD_LETTERED)}},
-    )
-    for page in pages:
-        job_ids.extend(item["job_id"]["S"] for item in page.get("Items", []))
-    records = [store.get(job_id) for job_id in job_ids]
-    return [r for r in records if r is not None and r.status == JobStatus.DEAD_LETTERED]
 
 
 def _tally(deliveries: Mapping[str, Delivery], results: dict[str, str]) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""``spotline`` (or ``python -m pipeline.cli``): the operator's view of jobs and dead letters.
+"""``spotline`` (or ``python -m spotline_ops.cli``): the operator's view of jobs and dead letters.
 
     spotline --stack-name spotline jobs status JOB_ID
     spotline --stack-name spotline dlq list
@@ -31,8 +31,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from pipeline.contract import JobMessage, JobStatus, is_job_id, job_id_from_body
-from pipeline.dead_letters import dead_lettered_jobs, delivered_for
 from pipeline.jobstore import JobRecord, JobStore, JobStoreError, TransitionRefused, utc_now
+from pipeline.notified import delivered_for
 from pipeline.queue import JobQueue, QueueError
 
 PROGRESS_FROM = 5  # show a progress bar from this many jobs on
@@ -165,7 +165,7 @@ def jobs_status(clients: Clients, job_id: str, console: Console, *, as_json: boo
 
 def dlq_list(clients: Clients, console: Console, *, as_json: bool) -> int:
     records = sorted(
-        dead_lettered_jobs(clients.dynamodb, clients.names.table),
+        clients.store.dead_lettered(),
         key=lambda r: r.finished_at or "",
     )
     waiting, in_flight = clients.dlq.approximate_counts()
@@ -267,9 +267,7 @@ def dlq_redrive(
     dry_run: bool,
 ) -> int:
     if redrive_all:
-        records: list[JobRecord | None] = list(
-            dead_lettered_jobs(clients.dynamodb, clients.names.table)
-        )
+        records: list[JobRecord | None] = list(clients.store.dead_lettered())
         missing: list[str] = []
     else:
         fetched = {
@@ -363,7 +361,7 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     except CliError as exc:
         console.print(f"[red]{exc}[/]")
         return 2
-    except (BotoCoreError, ClientError) as exc:
+    except (BotoCoreError, ClientError, JobStoreError) as exc:
         console.print(f"[red]AWS call failed: {exc}[/]")
         return 1
 

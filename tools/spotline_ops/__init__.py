@@ -1,0 +1,2 @@
+"""spotline's operator tools: the `spotline` CLI and the template doctor (never in the Lambda bundle
+or the worker image)."""
