@@ -45,6 +45,7 @@ from gpu_worker.stop_policy import EXIT_RESERVE_S, react
 from gpu_worker.supervisor import Outcome, Supervisor
 from pipeline.contract import ErrorKind, job_id_from_body
 from pipeline.jobstore import JobError, JobRecord, JobStore
+from pipeline.log_lines import JOB_STARTED
 from pipeline.queue import JobQueue, QueueError, ReceivedMessage
 
 logger = Logger(service="spotline-worker")
@@ -397,7 +398,7 @@ class Worker:
         assert attempt.token is not None
         record, request, message = attempt.record, attempt.request, attempt.message
         logger.append_keys(attempt=record.attempts + 1, analyzer=request["analyzer"])
-        logger.info("job started", extra={"receive_count": message.receive_count})
+        logger.info(JOB_STARTED, extra={"receive_count": message.receive_count})
         try:
             job, restored = prepare(
                 attempt, self.results, self.checkpoints, self.config.max_input_bytes

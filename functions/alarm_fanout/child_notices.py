@@ -25,6 +25,7 @@ from alarm_fanout.alarm_shapes import (
 )
 from pipeline.alerts import Severity
 from pipeline.contract import ErrorKind
+from pipeline.log_lines import JOB_FINISHED
 
 # -- the analysis child fell over: the worker's log, through a subscription filter -------------
 
@@ -34,7 +35,6 @@ from pipeline.contract import ErrorKind
 # max_runtime_s and was killed (TIMEOUT). The worker log group's subscription filter in
 # template.yaml matches exactly these kinds; a test holds the two together.
 CHILD_FELL_OVER_KINDS = (ErrorKind.OOM, ErrorKind.UNKNOWN, ErrorKind.TIMEOUT)
-JOB_FINISHED = "job finished"  # the worker's log message (gpu_worker/consumer.py)
 # Routed like the alarm on the same trouble (STACK-worker-child-restarted, tagged warning).
 CHILD_NOTICE_NAME = "worker-child-restarted"
 CHILD_NOTICE_SEVERITY = Severity.WARNING
