@@ -9,11 +9,16 @@ expired one. Paths served:
   ``{"action": "terminate", "time": "<deadline>"}``
 - ``/latest/meta-data/events/recommendations/rebalance``: 404, or ``{"noticeTime": ...}``
 - ``/latest/meta-data/instance-id``
+- ``/latest/meta-data/autoscaling/target-lifecycle-state``: 404 outside an Auto Scaling group
+  (the default), else the target state set with ``set_lifecycle_state`` (``InService``,
+  ``Terminated``, ``Warmed:Stopped``, ...)
+- ``/latest/meta-data/tags/instance/aws:autoscaling:groupName``: the group, when one is given
 - ``/computeMetadata/v1/instance/preempted`` (GCP shape; needs ``Metadata-Flavor: Google``)
 
 Control, from Python (``mock.schedule_notice(...)``) or over HTTP for other processes:
 ``POST /_control/notice`` ``{"action", "in_s", "deadline_s"}``, ``POST /_control/rebalance``,
-``POST /_control/preempt`` (GCP), ``POST /_control/garbage`` ``{"path", "status", "body"}``,
+``POST /_control/preempt`` (GCP), ``POST /_control/lifecycle`` ``{"state"}``,
+``POST /_control/garbage`` ``{"path", "status", "body"}``,
 ``POST /_control/expire-tokens``, ``POST /_control/reset``, ``GET /_control/stats``.
 """
 
@@ -32,6 +37,8 @@ from typing import Any
 SPOT_PATH = "/latest/meta-data/spot/instance-action"
 REBALANCE_PATH = "/latest/meta-data/events/recommendations/rebalance"
 INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
+LIFECYCLE_PATH = "/latest/meta-data/autoscaling/target-lifecycle-state"
+GROUP_TAG_PATH = "/latest/meta-data/tags/instance/aws:autoscaling:groupName"
 TOKEN_PATH = "/latest/api/token"
 GCP_PREEMPTED_PATH = "/computeMetadata/v1/instance/preempted"
 MAX_TTL_S = 21600
@@ -56,8 +63,17 @@ class _Garbage:
 
 
 class ImdsMock:
-    def __init__(self, instance_id: str = "i-0123456789abcdef0") -> None:
+    def __init__(
+        self,
+        instance_id: str = "i-0123456789abcdef0",
+        *,
+        lifecycle_state: str | None = None,
+        group_name: str | None = None,
+    ) -> None:
         self.instance_id = instance_id
+        self.group_name = group_name
+        self._initial_lifecycle_state = lifecycle_state
+        self._lifecycle_state = lifecycle_state
         self._lock = threading.Lock()
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
         self._notice: _Notice | None = None
@@ -110,6 +126,11 @@ class ImdsMock:
         with self._lock:
             self._preempted = True
 
+    def set_lifecycle_state(self, state: str | None) -> None:
+        """Auto Scaling's target state for this instance (None: not in a group, 404)."""
+        with self._lock:
+            self._lifecycle_state = state
+
     def serve_garbage(self, path: str, *, status: int = 200, body: bytes = b"{not json") -> None:
         """Answer ``path`` (e.g. SPOT_PATH) with ``status``/``body`` regardless of tokens."""
         with self._lock:
@@ -123,6 +144,7 @@ class ImdsMock:
     def reset(self) -> None:
         with self._lock:
             self._notice, self._rebalance_at, self._preempted = None, None, False
+            self._lifecycle_state = self._initial_lifecycle_state
             self._garbage.clear()
             self._tokens.clear()
             self.counts.clear()
@@ -206,6 +228,10 @@ class ImdsMock:
             if self._rebalance_at is None:
                 return 404, b"Not Found"
             return 200, json.dumps({"noticeTime": imds_time(self._rebalance_at)}).encode()
+        if path == LIFECYCLE_PATH and self._lifecycle_state is not None:
+            return 200, self._lifecycle_state.encode()
+        if path == GROUP_TAG_PATH and self.group_name is not None:
+            return 200, self.group_name.encode()
         return 404, b"Not Found"
 
     def _control(self, method: str, command: str, body: bytes) -> tuple[int, bytes]:
@@ -228,6 +254,9 @@ class ImdsMock:
             self.recommend_rebalance()
         elif command == "preempt":
             self.preempt_gcp()
+        elif command == "lifecycle":
+            state = args.get("state")
+            self.set_lifecycle_state(None if state is None else str(state))
         elif command == "garbage":
             self.serve_garbage(
                 str(args.get("path", SPOT_PATH)),

@@ -9,7 +9,6 @@ from botocore.config import Config
 
 from gpu_worker.config import WorkerConfig
 from gpu_worker.consumer import Worker, logger
-from gpu_worker.lifecycle import LifecycleHookMonitor
 from pipeline.settings import MissingSetting
 
 
@@ -28,12 +27,6 @@ def main() -> int:
         retries={"total_max_attempts": config.aws_max_attempts, "mode": "standard"},
         max_pool_connections=10,
     )
-    try:
-        # None unless WORKER_LIFECYCLE_HOOK is set (the launch template's user data sets it).
-        lifecycle = LifecycleHookMonitor.from_env(boto3.client("autoscaling", config=client_config))
-    except OSError as exc:
-        print(f"gpu_worker: cannot read this instance's id from IMDS: {exc}", file=sys.stderr)
-        return 2
     worker = Worker(
         config,
         sqs=boto3.client("sqs", config=client_config),
@@ -42,7 +35,7 @@ def main() -> int:
         cloudwatch=boto3.client("cloudwatch", config=client_config)
         if config.metrics_sink == "cloudwatch"
         else None,
-        lifecycle=lifecycle,
+        autoscaling=boto3.client("autoscaling", config=client_config),
     )
     worker.install_signal_handlers()
     try:

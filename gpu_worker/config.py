@@ -13,6 +13,7 @@ from pipeline.contract import DEFAULT_MAX_RUNTIME_S, RequestPolicy
 from pipeline.settings import MissingSetting, require_env
 
 _ANALYZER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+IMDS_ENDPOINT = "http://169.254.169.254"
 
 
 def _float(name: str, default: float) -> float:
@@ -32,6 +33,12 @@ def _text(name: str, default: str) -> str:
         return default
     raw = raw.strip()
     return "" if raw.lower() in {"off", "none", "false"} else raw
+
+
+def _imds_endpoint() -> str:
+    """WORKER_IMDS_ENDPOINT, else botocore's AWS_EC2_METADATA_SERVICE_ENDPOINT, else EC2's."""
+    fallback = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "").strip() or IMDS_ENDPOINT
+    return _text("WORKER_IMDS_ENDPOINT", fallback)
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -68,11 +75,16 @@ class WorkerConfig:
     checkpoint_grace_s: float = 20.0
     tick_s: float = 0.1
     max_input_bytes: int = 64 * 1024 * 1024
-    # Preemption (see gpu_worker/interruption.py): where notices come from, how to react.
-    imds_endpoint: str = "http://169.254.169.254"
+    # Preemption (see gpu_worker/interruption/): where notices come from, how to react.
+    imds_endpoint: str = IMDS_ENDPOINT  # every IMDS source; "" (off) turns them all off
     imds_poll_s: float = 2.0
     imds_token_ttl_s: int = 21600
     gcp_metadata_endpoint: str = ""
+    # The ASG termination hook (the fleet's user data sets them): watched through IMDS and
+    # completed after the job is released; the instance id and group are read from IMDS if unset.
+    lifecycle_hook: str = ""
+    asg_name: str = ""
+    instance_id: str = ""
     rebalance_action: str = "drain"
     checkpoint_dir: str = ""
     # -- poison jobs: memory guard, health, metrics (README "worker configuration") --
@@ -131,10 +143,13 @@ class WorkerConfig:
             checkpoint_grace_s=_float("WORKER_CHECKPOINT_GRACE_S", 20.0),
             tick_s=_float("WORKER_TICK_S", 0.1),
             max_input_bytes=_int("WORKER_MAX_INPUT_BYTES", 64 * 1024 * 1024),
-            imds_endpoint=_text("WORKER_IMDS_ENDPOINT", "http://169.254.169.254"),
+            imds_endpoint=_imds_endpoint(),
             imds_poll_s=_float("WORKER_IMDS_POLL_S", 2.0),
             imds_token_ttl_s=_int("WORKER_IMDS_TOKEN_TTL_S", 21600),
             gcp_metadata_endpoint=_text("WORKER_GCP_METADATA_ENDPOINT", ""),
+            lifecycle_hook=os.environ.get("WORKER_LIFECYCLE_HOOK", "").strip(),
+            asg_name=os.environ.get("WORKER_ASG_NAME", "").strip(),
+            instance_id=os.environ.get("WORKER_INSTANCE_ID", "").strip(),
             rebalance_action=_text("WORKER_REBALANCE_ACTION", "drain").lower(),
             checkpoint_dir=_text("WORKER_CHECKPOINT_DIR", ""),
             job_memory_limit=os.environ.get("WORKER_JOB_MEMORY_LIMIT", "").strip(),

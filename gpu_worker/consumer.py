@@ -31,11 +31,9 @@ from gpu_worker.intake import Intake
 from gpu_worker.interruption import (
     Interruption,
     InterruptionWatch,
-    LifecycleMonitor,
-    monitors_from_settings,
+    monitors_for,
     signal_interruption,
 )
-from gpu_worker.lifecycle import LifecycleHookMonitor
 from gpu_worker.memory import MemoryGuard, container_memory, job_limit_bytes
 from gpu_worker.metrics import WorkerMetrics, metric_dimensions, sink_for
 from gpu_worker.prefetch import Prefetcher
@@ -78,12 +76,9 @@ class Worker:
         dynamodb: Any,
         s3: Any,
         cloudwatch: Any = None,
-        lifecycle: LifecycleHookMonitor | None = None,
+        autoscaling: Any = None,
     ) -> None:
         self.config = config
-        # The ASG termination hook, when this instance has one: a source of interruptions,
-        # and an action to complete once the running job is released.
-        self.lifecycle = lifecycle
         self.queue = JobQueue(sqs, config.queue_url)
         self.dlq = JobQueue(sqs, config.dlq_url)
         self.store = JobStore(dynamodb, config.table_name)
@@ -103,17 +98,10 @@ class Worker:
         self.stopping = threading.Event()
         self.draining = threading.Event()  # take no new job (rebalance recommendation)
         self.interruption: Interruption | None = None
+        # Every source the settings ask for; ``autoscaling`` completes the ASG hook's action.
         self.watch = InterruptionWatch(
-            monitors_from_settings(
-                imds_endpoint=config.imds_endpoint,
-                imds_poll_s=config.imds_poll_s,
-                imds_token_ttl_s=config.imds_token_ttl_s,
-                gcp_endpoint=config.gcp_metadata_endpoint,
-            ),
-            self.on_interruption,
+            monitors_for(config, autoscaling=autoscaling), self.on_interruption
         )
-        if lifecycle is not None:
-            self.watch.monitors.append(LifecycleMonitor(lifecycle))
         self._wake_installed = False
         self._signals = 0
         self._receiving = False
@@ -259,7 +247,7 @@ class Worker:
             self.watch.stop()
             self.close_intake()
             self.supervisor.close()
-            self.complete_lifecycle_action()
+            self.watch.after_release()  # e.g. complete the ASG lifecycle action
             self.stop_services()
             logger.info(
                 "worker stopped",
@@ -268,18 +256,6 @@ class Worker:
                     "interruption": self.interruption.describe() if self.interruption else None,
                 },
             )
-
-    def complete_lifecycle_action(self) -> None:
-        """Let Auto Scaling terminate the instance now that nothing is left on it, instead of
-        after the hook's whole heartbeat timeout."""
-        if self.lifecycle is None or not self.lifecycle.pending:
-            return
-        try:
-            completed = self.lifecycle.complete()
-        except Exception:
-            logger.exception("completing the lifecycle action failed")
-            return
-        logger.info("lifecycle action completed", extra={"completed": completed})
 
     def start_intake(self) -> None:
         self.intake.start()

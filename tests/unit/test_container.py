@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from typing import Any
 
 import pytest
@@ -118,3 +119,16 @@ def test_build_context_leaves_out_virtualenvs_and_build_output() -> None:
     copied = re.findall(r"^COPY (\S+)", text, flags=re.MULTILINE)
     for source in copied:  # nothing the Dockerfile copies is ignored
         assert source.split("/")[0] not in ignored, source
+
+
+def test_the_image_installs_every_worker_package() -> None:
+    """The image installs with ``pip install .`` (not editable): a package missing from
+    pyproject's list would import in the tests and be absent from the image."""
+    listed = set(
+        tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        ".".join(init.parent.relative_to(REPO_ROOT).parts)
+        for init in (REPO_ROOT / "gpu_worker").rglob("__init__.py")
+    }
+    assert on_disk <= listed, f"add to pyproject's packages: {sorted(on_disk - listed)}"

@@ -4,39 +4,45 @@ like a spot notice, and the lifecycle action is completed only after the worker 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import boto3
+import pytest
 
 from devstack.cfn import Stack
+from devstack.imds import ImdsMock
 from devstack.motoserver import wait_until
 from gpu_worker.consumer import Worker
-from gpu_worker.interruption import Action, LifecycleMonitor, Source
+from gpu_worker.interruption import Source
 from tests.unit.conftest import stack_worker_config
 
 
-class FakeHook:
-    """Stands in for LifecycleHookMonitor (moto has no CompleteLifecycleAction)."""
-
-    hook_name = "drain"
-    min_interval_s = 0.05
+class FakeAutoScaling:
+    """Stands in for the autoscaling client (moto has no CompleteLifecycleAction)."""
 
     def __init__(self) -> None:
-        self.pending = False
-        self.completed = 0
+        self.completed: list[dict[str, Any]] = []
 
-    def poll(self) -> bool:
-        return self.pending
-
-    def complete(self, result: str = "CONTINUE") -> bool:
-        self.completed += 1
-        return True
+    def complete_lifecycle_action(self, **request: Any) -> dict[str, Any]:
+        self.completed.append(request)
+        return {}
 
 
-def make_worker(stack: Stack, hook: FakeHook) -> Worker:
+@pytest.fixture
+def imds() -> Iterator[ImdsMock]:
+    with ImdsMock("i-0feedbeef0000000a", lifecycle_state="InService") as mock:
+        yield mock
+
+
+def make_worker(stack: Stack, imds: ImdsMock, autoscaling: FakeAutoScaling) -> Worker:
     config = stack_worker_config(
         stack,
         worker_id="unit",
-        imds_endpoint="",
+        imds_endpoint=imds.url,
+        imds_poll_s=0.05,
+        lifecycle_hook="drain",
+        asg_name="unit-workers",
         wait_s=0,
         health_port=0,
     )
@@ -45,49 +51,41 @@ def make_worker(stack: Stack, hook: FakeHook) -> Worker:
         sqs=boto3.client("sqs"),
         dynamodb=boto3.client("dynamodb"),
         s3=boto3.client("s3"),
-        lifecycle=hook,  # type: ignore[arg-type]
+        autoscaling=autoscaling,
     )
-
-
-def test_monitor_reports_a_pending_hook_as_a_termination() -> None:
-    hook = FakeHook()
-    monitor = LifecycleMonitor(hook)
-    assert monitor.check() is None and monitor.interval_s == hook.min_interval_s
-    hook.pending = True
-    event = monitor.check()
-    assert event is not None
-    assert (event.source, event.action, event.detail) == (
-        str(Source.ASG_LIFECYCLE),
-        Action.TERMINATE,
-        "drain",
-    )
-    assert not event.advisory
 
 
 def test_pending_hook_stops_the_worker_and_completes_the_action_after_it_let_go(
-    stack: Stack,
+    stack: Stack, imds: ImdsMock
 ) -> None:
-    hook = FakeHook()
-    worker = make_worker(stack, hook)
+    autoscaling = FakeAutoScaling()
+    worker = make_worker(stack, imds, autoscaling)
     runner = threading.Thread(target=worker.run, daemon=True)
     runner.start()
     wait_until(lambda: worker.supervisor.child_pid is not None, timeout=30, what="the child")
-    assert hook.completed == 0
-    hook.pending = True
+    assert autoscaling.completed == []
+    imds.set_lifecycle_state("Terminated")
     runner.join(timeout=30)
     assert not runner.is_alive(), "the worker did not stop for the lifecycle hook"
     assert worker.interruption is not None
     assert worker.interruption.source == str(Source.ASG_LIFECYCLE)
-    assert hook.completed == 1
+    assert autoscaling.completed == [
+        {
+            "LifecycleHookName": "drain",
+            "AutoScalingGroupName": "unit-workers",
+            "InstanceId": "i-0feedbeef0000000a",
+            "LifecycleActionResult": "CONTINUE",
+        }
+    ]
 
 
-def test_no_pending_hook_means_nothing_to_complete(stack: Stack) -> None:
-    hook = FakeHook()
-    worker = make_worker(stack, hook)
+def test_no_pending_hook_means_nothing_to_complete(stack: Stack, imds: ImdsMock) -> None:
+    autoscaling = FakeAutoScaling()
+    worker = make_worker(stack, imds, autoscaling)
     runner = threading.Thread(target=worker.run, daemon=True)
     runner.start()
     wait_until(lambda: worker.supervisor.child_pid is not None, timeout=30, what="the child")
     worker.request_stop("test")
     runner.join(timeout=30)
     assert not runner.is_alive()
-    assert hook.completed == 0
+    assert autoscaling.completed == []
