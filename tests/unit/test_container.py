@@ -8,6 +8,7 @@ import tomllib
 from typing import Any
 
 import pytest
+import setuptools
 import yaml
 
 from devstack.cfn import REPO_ROOT
@@ -124,9 +125,16 @@ def test_build_context_leaves_out_virtualenvs_and_build_output() -> None:
 def test_the_image_installs_every_worker_package() -> None:
     """The image installs with ``pip install .`` (not editable): a package missing from
     pyproject's list would import in the tests and be absent from the image."""
-    listed = set(
-        tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    )
+    find = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]
+    listed = {
+        package
+        for where in find["where"]
+        for package in setuptools.find_packages(
+            where=str(REPO_ROOT / where), include=find["include"]
+        )
+    }
     on_disk = {
         ".".join(init.parent.relative_to(REPO_ROOT).parts)
         for init in (REPO_ROOT / "gpu_worker").rglob("__init__.py")
