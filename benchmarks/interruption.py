@@ -33,7 +33,7 @@ from devstack.imds import ImdsMock
 from devstack.motoserver import wait_until
 from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
-from pipeline.contract import JobStatus
+from spotline.contract import JobStatus
 
 STEP_S = 0.1
 CHECKPOINT_EVERY_S = 1.0

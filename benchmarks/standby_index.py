@@ -31,9 +31,9 @@ import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from devstack.cfn import provision  # noqa: E402
-from pipeline.contract import JobStatus  # noqa: E402
-from pipeline.jobstore import JobStore, utc_now  # noqa: E402
 from spot_events.fleet import Workload  # noqa: E402
+from spotline.contract import JobStatus  # noqa: E402
+from spotline.jobstore import JobStore, utc_now  # noqa: E402
 
 STANDBY = "i-0123456789abcdef0"
 SPOT = "i-0fedcba987654321f"

@@ -58,8 +58,8 @@ from gpu_worker.checkpoint import ResultStore  # noqa: E402
 from gpu_worker.config import WorkerConfig  # noqa: E402
 from gpu_worker.consumer import Worker, logger  # noqa: E402
 from gpu_worker.health import logger as health_logger  # noqa: E402
-from pipeline.contract import JobStatus  # noqa: E402
-from pipeline.jobstore import JobStore  # noqa: E402
+from spotline.contract import JobStatus  # noqa: E402
+from spotline.jobstore import JobStore  # noqa: E402
 
 # The worker's own client settings (gpu_worker/__main__.py), so neither side is favoured.
 CLIENT_CONFIG = Config(

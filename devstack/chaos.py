@@ -39,9 +39,9 @@ from devstack.sink import WebhookSink
 from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
 from gpu_worker.checkpoint import CHECKPOINT_PREFIX, SAVED_AT_METADATA
-from pipeline.contract import ErrorKind, JobMessage, JobStatus
-from pipeline.jobstore import JobRecord
-from pipeline.notified import CALLBACK, delivered_for
+from spotline.contract import ErrorKind, JobMessage, JobStatus
+from spotline.jobstore import JobRecord
+from spotline.notified import CALLBACK, delivered_for
 
 MIB = 1024 * 1024
 STEP_S = 0.1

@@ -11,8 +11,8 @@ from rich.table import Table
 
 from devstack.drills import DRILLS, Check, Drill, Expectation
 from devstack.stack import Devstack
-from pipeline.contract import TERMINAL_STATUSES, JobStatus
-from pipeline.jobstore import JobRecord
+from spotline.contract import TERMINAL_STATUSES, JobStatus
+from spotline.jobstore import JobRecord
 
 console = Console()
 # The handlers run in this process: keep their JSON logs and EMF metrics off the live view.

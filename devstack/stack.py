@@ -16,8 +16,8 @@ from devstack.faults import FaultProxy
 from devstack.lambdas import LambdaContext, http_event, load_event, load_handler_module
 from devstack.motoserver import MotoServer
 from devstack.workers import WorkerProcess, worker_env
-from pipeline.jobstore import JobRecord, JobStore
-from pipeline.queue import JobQueue
+from spotline.jobstore import JobRecord, JobStore
+from spotline.queue import JobQueue
 
 # devstack, its drills, the chaos run and the tests send the drill analyzers (memory_hog, crash,
 # ...) through enqueue to real workers: a local stack accepts them unless told otherwise. A

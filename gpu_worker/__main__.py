@@ -9,7 +9,7 @@ from botocore.config import Config
 
 from gpu_worker.config import WorkerConfig
 from gpu_worker.consumer import Worker, logger
-from pipeline.settings import MissingSetting
+from spotline.settings import MissingSetting
 
 
 def main() -> int:

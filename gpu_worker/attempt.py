@@ -7,9 +7,9 @@ from typing import Any
 
 from gpu_worker.analyzers import Job
 from gpu_worker.checkpoint import CheckpointStore, FileCheckpointStore, ResultStore
-from pipeline.contract import JobMessage
-from pipeline.jobstore import JobRecord, attempt_id
-from pipeline.queue import ReceivedMessage
+from spotline.contract import JobMessage
+from spotline.jobstore import JobRecord, attempt_id
+from spotline.queue import ReceivedMessage
 
 
 @dataclass

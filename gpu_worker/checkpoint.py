@@ -19,7 +19,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
-from pipeline.contract import InvalidJob, input_key
+from spotline.contract import InvalidJob, input_key
 
 logger = Logger(service="spotline-worker", child=True)
 

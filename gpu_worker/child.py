@@ -23,7 +23,7 @@ from typing import Any
 
 from gpu_worker import analyzers
 from gpu_worker.analyzers import Interrupted, InvalidInput, Job, PermanentError, RetryableError
-from pipeline.contract import ErrorKind
+from spotline.contract import ErrorKind
 
 CHILD_NICENESS = 10
 # Raised by frameworks when the GPU runs out of memory; matched by name so torch is optional.

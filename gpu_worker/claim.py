@@ -16,8 +16,8 @@ from aws_lambda_powertools import Logger
 
 from gpu_worker.attempt import Attempt
 from gpu_worker.decisions import ClaimVerdict
-from pipeline.contract import InvalidJob, JobMessage, JobStatus, RequestPolicy, validate_request
-from pipeline.jobstore import JobRecord, JobStore, TransitionRefused
+from spotline.contract import InvalidJob, JobMessage, JobStatus, RequestPolicy, validate_request
+from spotline.jobstore import JobRecord, JobStore, TransitionRefused
 
 logger = Logger(service="spotline-worker", child=True)
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, fields
 
 from gpu_worker.memory import job_limit_bytes
 from gpu_worker.metrics import metric_dimensions
-from pipeline.contract import DEFAULT_MAX_RUNTIME_S, RequestPolicy
-from pipeline.settings import MissingSetting, require_env
+from spotline.contract import DEFAULT_MAX_RUNTIME_S, RequestPolicy
+from spotline.settings import MissingSetting, require_env
 
 _ANALYZER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 IMDS_ENDPOINT = "http://169.254.169.254"

@@ -41,10 +41,10 @@ from gpu_worker.report import job_finished
 from gpu_worker.settle import CRASH_EXIT_CODE, Settler
 from gpu_worker.stop_policy import EXIT_RESERVE_S, react
 from gpu_worker.supervisor import Outcome, Supervisor
-from pipeline.contract import ErrorKind, job_id_from_body
-from pipeline.jobstore import JobError, JobRecord, JobStore
-from pipeline.log_lines import JOB_STARTED
-from pipeline.queue import JobQueue, QueueError, ReceivedMessage
+from spotline.contract import ErrorKind, job_id_from_body
+from spotline.jobstore import JobError, JobRecord, JobStore
+from spotline.log_lines import JOB_STARTED
+from spotline.queue import JobQueue, QueueError, ReceivedMessage
 
 logger = Logger(service="spotline-worker")
 

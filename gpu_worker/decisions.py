@@ -29,8 +29,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from pipeline.contract import ErrorKind
-from pipeline.jobstore import JobError
+from spotline.contract import ErrorKind
+from spotline.jobstore import JobError
 
 
 class Action(enum.StrEnum):

@@ -7,9 +7,9 @@ import time
 
 from aws_lambda_powertools import Logger
 
-from pipeline.contract import ErrorKind
-from pipeline.jobstore import JobError, JobStore, TransitionRefused
-from pipeline.queue import JobQueue, QueueError
+from spotline.contract import ErrorKind
+from spotline.jobstore import JobError, JobStore, TransitionRefused
+from spotline.queue import JobQueue, QueueError
 
 logger = Logger(service="spotline-worker", child=True)
 

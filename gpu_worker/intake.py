@@ -14,7 +14,7 @@ from aws_lambda_powertools import Logger
 
 from gpu_worker.config import WorkerConfig
 from gpu_worker.prefetch import Acker, Finisher, Prefetcher
-from pipeline.queue import JobQueue, QueueError, ReceivedMessage
+from spotline.queue import JobQueue, QueueError, ReceivedMessage
 
 logger = Logger(service="spotline-worker", child=True)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psutil
 
-from pipeline.contract import ErrorKind
-from pipeline.jobstore import JobError
+from spotline.contract import ErrorKind
+from spotline.jobstore import JobError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # cgroup v1 reports "no limit" as a huge page-aligned number rather than "max".

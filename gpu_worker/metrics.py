@@ -5,7 +5,7 @@ once per interval (60 s by default) as CloudWatch Embedded Metric Format lines o
 container's log driver ships them; CloudWatch extracts the metrics) or as PutMetricData calls
 (at most one call per 1,000 data points per interval). A failed flush is logged, never raised.
 
-Names come from ``pipeline.metrics_names`` (the alarms and dashboard use the same; namespace
+Names come from ``spotline.metrics_names`` (the alarms and dashboard use the same; namespace
 ``spotline``); every metric has the dimension set {Service} and, when WORKER_METRICS_DIMENSIONS
 adds some, also the full set:
 
@@ -33,7 +33,7 @@ from typing import IO, Any, Protocol
 
 from aws_lambda_powertools import Logger
 
-from pipeline.metrics_names import SERVICE_DIMENSION, WORKER_SERVICE, WorkerMetric
+from spotline.metrics_names import SERVICE_DIMENSION, WORKER_SERVICE, WorkerMetric
 
 logger = Logger(service="spotline-worker", child=True)
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from aws_lambda_powertools import Logger
 
 from gpu_worker.heartbeat import extension_due_in
-from pipeline.queue import JobQueue, QueueError, ReceivedMessage
+from spotline.queue import JobQueue, QueueError, ReceivedMessage
 
 logger = Logger(service="spotline-worker", child=True)
 

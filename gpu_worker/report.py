@@ -1,4 +1,4 @@
-"""The worker's "job finished" line (pipeline/log_lines.py says who else reads it). An
+"""The worker's "job finished" line (spotline/log_lines.py says who else reads it). An
 error's text can quote the job's input (an analyzer's "ValueError: could not convert string to
 float: '<input>'", a traceback's frames): the line carries its first line only, at most 300
 characters. The job record keeps the fuller message.
@@ -11,7 +11,7 @@ from aws_lambda_powertools import Logger
 from gpu_worker.child import first_line
 from gpu_worker.decisions import Action, Decision
 from gpu_worker.supervisor import Outcome
-from pipeline.log_lines import JOB_FINISHED, JobFinished
+from spotline.log_lines import JOB_FINISHED, JobFinished
 
 logger = Logger(service="spotline-worker", child=True)
 

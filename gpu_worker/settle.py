@@ -26,9 +26,9 @@ from gpu_worker.decisions import CLAIM_TABLE, Action, Decision, decide_infra_fau
 from gpu_worker.faults import FaultTracker, describe, is_infra_fault
 from gpu_worker.intake import Intake
 from gpu_worker.metrics import WorkerMetrics
-from pipeline.contract import ErrorKind, JobStatus, MessageAttribute, job_id_from_body
-from pipeline.jobstore import JobError, JobRecord, JobStore, TransitionRefused, attempt_id, utc_now
-from pipeline.queue import JobQueue, ReceivedMessage
+from spotline.contract import ErrorKind, JobStatus, MessageAttribute, job_id_from_body
+from spotline.jobstore import JobError, JobRecord, JobStore, TransitionRefused, attempt_id, utc_now
+from spotline.queue import JobQueue, ReceivedMessage
 
 logger = Logger(service="spotline-worker", child=True)
 

@@ -21,8 +21,8 @@ from aws_lambda_powertools import Logger
 
 from gpu_worker import child, memory
 from gpu_worker.analyzers import Job
-from pipeline.contract import ErrorKind
-from pipeline.jobstore import JobError
+from spotline.contract import ErrorKind
+from spotline.jobstore import JobError
 
 logger = Logger(service="spotline-worker", child=True)
 

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.contract import JobStatus
-from pipeline.jobstore import JobRecord
+from spotline.contract import JobStatus
+from spotline.jobstore import JobRecord
 
 if TYPE_CHECKING:
     from devstack.stack import Devstack

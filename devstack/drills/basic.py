@@ -7,8 +7,8 @@ from typing import Any
 
 from devstack.drills.base import Check, Drill, Expectation
 from devstack.stack import Devstack
-from pipeline.contract import JobStatus
-from pipeline.jobstore import JobRecord
+from spotline.contract import JobStatus
+from spotline.jobstore import JobRecord
 
 
 def echo_result_matches(expected_input: Any) -> Callable[[Devstack, JobRecord], str | None]:

@@ -15,9 +15,9 @@ from devstack.deadletters import DeadLetterRouter, configure_notifications
 from devstack.drills.base import Check, Drill, Expectation
 from devstack.sink import Received, WebhookSink
 from devstack.stack import Devstack
-from pipeline.contract import JobStatus
-from pipeline.jobstore import JobRecord, JobStore
-from pipeline.notified import CALLBACK, delivered_for
+from spotline.contract import JobStatus
+from spotline.jobstore import JobRecord, JobStore
+from spotline.notified import CALLBACK, delivered_for
 
 GARBAGE = "\x00not a job {{{ <!channel> "
 

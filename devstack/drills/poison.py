@@ -12,8 +12,8 @@ from devstack.motoserver import free_port
 from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
 from gpu_worker.memory import parse_bytes
-from pipeline.contract import ErrorKind, JobStatus
-from pipeline.jobstore import JobRecord
+from spotline.contract import ErrorKind, JobStatus
+from spotline.jobstore import JobRecord
 
 # Every demo worker inherits it, so it must leave room for the text_embed drill's model (~600 MiB).
 JOB_MEMORY_LIMIT = "1Gi"

@@ -22,8 +22,8 @@ from devstack.imds import ImdsMock
 from devstack.motoserver import wait_until
 from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
-from pipeline.contract import ErrorKind, JobStatus
-from pipeline.jobstore import JobRecord, JobStore
+from spotline.contract import ErrorKind, JobStatus
+from spotline.jobstore import JobRecord, JobStore
 
 STEP_S = 0.25
 CHECKPOINT_EVERY_S = 1.0

@@ -12,7 +12,7 @@ from typing import Any
 from devstack.drills.base import Check, Drill
 from devstack.stack import Devstack
 from gpu_worker.analyzers import OPTIONAL_ANALYZERS
-from pipeline.contract import TERMINAL_STATUSES, JobStatus
+from spotline.contract import TERMINAL_STATUSES, JobStatus
 
 TEXTS = [
     "The spot instance received a two-minute interruption notice.",

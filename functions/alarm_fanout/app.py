@@ -16,9 +16,9 @@ from alarm_fanout.delivery_memory import DeliveryLedger, FlapTracker
 from alarm_fanout.fanout import AlarmFanout, AlarmTags, EmailChannel, FanoutSettings, Outcome
 from alarm_fanout.notice_bursts import ChildNoticeBursts
 from alarm_fanout.routing import Routing
-from pipeline.alerts import AlertSender, channels_from_env
-from pipeline.metrics_names import FunctionMetric
-from pipeline.webhooks import TimeBudget
+from spotline.alerts import AlertSender, channels_from_env
+from spotline.metrics_names import FunctionMetric
+from spotline.webhooks import TimeBudget
 
 settings = FanoutSettings.from_env()
 channels = channels_from_env()  # a listed channel without its secret fails here, at cold start

@@ -23,9 +23,9 @@ from alarm_fanout.alarm_shapes import (
     dump_raw,
     text_field,
 )
-from pipeline.alerts import Severity
-from pipeline.contract import ErrorKind
-from pipeline.log_lines import JOB_FINISHED
+from spotline.alerts import Severity
+from spotline.contract import ErrorKind
+from spotline.log_lines import JOB_FINISHED
 
 # -- the analysis child fell over: the worker's log, through a subscription filter -------------
 

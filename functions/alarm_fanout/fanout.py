@@ -49,9 +49,9 @@ from alarm_fanout.notice_bursts import (
 from alarm_fanout.notices import notices_from_event
 from alarm_fanout.rendering import child_alert, notice_alert, render_email, unreadable_alert
 from alarm_fanout.routing import Routing
-from pipeline.alerts import Alert, AlertSender
-from pipeline.settings import env_int, require_env
-from pipeline.webhooks import Deadline, Delivery, TimeBudget
+from spotline.alerts import Alert, AlertSender
+from spotline.settings import env_int, require_env
+from spotline.webhooks import Deadline, Delivery, TimeBudget
 
 # -- channels beyond webhooks ----------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """One alert per notice, rendered for chat (Slack blocks and Discord embeds come from
-:mod:`pipeline.alerts`) and for email."""
+:mod:`spotline.alerts`) and for email."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from alarm_fanout.alarm_shapes import RAW_EXCERPT_CHARS, AlarmNotice, AlarmState, Unreadable
 from alarm_fanout.child_notices import CHILD_NOTICE_SEVERITY, KIND_MEANING, ChildFellOver
 from alarm_fanout.delivery_memory import FlapDecision
-from pipeline.alerts import Alert, Severity
+from spotline.alerts import Alert, Severity
 
 # -- rendering -------------------------------------------------------------------------------
 

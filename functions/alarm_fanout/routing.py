@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pipeline.settings import MissingSetting
+from spotline.settings import MissingSetting
 
 # -- routing ---------------------------------------------------------------------------------
 

@@ -24,10 +24,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from dead_letter.callbacks import CallbackSender
 from dead_letter.dead_letters import DeadLetter, DeadLetterConfig, DeadLetterService
 from dead_letter.ledger import MessageLedger
-from pipeline.alerts import AlertSender
-from pipeline.jobstore import JobStore
-from pipeline.settings import Settings
-from pipeline.webhooks import Deadline, TimeBudget
+from spotline.alerts import AlertSender
+from spotline.jobstore import JobStore
+from spotline.settings import Settings
+from spotline.webhooks import Deadline, TimeBudget
 
 settings = Settings.from_env()
 config = DeadLetterConfig.from_env()

@@ -26,9 +26,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from pipeline.alerts import resolve_secret
-from pipeline.contract import ErrorKind, JobStatus
-from pipeline.webhooks import (
+from spotline.alerts import resolve_secret
+from spotline.contract import ErrorKind, JobStatus
+from spotline.webhooks import (
     DEADLINE_EXCEEDED,
     Deadline,
     DeadlineAdapter,

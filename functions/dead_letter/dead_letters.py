@@ -29,17 +29,17 @@ from typing import Any
 
 from dead_letter.callbacks import TEST_MODE_ENV, CallbackRefused, CallbackSender, build_notice
 from dead_letter.ledger import MessageLedger
-from pipeline.alerts import Alert, AlertSender, Channel, Severity, channels_from_env
-from pipeline.contract import (
+from spotline.alerts import Alert, AlertSender, Channel, Severity, channels_from_env
+from spotline.contract import (
     ErrorKind,
     JobStatus,
     MessageAttribute,
     is_job_id,
     job_id_from_body,
 )
-from pipeline.jobstore import JobError, JobRecord, JobStore, utc_now
-from pipeline.notified import CALLBACK, delivered_for, notified_field
-from pipeline.webhooks import Deadline, Delivery
+from spotline.jobstore import JobError, JobRecord, JobStore, utc_now
+from spotline.notified import CALLBACK, delivered_for, notified_field
+from spotline.webhooks import Deadline, Delivery
 
 BODY_PREVIEW_BYTES = 200
 GIB = 2**30

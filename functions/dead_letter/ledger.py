@@ -8,7 +8,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from pipeline.jobstore import JobStoreError, utc_now
+from spotline.jobstore import JobStoreError, utc_now
 
 
 class MessageLedger:

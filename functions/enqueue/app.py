@@ -16,10 +16,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError
 
 from enqueue import submission
-from pipeline.contract import InvalidJob, SchemaViolation, is_job_id, parse_request
-from pipeline.jobstore import JobStore, JobStoreError
-from pipeline.queue import JobQueue, QueueError
-from pipeline.settings import Settings
+from spotline.contract import InvalidJob, SchemaViolation, is_job_id, parse_request
+from spotline.jobstore import JobStore, JobStoreError
+from spotline.queue import JobQueue, QueueError
+from spotline.settings import Settings
 
 settings = Settings.from_env()
 # The stack's rules beyond the schema (bucket, drill analyzers, runtime cap), built once.

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.contract import (
+from spotline.contract import (
     JobMessage,
     input_key,
     job_id_for_idempotency_key,
     new_job_id,
 )
-from pipeline.jobstore import JobRecord, JobStore
-from pipeline.queue import JobQueue
+from spotline.jobstore import JobRecord, JobStore
+from spotline.queue import JobQueue
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 

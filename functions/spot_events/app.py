@@ -16,13 +16,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from pipeline.alerts import AlertSender, channels_from_env
-from pipeline.jobstore import JobStore
-from pipeline.metrics_names import FunctionMetric
-from pipeline.queue import JobQueue
-from pipeline.settings import Settings
 from spot_events import events, standby
 from spot_events.fleet import Fleet, StopScheduler, Workload
+from spotline.alerts import AlertSender, channels_from_env
+from spotline.jobstore import JobStore
+from spotline.metrics_names import FunctionMetric
+from spotline.queue import JobQueue
+from spotline.settings import Settings
 
 settings = Settings.from_env()
 config = standby.StandbyConfig.from_env()

@@ -11,8 +11,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from pipeline.jobstore import JobStore
 from spot_events.events import STOP_ACTION, iso, parse_time
+from spotline.jobstore import JobStore
 
 STACK_TAG = "spotline:stack"
 ROLE_TAG = "spotline:role"

@@ -29,8 +29,6 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
-from pipeline.alerts import Alert, AlertSender, Severity
-from pipeline.settings import MissingSetting, env_int, require_env
 from spot_events.events import EventKind, SpotEvent, iso, utc_now
 from spot_events.fleet import (
     ACTIVE_STATES,
@@ -43,6 +41,8 @@ from spot_events.fleet import (
     StopScheduler,
     Workload,
 )
+from spotline.alerts import Alert, AlertSender, Severity
+from spotline.settings import MissingSetting, env_int, require_env
 
 
 class StandbyNotReady(RuntimeError):

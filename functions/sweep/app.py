@@ -11,9 +11,9 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from pipeline.jobstore import JobStore
-from pipeline.metrics_names import FunctionMetric
-from pipeline.queue import JobQueue
+from spotline.jobstore import JobStore
+from spotline.metrics_names import FunctionMetric
+from spotline.queue import JobQueue
 from sweep import stranded
 
 settings = stranded.SweepSettings.from_env()

@@ -15,10 +15,10 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError
 
-from pipeline.contract import JobMessage, JobStatus
-from pipeline.jobstore import JobStore, JobStoreError
-from pipeline.queue import JobQueue, QueueError
-from pipeline.settings import Settings, env_int
+from spotline.contract import JobMessage, JobStatus
+from spotline.jobstore import JobStore, JobStoreError
+from spotline.queue import JobQueue, QueueError
+from spotline.settings import Settings, env_int
 
 # Longer than the enqueue function's Timeout (30 s): a younger unsent job may still be on its
 # way from a running enqueue (template StrandedJobAfterSeconds; the doctor checks the two).

@@ -26,7 +26,7 @@ from gpu_worker.analyzers import (
     InvalidInput,
     Job,
 )
-from pipeline.contract import job_schema
+from spotline.contract import job_schema
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DEFAULT_BATCH_SIZE = 32

@@ -20,7 +20,7 @@ from devstack.faults import FaultProxy
 from devstack.motoserver import wait_until
 from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
-from pipeline.contract import ErrorKind, JobStatus
+from spotline.contract import ErrorKind, JobStatus
 
 pytestmark = pytest.mark.e2e
 

@@ -17,9 +17,9 @@ from devstack.deadletters import DeadLetterRouter, configure_notifications
 from devstack.motoserver import MotoServer, wait_until
 from devstack.sink import WebhookSink
 from devstack.stack import Devstack
-from pipeline.contract import ErrorKind, JobStatus
-from pipeline.notified import CALLBACK, delivered_for
-from pipeline.queue import JobQueue
+from spotline.contract import ErrorKind, JobStatus
+from spotline.notified import CALLBACK, delivered_for
+from spotline.queue import JobQueue
 from spotline_ops import cli
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ import pytest
 
 from devstack.motoserver import wait_until
 from devstack.stack import Devstack
-from pipeline.contract import JobStatus
+from spotline.contract import JobStatus
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,8 @@ from devstack.motoserver import wait_until
 from devstack.sink import WebhookSink
 from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
-from pipeline.contract import ErrorKind, JobMessage, JobStatus, job_id_for_idempotency_key
-from pipeline.jobstore import JobRecord
+from spotline.contract import ErrorKind, JobMessage, JobStatus, job_id_for_idempotency_key
+from spotline.jobstore import JobRecord
 from spotline_ops import cli
 
 pytestmark = pytest.mark.e2e

@@ -18,8 +18,8 @@ from devstack.motoserver import free_port, wait_until
 from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
 from gpu_worker.consumer import CRASH_EXIT_CODE
-from pipeline.contract import ErrorKind, JobStatus
-from pipeline.queue import ReceivedMessage
+from spotline.contract import ErrorKind, JobStatus
+from spotline.queue import ReceivedMessage
 from tests.e2e.conftest import log_lines
 
 pytestmark = pytest.mark.e2e

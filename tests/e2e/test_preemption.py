@@ -19,7 +19,7 @@ from devstack.imds import REBALANCE_PATH, SPOT_PATH, ImdsMock
 from devstack.motoserver import free_port, wait_until
 from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
-from pipeline.contract import ErrorKind, JobStatus
+from spotline.contract import ErrorKind, JobStatus
 from tests.e2e.conftest import log_lines
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ import pytest
 from devstack.motoserver import wait_until
 from devstack.stack import Devstack
 from gpu_worker.analyzers.drills import LOAD_SECONDS_ENV
-from pipeline.contract import JobStatus
+from spotline.contract import JobStatus
 from tests.e2e.conftest import log_lines
 
 pytestmark = pytest.mark.e2e

@@ -12,8 +12,8 @@ from botocore.exceptions import EndpointConnectionError
 from devstack.motoserver import MotoServer, wait_until
 from devstack.stack import Devstack
 from devstack.workers import worker_env
-from pipeline.contract import DRILL_ANALYZERS, JobStatus, analyzer_names, job_id_for_idempotency_key
-from pipeline.queue import JobQueue
+from spotline.contract import DRILL_ANALYZERS, JobStatus, analyzer_names, job_id_for_idempotency_key
+from spotline.queue import JobQueue
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ import pytest
 
 from devstack.motoserver import wait_until
 from devstack.stack import Devstack
-from pipeline.contract import ErrorKind, JobMessage, JobStatus
+from spotline.contract import ErrorKind, JobMessage, JobStatus
 from tests.e2e.conftest import log_lines
 
 pytestmark = pytest.mark.e2e

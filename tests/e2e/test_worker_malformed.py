@@ -9,7 +9,7 @@ import pytest
 
 from devstack.motoserver import wait_until
 from devstack.stack import Devstack
-from pipeline.contract import ErrorKind, JobMessage, JobStatus, MessageAttribute
+from spotline.contract import ErrorKind, JobMessage, JobStatus, MessageAttribute
 
 pytestmark = pytest.mark.e2e
 

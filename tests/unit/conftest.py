@@ -14,8 +14,8 @@ from moto import mock_aws
 
 from devstack.cfn import Stack, provision
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
-from pipeline.jobstore import JobStore
-from pipeline.queue import JobQueue
+from spotline.jobstore import JobStore
+from spotline.queue import JobQueue
 from tests.moto_state import MotoState
 
 

@@ -28,9 +28,9 @@ from devstack.drills.alarms import CHANNELS, fanout_env
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from devstack.motoserver import wait_until
 from devstack.sink import WebhookSink
-from pipeline.alerts import AlertSender, Channel, Severity
-from pipeline.settings import MissingSetting
-from pipeline.webhooks import WebhookClient
+from spotline.alerts import AlertSender, Channel, Severity
+from spotline.settings import MissingSetting
+from spotline.webhooks import WebhookClient
 from tests.unit.deadline_fixtures import CountdownContext, HostileServer, slow_headers
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"

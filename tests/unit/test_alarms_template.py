@@ -9,7 +9,7 @@ import boto3
 import pytest
 
 from devstack.cfn import Stack, load_template
-from pipeline.metrics_names import NAMESPACE, SERVICE_DIMENSION, WORKER_SERVICE, WorkerMetric
+from spotline.metrics_names import NAMESPACE, SERVICE_DIMENSION, WORKER_SERVICE, WorkerMetric
 
 TEMPLATE = load_template()
 RESOURCES: dict[str, Any] = TEMPLATE["Resources"]

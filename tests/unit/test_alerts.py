@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.sink import WebhookSink
-from pipeline.alerts import (
+from spotline.alerts import (
     Alert,
     AlertSender,
     Channel,
@@ -14,7 +14,7 @@ from pipeline.alerts import (
     render_discord,
     render_slack,
 )
-from pipeline.webhooks import WebhookClient, retry_after_s
+from spotline.webhooks import WebhookClient, retry_after_s
 
 ALERT = Alert("Job dead-lettered", "OOM", Severity.CRITICAL, (("job", "abc"),), dedupe_key="k")
 

@@ -28,8 +28,8 @@ from dead_letter.callbacks import (
     verify,
 )
 from devstack.sink import WebhookSink
-from pipeline.contract import ErrorKind
-from pipeline.webhooks import WebhookClient
+from spotline.contract import ErrorKind
+from spotline.webhooks import WebhookClient
 
 KEY = "whsec-test-key"
 

@@ -10,7 +10,7 @@ import pytest
 
 from gpu_worker.analyzers import Job
 from gpu_worker.supervisor import Supervisor
-from pipeline.contract import ErrorKind
+from spotline.contract import ErrorKind
 
 
 @pytest.fixture

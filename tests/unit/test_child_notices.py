@@ -39,10 +39,10 @@ from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from devstack.sink import WebhookSink
 from gpu_worker import consumer
 from gpu_worker.consumer import Worker
-from pipeline.contract import ErrorKind, JobMessage, new_job_id
-from pipeline.jobstore import JobStore
-from pipeline.queue import JobQueue
-from pipeline.webhooks import WebhookClient
+from spotline.contract import ErrorKind, JobMessage, new_job_id
+from spotline.jobstore import JobStore
+from spotline.queue import JobQueue
+from spotline.webhooks import WebhookClient
 from tests.unit.conftest import emitted_metrics, stack_worker_config
 
 EVENT = "alarm_worker_child_fell_over"

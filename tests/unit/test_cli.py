@@ -11,9 +11,9 @@ from rich.console import Console
 
 from dead_letter.ledger import MessageLedger
 from devstack.cfn import Stack
-from pipeline.contract import ErrorKind, JobMessage, JobStatus
-from pipeline.jobstore import JobError, JobStore
-from pipeline.queue import JobQueue
+from spotline.contract import ErrorKind, JobMessage, JobStatus
+from spotline.jobstore import JobError, JobStore
+from spotline.queue import JobQueue
 from spotline_ops import cli
 
 OOM_JOB = "00000000-0000-4000-8000-00000000000a"

@@ -19,9 +19,9 @@ import pytest
 from devstack.cfn import Stack
 from devstack.motoserver import wait_until
 from gpu_worker.consumer import Worker
-from pipeline.contract import JobStatus
-from pipeline.jobstore import JobStore
-from pipeline.queue import JobQueue
+from spotline.contract import JobStatus
+from spotline.jobstore import JobStore
+from spotline.queue import JobQueue
 from tests.unit.conftest import stack_worker_config
 from tests.unit.test_prefetch import send_jobs
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.contract import (
+from spotline.contract import (
     TRANSITIONS,
     InvalidJob,
     JobMessage,

@@ -1,5 +1,5 @@
 """The operations dashboard: it renders, and every metric on it exists (a resource of the
-template, or a metric the worker / functions emit, named in pipeline.metrics_names)."""
+template, or a metric the worker / functions emit, named in spotline.metrics_names)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from devstack.cfn import load_template
-from pipeline.metrics_names import (
+from spotline.metrics_names import (
     FUNCTION_METRICS,
     FUNCTION_SERVICE,
     FUNCTION_SERVICE_DIMENSION,

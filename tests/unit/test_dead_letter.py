@@ -21,10 +21,10 @@ from devstack.deadletters import event_record, store_secret
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from devstack.motoserver import wait_until
 from devstack.sink import Received, WebhookSink
-from pipeline.contract import ErrorKind, JobStatus
-from pipeline.jobstore import JobError, JobStore
-from pipeline.notified import CALLBACK, delivered_for
-from pipeline.webhooks import WebhookClient
+from spotline.contract import ErrorKind, JobStatus
+from spotline.jobstore import JobError, JobStore
+from spotline.notified import CALLBACK, delivered_for
+from spotline.webhooks import WebhookClient
 from tests.unit.deadline_fixtures import CountdownContext, HostileServer, slow_headers
 
 SIGNING_KEY = "unit-test-signing-key"

@@ -11,9 +11,9 @@ import pytest
 
 from devstack.cfn import Stack, provision
 from gpu_worker.consumer import Worker
-from pipeline.contract import JobMessage, JobStatus, job_id_from_body, new_job_id
-from pipeline.jobstore import JobStore
-from pipeline.queue import JobQueue, ReceivedMessage
+from spotline.contract import JobMessage, JobStatus, job_id_from_body, new_job_id
+from spotline.jobstore import JobStore
+from spotline.queue import JobQueue, ReceivedMessage
 from tests.unit.conftest import stack_worker_config
 
 

@@ -6,8 +6,8 @@ from gpu_worker.analyzers import InvalidInput, PermanentError, RetryableError
 from gpu_worker.analyzers.drills import OutOfMemoryError
 from gpu_worker.child import classify
 from gpu_worker.decisions import DECISION_TABLE, Action, backoff_s, decide
-from pipeline.contract import ErrorKind
-from pipeline.jobstore import JobError
+from spotline.contract import ErrorKind
+from spotline.jobstore import JobError
 
 LIMITS = {
     "max_attempts": 3,

@@ -13,7 +13,7 @@ from gpu_worker.analyzers import (
     RetryableError,
 )
 from gpu_worker.child import classify
-from pipeline.contract import ErrorKind, InvalidJob, analyzer_names, validate_request
+from spotline.contract import ErrorKind, InvalidJob, analyzer_names, validate_request
 
 
 class Context:

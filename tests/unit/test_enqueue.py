@@ -18,7 +18,7 @@ from botocore.exceptions import (
 
 from devstack.cfn import Stack
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
-from pipeline.contract import (
+from spotline.contract import (
     DEFAULT_MAX_RUNTIME_S,
     DRILL_ANALYZERS,
     JobStatus,
@@ -26,9 +26,9 @@ from pipeline.contract import (
     analyzer_names,
     job_id_for_idempotency_key,
 )
-from pipeline.jobstore import JobStore
-from pipeline.queue import JobQueue
-from pipeline.settings import MissingSetting, Settings
+from spotline.jobstore import JobStore
+from spotline.queue import JobQueue
+from spotline.settings import MissingSetting, Settings
 
 
 def call(enqueue: ModuleType, event: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -21,8 +21,8 @@ from hypothesis_jsonschema import from_schema
 
 from devstack.cfn import Stack
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
-from pipeline.contract import DRILL_ANALYZERS, bound_violations, job_schema
-from pipeline.queue import JobQueue
+from spotline.contract import DRILL_ANALYZERS, bound_violations, job_schema
+from spotline.queue import JobQueue
 
 FUZZ = settings(
     max_examples=60,

@@ -27,11 +27,11 @@ from devstack.deadletters import configure_notifications
 from devstack.drills.alarms import fanout_env
 from devstack.lambdas import EVENTS_DIR, LambdaContext, load_event, load_handler_module
 from devstack.sink import WebhookSink
-from pipeline.contract import ErrorKind
-from pipeline.jobstore import JobError, JobStore
-from pipeline.queue import JobQueue
-from pipeline.webhooks import WebhookClient
 from spot_events.fleet import ROLE_TAG, STACK_TAG
+from spotline.contract import ErrorKind
+from spotline.jobstore import JobError, JobStore
+from spotline.queue import JobQueue
+from spotline.webhooks import WebhookClient
 
 FUZZ = settings(
     max_examples=40,

@@ -13,8 +13,8 @@ from devstack.cfn import Stack
 from gpu_worker.config import WorkerConfig
 from gpu_worker.consumer import EXIT_RESERVE_S, Worker
 from gpu_worker.interruption import Action, Interruption, signal_interruption
-from pipeline.queue import JobQueue
-from pipeline.settings import MissingSetting
+from spotline.queue import JobQueue
+from spotline.settings import MissingSetting
 from tests.unit.conftest import stack_worker_config
 
 # -- the worker's reaction ------------------------------------------------------------------

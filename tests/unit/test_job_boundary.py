@@ -23,8 +23,8 @@ from gpu_worker.consumer import Worker
 from gpu_worker.faults import FaultTracker, is_infra_fault
 from gpu_worker.health import worker_snapshot
 from gpu_worker.supervisor import Supervisor
-from pipeline.contract import ErrorKind, JobMessage, JobStatus, new_job_id
-from pipeline.jobstore import (
+from spotline.contract import ErrorKind, JobMessage, JobStatus, new_job_id
+from spotline.jobstore import (
     HOLDER_MESSAGE_ID,
     LEASE_EXPIRES_AT,
     JobError,
@@ -32,7 +32,7 @@ from pipeline.jobstore import (
     JobStoreError,
     TransitionRefused,
 )
-from pipeline.queue import JobQueue
+from spotline.queue import JobQueue
 from tests.unit.conftest import stack_worker_config
 
 

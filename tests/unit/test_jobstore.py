@@ -4,8 +4,8 @@ import itertools
 
 import pytest
 
-from pipeline.contract import TRANSITIONS, ErrorKind, JobStatus
-from pipeline.jobstore import JobError, JobStore, TransitionRefused
+from spotline.contract import TRANSITIONS, ErrorKind, JobStatus
+from spotline.jobstore import JobError, JobStore, TransitionRefused
 
 REQUEST = {"analyzer": "echo", "input": {"x": 1.5}}
 ERROR = JobError(ErrorKind.OOM, "too big", peak_memory_bytes=123, limit_bytes=100)

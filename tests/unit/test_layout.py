@@ -20,7 +20,7 @@ import pytest
 from devstack.cfn import REPO_ROOT
 
 FUNCTIONS = REPO_ROOT / "functions"
-SHARED = FUNCTIONS / "pipeline"
+SHARED = FUNCTIONS / "spotline"
 FUNCTION_PACKAGES = sorted(
     p.name for p in FUNCTIONS.iterdir() if (p / "__init__.py").exists() and p != SHARED
 )
@@ -61,7 +61,7 @@ def test_the_requirements_list_what_the_bundle_imports() -> None:
 def test_the_lambda_bundle_imports_only_itself_the_runtime_and_its_requirements(
     path: Path,
 ) -> None:
-    allowed = set(sys.stdlib_module_names) | BUNDLE_THIRD_PARTY | {"pipeline", *FUNCTION_PACKAGES}
+    allowed = set(sys.stdlib_module_names) | BUNDLE_THIRD_PARTY | {"spotline", *FUNCTION_PACKAGES}
     strays = [f"{root} (line {line})" for root, line in imported_roots(path) if root not in allowed]
     assert not strays, f"{path.relative_to(REPO_ROOT)} imports what the bundle lacks: {strays}"
 
@@ -84,4 +84,4 @@ def test_the_worker_image_copies_the_worker_and_the_shared_package_only() -> Non
     text = (REPO_ROOT / "gpu_worker" / "Dockerfile").read_text(encoding="utf-8")
     copied = re.findall(r"^COPY (\S+)", text, flags=re.MULTILINE)
     sources = {source for source in copied if not source.endswith((".txt", ".toml", ".md"))}
-    assert sources == {"functions/pipeline", "gpu_worker"}
+    assert sources == {"functions/spotline", "gpu_worker"}

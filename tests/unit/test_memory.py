@@ -11,8 +11,8 @@ from devstack.motoserver import wait_until
 from gpu_worker import memory
 from gpu_worker.config import WorkerConfig
 from gpu_worker.memory import MemoryGuard, container_memory, job_limit_bytes, parse_bytes
-from pipeline.contract import ErrorKind
-from pipeline.settings import MissingSetting
+from spotline.contract import ErrorKind
+from spotline.settings import MissingSetting
 
 MIB = 1024 * 1024
 

@@ -7,8 +7,8 @@ import boto3
 from moto import mock_aws
 
 from devstack.cfn import Stack
-from pipeline.jobstore import JobStore
-from pipeline.queue import JobQueue
+from spotline.jobstore import JobStore
+from spotline.queue import JobQueue
 from tests.moto_state import MotoState
 
 

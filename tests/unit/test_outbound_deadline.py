@@ -18,8 +18,8 @@ import pytest
 from dead_letter.callbacks import CallbackSender, pinned_session
 from devstack.motoserver import wait_until
 from devstack.sink import WebhookSink
-from pipeline.alerts import AlertSender, Channel
-from pipeline.webhooks import (
+from spotline.alerts import AlertSender, Channel
+from spotline.webhooks import (
     DEADLINE_EXCEEDED,
     MAX_RESPONSE_BYTES,
     Deadline,
@@ -277,7 +277,7 @@ def test_a_slow_channel_never_delays_the_others(serve: Any) -> None:
             client=client(max_total_s=30),
             resolve=urls.__getitem__,
         )
-        from pipeline.alerts import Alert
+        from spotline.alerts import Alert
 
         started = time.monotonic()
         deliveries = sender.send(Alert("t", "x"), deadline=Deadline.after(DEADLINE_S))

@@ -16,10 +16,10 @@ from devstack.motoserver import wait_until
 from enqueue.submission import submit
 from gpu_worker.config import WorkerConfig
 from gpu_worker.prefetch import PREFETCH_RELEASE_ALLOWANCE, Acker, Finisher, Prefetcher
-from pipeline.contract import JobStatus
-from pipeline.jobstore import JobStore, TransitionRefused
-from pipeline.queue import JobQueue, QueueError, ReceivedMessage
-from pipeline.settings import MissingSetting
+from spotline.contract import JobStatus
+from spotline.jobstore import JobStore, TransitionRefused
+from spotline.queue import JobQueue, QueueError, ReceivedMessage
+from spotline.settings import MissingSetting
 from spotline_ops import doctor
 from tests.unit.test_doctor import errors
 
@@ -328,8 +328,8 @@ def test_claim_queued_is_one_conditional_write_and_refuses_everything_else(
 
 
 def _error() -> Any:
-    from pipeline.contract import ErrorKind
-    from pipeline.jobstore import JobError
+    from spotline.contract import ErrorKind
+    from spotline.jobstore import JobError
 
     return JobError(ErrorKind.TIMEOUT, "slow")
 

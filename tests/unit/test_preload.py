@@ -20,8 +20,8 @@ from gpu_worker.analyzers import Job
 from gpu_worker.analyzers.drills import LOAD_KILLED_ENV, LOAD_SECONDS_ENV
 from gpu_worker.config import WorkerConfig
 from gpu_worker.supervisor import Supervisor
-from pipeline.contract import ErrorKind
-from pipeline.settings import MissingSetting
+from spotline.contract import ErrorKind
+from spotline.settings import MissingSetting
 
 LOAD_S = 1.0
 

@@ -10,8 +10,9 @@ import boto3
 import pytest
 
 from devstack.cfn import Stack
-from pipeline.contract import TRANSITIONS, ErrorKind, JobStatus
-from pipeline.jobstore import (
+from spot_events.fleet import Workload
+from spotline.contract import TRANSITIONS, ErrorKind, JobStatus
+from spotline.jobstore import (
     RUNNING_ON,
     RUNNING_ON_INDEX,
     JobError,
@@ -19,7 +20,6 @@ from pipeline.jobstore import (
     running_on,
     utc_now,
 )
-from spot_events.fleet import Workload
 
 REQUEST = {"analyzer": "echo", "input": 1}
 ERROR = JobError(ErrorKind.ANALYZER_ERROR, "flaky")

@@ -21,10 +21,10 @@ from moto.ec2.models import ec2_backends
 from devstack.cfn import Stack, load_template, provision
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from devstack.sink import WebhookSink
-from pipeline.contract import JobStatus
-from pipeline.jobstore import JobStore
 from spot_events.fleet import INTERRUPTED_TAG, ROLE_TAG, STACK_TAG
 from spot_events.standby import StandbyNotReady
+from spotline.contract import JobStatus
+from spotline.jobstore import JobStore
 from tests.unit.conftest import emitted_metrics
 
 TEMPLATE = load_template()  # parsed once; each test provisions its own stack from it

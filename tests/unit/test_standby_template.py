@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from devstack.cfn import REPO_ROOT, load_template, provision
-from pipeline.jobstore import RUNNING_ON, RUNNING_ON_INDEX
+from spotline.jobstore import RUNNING_ON, RUNNING_ON_INDEX
 
 FLEET_RESOURCES = {
     "SpotEventsFunction",

@@ -14,10 +14,10 @@ import pytest
 
 from devstack.cfn import Stack, load_template
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
-from pipeline.contract import JobStatus
-from pipeline.jobstore import UNSENT_INDEX, UNSENT_SHARDS, UNSENT_SINCE, JobStore, unsent_shard
-from pipeline.metrics_names import FunctionMetric
-from pipeline.queue import JobQueue, QueueError
+from spotline.contract import JobStatus
+from spotline.jobstore import UNSENT_INDEX, UNSENT_SHARDS, UNSENT_SINCE, JobStore, unsent_shard
+from spotline.metrics_names import FunctionMetric
+from spotline.queue import JobQueue, QueueError
 from sweep import stranded
 from tests.unit.conftest import emitted_metrics
 

@@ -42,8 +42,8 @@ from gpu_worker.checkpoint import ResultStore
 from gpu_worker.child import ChildContext, classify
 from gpu_worker.decisions import Action, decide
 from gpu_worker.supervisor import Supervisor
-from pipeline.contract import ErrorKind, InvalidJob, validate_request
-from pipeline.jobstore import JobError
+from spotline.contract import ErrorKind, InvalidJob, validate_request
+from spotline.jobstore import JobError
 
 TEXTS_RULE = request_rule()["input"]["properties"]["texts"]
 MAX_TEXTS = TEXTS_RULE["maxItems"]

@@ -12,9 +12,9 @@ from gpu_worker.decisions import CLAIM_TABLE, Action, ClaimVerdict
 from gpu_worker.interruption import Action as InterruptionAction
 from gpu_worker.interruption import Interruption
 from gpu_worker.stop_policy import EXIT_RESERVE_S, react
-from pipeline.contract import ErrorKind, JobMessage, RequestPolicy, new_job_id
-from pipeline.jobstore import JobError, JobStore
-from pipeline.queue import JobQueue
+from spotline.contract import ErrorKind, JobMessage, RequestPolicy, new_job_id
+from spotline.jobstore import JobError, JobStore
+from spotline.queue import JobQueue
 
 ECHO = {"analyzer": "echo", "input": 1}
 

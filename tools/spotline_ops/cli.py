@@ -30,10 +30,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from pipeline.contract import JobMessage, JobStatus, is_job_id, job_id_from_body
-from pipeline.jobstore import JobRecord, JobStore, JobStoreError, TransitionRefused, utc_now
-from pipeline.notified import delivered_for
-from pipeline.queue import JobQueue, QueueError
+from spotline.contract import JobMessage, JobStatus, is_job_id, job_id_from_body
+from spotline.jobstore import JobRecord, JobStore, JobStoreError, TransitionRefused, utc_now
+from spotline.notified import delivered_for
+from spotline.queue import JobQueue, QueueError
 
 PROGRESS_FROM = 5  # show a progress bar from this many jobs on
 

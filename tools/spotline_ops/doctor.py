@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.metrics_names import FUNCTION_METRICS, NAMESPACE, WORKER_METRICS
+from spotline.metrics_names import FUNCTION_METRICS, NAMESPACE, WORKER_METRICS
 
 # gpu_worker.config.WorkerConfig.max_attempts (a test keeps the two equal).
 DEFAULT_WORKER_MAX_ATTEMPTS = 3

@@ -119,7 +119,7 @@ class RequestPolicy:
 
 @functools.cache
 def job_schema() -> dict[str, Any]:
-    text = resources.files("pipeline").joinpath("job_schema.json").read_text(encoding="utf-8")
+    text = resources.files("spotline").joinpath("job_schema.json").read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     Draft202012Validator.check_schema(schema)
     return schema

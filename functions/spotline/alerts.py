@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.webhooks import (
+from spotline.webhooks import (
     DEADLINE_EXCEEDED,
     Deadline,
     DeadlineExceeded,

@@ -7,7 +7,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.contract import JobMessage
+from spotline.contract import JobMessage
 
 
 class QueueError(RuntimeError):

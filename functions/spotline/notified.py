@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.jobstore import JobRecord
+from spotline.jobstore import JobRecord
 
 NOTIFIED = "notified"
 CALLBACK = "callback"  # the user notice's entry in the delivery map, beside the alert channels

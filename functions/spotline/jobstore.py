@@ -23,7 +23,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.contract import TRANSITIONS, ErrorKind, JobStatus
+from spotline.contract import TRANSITIONS, ErrorKind, JobStatus
 
 # The holder's instance id, set by every move into RUNNING and removed by every move out of it:
 # the table's sparse index RunningOnIndex (template.yaml) then holds exactly the RUNNING jobs,

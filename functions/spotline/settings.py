@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pipeline.contract import DEFAULT_MAX_RUNTIME_S, RequestPolicy
+from spotline.contract import DEFAULT_MAX_RUNTIME_S, RequestPolicy
 
 
 class MissingSetting(RuntimeError):
