@@ -16,6 +16,7 @@ import pytest
 from devstack.cfn import REPO_ROOT
 from devstack.motoserver import MotoServer
 from devstack.stack import Devstack
+from spotline_ops import cli
 
 _stack_numbers = itertools.count(1)
 
@@ -78,3 +79,9 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 
 def log_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8", errors="replace").splitlines() if path.exists() else []
+
+
+def operator_redrive(dev: Devstack, job_id: str, *flags: str) -> int:
+    """``spotline dlq redrive --job JOB_ID`` as an operator runs it, pointed at devstack."""
+    names = ["--endpoint-url", dev.server.endpoint_url, "--stack-name", dev.require_stack.name]
+    return cli.main([*names, "dlq", "redrive", "--job", job_id, *flags])

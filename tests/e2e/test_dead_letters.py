@@ -20,7 +20,7 @@ from devstack.stack import Devstack
 from spotline.contract import ErrorKind, JobStatus
 from spotline.notified import CALLBACK, delivered_for
 from spotline.queue import JobQueue
-from spotline_ops import cli
+from tests.e2e.conftest import operator_redrive
 
 pytestmark = pytest.mark.e2e
 
@@ -87,19 +87,7 @@ def test_worker_dead_letter_is_alerted_notified_and_redriven_by_the_cli(
 
         # The operator fixes the input, then redrives the job.
         devstack.client("s3").put_object(Bucket=devstack.bucket, Key=key, Body=b'{"late": 1}')
-        code = cli.main(
-            [
-                "--endpoint-url",
-                devstack.server.endpoint_url,
-                "--stack-name",
-                devstack.require_stack.name,
-                "dlq",
-                "redrive",
-                "--job",
-                job_id,
-                "--reset-attempts",
-            ]
-        )
+        code = operator_redrive(devstack, job_id, "--reset-attempts")
         assert code == 0
         wait_until(
             lambda: devstack.job(job_id).status == JobStatus.SUCCEEDED, timeout=30, what="rerun"

@@ -20,7 +20,7 @@ from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
 from spotline.contract import ErrorKind, JobMessage, JobStatus, job_id_for_idempotency_key
 from spotline.jobstore import JobRecord
-from spotline_ops import cli
+from tests.e2e.conftest import operator_redrive
 
 pytestmark = pytest.mark.e2e
 
@@ -191,18 +191,7 @@ def test_a_redriven_job_that_fails_again_is_dead_lettered_and_alerted_again(
             settled(devstack, job_id, JobStatus.DEAD_LETTERED)
             wait_until(lambda: len(sink.on("/slack")) == 1, timeout=30, what="first alert")
 
-            code = cli.main(
-                [
-                    "--endpoint-url",
-                    devstack.server.endpoint_url,
-                    "--stack-name",
-                    devstack.require_stack.name,
-                    "dlq",
-                    "redrive",
-                    "--job",
-                    job_id,
-                ]
-            )
+            code = operator_redrive(devstack, job_id)
             assert code == 0
             # Through the worker, not injected by hand: it fails again, and says so again.
             wait_until(lambda: len(sink.on("/slack")) == 2, timeout=40, what="second alert")
