@@ -100,3 +100,19 @@ def emitted_metrics(output: str) -> list[dict[str, Any]]:
     """The EMF metric blobs Powertools printed (one per invocation), without their metadata."""
     blobs = [json.loads(line) for line in output.splitlines() if line.startswith('{"_aws"')]
     return [{k: v for k, v in b.items() if k not in ("_aws", "service")} for b in blobs]
+
+
+class FailingClient:
+    """A boto3 client whose ``method`` raises ``error``; every other call goes through."""
+
+    def __init__(self, client: Any, method: str, error: Exception) -> None:
+        self._client, self._method, self._error = client, method, error
+
+    def __getattr__(self, name: str) -> Any:
+        if name == self._method:
+
+            def fail(**kwargs: Any) -> Any:
+                raise self._error
+
+            return fail
+        return getattr(self._client, name)

@@ -29,6 +29,7 @@ from spotline.contract import (
 from spotline.jobstore import JobStore
 from spotline.queue import JobQueue
 from spotline.settings import MissingSetting, Settings
+from tests.unit.conftest import FailingClient
 
 
 def call(enqueue: ModuleType, event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -306,22 +307,6 @@ def test_max_runtime_above_the_stacks_cap_is_400_and_at_the_cap_202(
 def test_the_runtime_cap_defaults_to_the_templates_parameter(enqueue: ModuleType) -> None:
     assert enqueue.settings.max_runtime_s == DEFAULT_MAX_RUNTIME_S == 21600
     assert enqueue.policy == RequestPolicy(enqueue.settings.data_bucket, False, 21600)
-
-
-class FailingClient:
-    """A boto3 client whose ``method`` raises ``error``; every other call goes through."""
-
-    def __init__(self, client: Any, method: str, error: Exception) -> None:
-        self._client, self._method, self._error = client, method, error
-
-    def __getattr__(self, name: str) -> Any:
-        if name == self._method:
-
-            def fail(**kwargs: Any) -> Any:
-                raise self._error
-
-            return fail
-        return getattr(self._client, name)
 
 
 NETWORK_ERRORS = [

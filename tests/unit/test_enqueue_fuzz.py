@@ -23,6 +23,7 @@ from devstack.cfn import Stack
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from spotline.contract import DRILL_ANALYZERS, bound_violations, job_schema
 from spotline.queue import JobQueue
+from tests.unit.conftest import FailingClient
 
 FUZZ = settings(
     max_examples=60,
@@ -200,22 +201,6 @@ def test_a_runtime_above_the_cap_gets_400(
     assert drain(queue) == []
     assert response["statusCode"] == 400
     assert [e["path"] for e in json.loads(response["body"])["errors"]] == ["$.max_runtime_s"]
-
-
-class FailingClient:
-    """A boto3 client whose ``method`` raises ``error``; every other call goes through."""
-
-    def __init__(self, client: Any, method: str, error: Exception) -> None:
-        self._client, self._method, self._error = client, method, error
-
-    def __getattr__(self, name: str) -> Any:
-        if name == self._method:
-
-            def fail(**kwargs: Any) -> Any:
-                raise self._error
-
-            return fail
-        return getattr(self._client, name)
 
 
 network_errors = st.sampled_from(
