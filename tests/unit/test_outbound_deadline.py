@@ -110,7 +110,7 @@ def test_a_status_line_without_the_rest_of_the_headers_is_no_answer(
 
     assert not delivery.ok and delivery.status is None and delivery.error == DEADLINE_EXCEEDED
     assert elapsed_s(started) < DEADLINE_S + SLACK_S
-    assert client_left(server)
+    wait_until(lambda: client_left(server), timeout=3, what="the server to see the client go")
 
 
 def test_a_users_slow_loris_callback_cannot_hold_the_sender_past_its_deadline(serve: Any) -> None:
