@@ -24,6 +24,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from spotline.contract import TRANSITIONS, ErrorKind, JobStatus
+from spotline.once import is_conditional_failure
 
 # The holder's instance id, set by every move into RUNNING and removed by every move out of it:
 # the table's sparse index RunningOnIndex (template.yaml) then holds exactly the RUNNING jobs,
@@ -305,7 +306,7 @@ class JobStore:
                 ConditionExpression="attribute_not_exists(job_id)",
             )
         except ClientError as exc:
-            if _is_conditional_failure(exc):
+            if is_conditional_failure(exc):
                 existing = self.get(job_id)
                 if existing is None:  # deleted between the two calls: vanishingly rare
                     raise JobStoreError(f"job {job_id} exists but could not be read") from exc
@@ -512,7 +513,7 @@ class JobStore:
                 ReturnValues="ALL_OLD",
             )
         except ClientError as exc:
-            if _is_conditional_failure(exc):
+            if is_conditional_failure(exc):
                 raise TransitionRefused(job_id, JobStatus.RUNNING, None) from exc
             raise JobStoreError(f"update_item failed for job {job_id}: {exc}") from exc
         except BotoCoreError as exc:  # the network, not the status machine
@@ -651,7 +652,7 @@ class JobStore:
                 ReturnValues="ALL_NEW" if return_record else "NONE",
             )
         except ClientError as exc:
-            if _is_conditional_failure(exc):
+            if is_conditional_failure(exc):
                 raise TransitionRefused(
                     job_id, target or JobStatus.QUEUED, self.get(job_id)
                 ) from exc
@@ -737,7 +738,3 @@ class JobStore:
                 if "LastEvaluatedKey" not in response:
                     break
                 kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
-
-
-def _is_conditional_failure(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
