@@ -11,7 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from alarm_fanout.alarm_shapes import AlarmNotice, AlarmState
+from spotline.once import OnceLedger, is_conditional_failure
 
 # -- delivery memory -------------------------------------------------------------------------
 
@@ -25,8 +28,9 @@ class Claim(enum.StrEnum):
 class DeliveryLedger:
     """Per transition and channel: SENDING (with a lease), DELIVERED or FAILED, in DynamoDB.
 
-    A claim is a conditional write, so two invocations of the same transition (the SNS and the
-    EventBridge copy, or a retry racing a slow first attempt) never both send to a channel.
+    A claim is a conditional write (spotline's ``OnceLedger``), so two invocations of the same
+    transition (the SNS and the EventBridge copy, or a retry racing a slow first attempt) never
+    both send to a channel. A FAILED delivery may be claimed again at once.
     """
 
     def __init__(
@@ -38,68 +42,37 @@ class DeliveryLedger:
         retain_s: int = 14 * 86400,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.client = client
-        self.table = table
         self.lease_s = lease_s
         self.retain_s = retain_s
-        self._clock = clock
+        self._once = OnceLedger(
+            client,
+            table,
+            lease_s=lease_s,
+            retain_s=retain_s,
+            holding="SENDING",
+            retry_marks=("FAILED",),
+            clock=clock,
+        )
 
     @staticmethod
     def key(transition_key: str, channel: str) -> str:
         return f"delivery#{channel}#{transition_key}"
 
     def claim(self, transition_key: str, channel: str) -> Claim:
-        now = int(self._clock())
-        try:
-            self.client.put_item(
-                TableName=self.table,
-                Item={
-                    "pk": {"S": self.key(transition_key, channel)},
-                    "status": {"S": "SENDING"},
-                    "lease_until": {"N": str(now + self.lease_s)},
-                    "expires_at": {"N": str(now + self.retain_s)},
-                },
-                ConditionExpression=(
-                    "attribute_not_exists(pk) OR #s = :failed"
-                    " OR (#s = :sending AND lease_until < :now)"
-                ),
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={
-                    ":failed": {"S": "FAILED"},
-                    ":sending": {"S": "SENDING"},
-                    ":now": {"N": str(now)},
-                },
-            )
-        except self.client.exceptions.ConditionalCheckFailedException:
-            return (
-                Claim.DELIVERED
-                if self.status(transition_key, channel) == "DELIVERED"
-                else Claim.BUSY
-            )
-        return Claim.CLAIMED
-
-    def status(self, transition_key: str, channel: str) -> str | None:
-        item = self.client.get_item(
-            TableName=self.table,
-            Key={"pk": {"S": self.key(transition_key, channel)}},
-            ConsistentRead=True,
-        ).get("Item")
-        return item["status"]["S"] if item else None
-
-    def _finish(self, transition_key: str, channel: str, status: str) -> None:
-        self.client.update_item(
-            TableName=self.table,
-            Key={"pk": {"S": self.key(transition_key, channel)}},
-            UpdateExpression="SET #s = :status, lease_until = :zero",
-            ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues={":status": {"S": status}, ":zero": {"N": "0"}},
+        if self._once.claim(self.key(transition_key, channel)):
+            return Claim.CLAIMED
+        return (
+            Claim.DELIVERED if self.status(transition_key, channel) == "DELIVERED" else Claim.BUSY
         )
 
+    def status(self, transition_key: str, channel: str) -> str | None:
+        return self._once.status(self.key(transition_key, channel))
+
     def delivered(self, transition_key: str, channel: str) -> None:
-        self._finish(transition_key, channel, "DELIVERED")
+        self._once.mark(self.key(transition_key, channel), "DELIVERED")
 
     def failed(self, transition_key: str, channel: str) -> None:
-        self._finish(transition_key, channel, "FAILED")
+        self._once.mark(self.key(transition_key, channel), "FAILED")
 
 
 # -- flapping --------------------------------------------------------------------------------
@@ -179,7 +152,9 @@ class FlapTracker:
                     ConditionExpression="attribute_not_exists(pk) OR version = :version",
                     ExpressionAttributeValues={":version": {"N": str(version)}},
                 )
-            except self.client.exceptions.ConditionalCheckFailedException:
+            except ClientError as exc:
+                if not is_conditional_failure(exc):
+                    raise
                 continue  # another invocation recorded a transition of this alarm: re-read
             return FlapDecision(kind, count, self.window_s)
         raise FlapConflict(f"alarm {notice.name}: history kept changing under us")

@@ -30,6 +30,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from spotline.once import OnceLedger, is_conditional_failure
+
 KEY_PREFIX = "child-burst#"  # the fan-out's IAM policy allows these keys (template.yaml)
 DEFAULT_BURST = 5
 DEFAULT_WINDOW_S = 15 * 60
@@ -50,10 +52,6 @@ class BurstDecision:
     error: str = ""
     # Held back before: a Lambda retry of a notice already held back (counted once).
     repeat: bool = False
-
-
-def _is_conditional_failure(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
 class ChildNoticeBursts:
@@ -81,8 +79,12 @@ class ChildNoticeBursts:
         return int(at.timestamp()) // self.window_s * self.window_s
 
     @staticmethod
-    def window_key(series: str, window: int) -> dict[str, Any]:
-        return {"pk": {"S": f"{KEY_PREFIX}window#{window}#{series}"}}
+    def window_name(series: str, window: int) -> str:
+        return f"{KEY_PREFIX}window#{window}#{series}"
+
+    @classmethod
+    def window_key(cls, series: str, window: int) -> dict[str, Any]:
+        return {"pk": {"S": cls.window_name(series, window)}}
 
     @staticmethod
     def series_key(series: str) -> dict[str, Any]:
@@ -125,7 +127,7 @@ class ChildNoticeBursts:
                 },
             )
         except ClientError as exc:
-            if _is_conditional_failure(exc):
+            if is_conditional_failure(exc):
                 return False
             raise
         return True
@@ -165,7 +167,7 @@ class ChildNoticeBursts:
                 ReturnValues="ALL_OLD",
             ).get("Attributes", {})
         except ClientError as exc:
-            if not _is_conditional_failure(exc):
+            if not is_conditional_failure(exc):
                 raise
             # Past the kept ids a retry cannot be told apart: it counts again.
             self.client.update_item(
@@ -196,23 +198,17 @@ class ChildNoticeBursts:
             )
         earlier = sorted(int(w) for w in item.get("pending", {}).get("NS", []) if int(w) < window)
         count, since = 0, None
+        # One reporter per window, for good: a window's item is its key in a OnceLedger.
+        reports = OnceLedger(self.client, self.table)
         for held_window in earlier:
-            try:
-                claimed = self.client.update_item(
-                    TableName=self.table,
-                    Key=self.window_key(series, held_window),
-                    UpdateExpression="SET reported_by = :id",
-                    ConditionExpression=(
-                        "attribute_exists(suppressed)"
-                        " AND (attribute_not_exists(reported_by) OR reported_by = :id)"
-                    ),
-                    ExpressionAttributeValues={":id": {"S": event_id}},
-                    ReturnValues="ALL_NEW",
-                )["Attributes"]
-            except ClientError as exc:
-                if _is_conditional_failure(exc):
-                    continue  # another notice reports it (or nothing was held back there)
-                raise
+            claimed = reports.claim_for_good(
+                self.window_name(series, held_window),
+                event_id,
+                holder_attribute="reported_by",
+                requires="suppressed",
+            )
+            if claimed is None:
+                continue  # another notice reports it (or nothing was held back there)
             count += len(claimed["suppressed"]["SS"])
             count += int(claimed.get("suppressed_more", {}).get("N", "0"))
             held_since = float(claimed["suppressed_since"]["N"])

@@ -9,6 +9,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from spotline.jobstore import JobStoreError, utc_now
+from spotline.once import OnceLedger
 
 
 class MessageLedger:
@@ -23,6 +24,13 @@ class MessageLedger:
     def __init__(self, client: Any, table_name: str) -> None:
         self._client = client
         self._table = table_name
+        self._leases = OnceLedger(
+            client,
+            table_name,
+            key_attribute="job_id",
+            lease_s=self.LEASE_S,
+            retain_s=self.LEASE_S + 86400,
+        )
 
     def _key(self, message_id: str) -> dict[str, Any]:
         return {"job_id": {"S": self.PREFIX + message_id}}
@@ -64,34 +72,14 @@ class MessageLedger:
         Two copies of one dead letter (a worker that crashed between sending to the DLQ and
         marking it sent) may reach two concurrent invocations; without this, both would read
         "nothing delivered yet" and both would alert."""
-        now = int(time.time())
         try:
-            self._client.put_item(
-                TableName=self._table,
-                Item={
-                    "job_id": {"S": self.LEASE_PREFIX + job_id},
-                    "holder": {"S": holder},
-                    "lease_until": {"N": str(now + self.LEASE_S)},
-                    "expires_at": {"N": str(now + self.LEASE_S + 86400)},
-                },
-                ConditionExpression="attribute_not_exists(job_id) OR lease_until < :now",
-                ExpressionAttributeValues={":now": {"N": str(now)}},
-            )
+            return self._leases.claim(self.LEASE_PREFIX + job_id, holder)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
             raise JobStoreError(f"lease write failed for job {job_id}: {exc}") from exc
-        return True
 
     def release(self, job_id: str, holder: str) -> None:
         """Give the lease back (only our own: a lease that expired may be someone else's)."""
         try:
-            self._client.delete_item(
-                TableName=self._table,
-                Key={"job_id": {"S": self.LEASE_PREFIX + job_id}},
-                ConditionExpression="holder = :h",
-                ExpressionAttributeValues={":h": {"S": holder}},
-            )
+            self._leases.release(self.LEASE_PREFIX + job_id, holder)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise JobStoreError(f"lease release failed for job {job_id}: {exc}") from exc
+            raise JobStoreError(f"lease release failed for job {job_id}: {exc}") from exc

@@ -261,7 +261,7 @@ def test_record_for_a_job_that_succeeded_is_acknowledged_quietly(
 ) -> None:
     job_store.create(REDRIVE_JOB, {"analyzer": "echo", "input": 1})
     job_store.claim(REDRIVE_JOB, "t", "worker-a", expect_owner=None)
-    job_store.complete(REDRIVE_JOB, "t", "s3://bucket/results/x.json")
+    job_store.complete_quietly(REDRIVE_JOB, "t", "s3://bucket/results/x.json")
 
     assert invoke(dead_letter, load_event("dead_letter_redrive")) == []
     assert job_store.get(REDRIVE_JOB).status == JobStatus.SUCCEEDED

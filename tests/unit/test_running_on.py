@@ -59,10 +59,10 @@ Step = tuple[str, Callable[[JobStore, str], Any]]
 # (gpu_worker/consumer.py, ``_dead_letter(ran=True)``), in paths from a new job. Bookkeeping
 # writes ride along: they must leave the attribute as it is.
 PATHS: dict[str, list[Step]] = {
-    "claim, complete": [
+    "claim, complete_quietly": [
         ("claim", lambda s, j: s.claim(j, "t1", SPOT, expect_owner=None)),
         ("mark_sent", lambda s, j: s.mark_sent(j)),
-        ("complete", lambda s, j: s.complete(j, "t1", "s3://b/r")),
+        ("complete_quietly", lambda s, j: s.complete_quietly(j, "t1", "s3://b/r")),
     ],
     "claim_queued, complete_quietly": [
         ("claim_queued", lambda s, j: s.claim_queued(j, "t1", SPOT)),
