@@ -40,7 +40,7 @@ from gpu_worker.prefetch import Prefetcher
 from gpu_worker.report import job_finished
 from gpu_worker.settle import CRASH_EXIT_CODE, Settler
 from gpu_worker.stop_policy import EXIT_RESERVE_S, react
-from gpu_worker.supervisor import Outcome, Supervisor
+from gpu_worker.supervisor import AttemptOutcome, Supervisor
 from spotline.contract import ErrorKind, job_id_from_body
 from spotline.jobstore import JobError, JobRecord, JobStore
 from spotline.log_lines import JOB_STARTED
@@ -364,7 +364,7 @@ class Worker:
                 self.settle.dead_letter_message(attempt.message, error.message)
                 return
             assert attempt.record is not None
-            decision = self._decide(Outcome(False, error=error), attempt.record)
+            decision = self._decide(AttemptOutcome(False, error=error), attempt.record)
             self.settle.apply(decision, attempt, error)
         except Exception as again:  # noqa: BLE001 - settling failed too: release, never die
             self.settle.release_for_fault(attempt, again)
@@ -434,7 +434,7 @@ class Worker:
             peak_memory_pct=100.0 * peak_bytes / self.memory_guard.limit_bytes,
         )
 
-    def _decide(self, outcome: Outcome, record: JobRecord) -> Decision:
+    def _decide(self, outcome: AttemptOutcome, record: JobRecord) -> Decision:
         if outcome.abandoned:
             return decide_abandoned()
         return decide(

@@ -35,7 +35,7 @@ ArtifactSink = Callable[[str, str, bytes, str], str]
 
 
 @dataclass(frozen=True)
-class Outcome:
+class AttemptOutcome:
     succeeded: bool
     output_json: str | None = None
     error: JobError | None = None
@@ -219,7 +219,7 @@ class Supervisor:
         *,
         max_runtime_s: float | None,
         on_tick: Callable[[], JobError | None],
-    ) -> Outcome:
+    ) -> AttemptOutcome:
         """Run one job in the child. ``on_tick`` does the periodic duties (visibility, lease);
         a JobError from it means the job is no longer ours: the child is stopped at once."""
         self.ensure_child(on_tick)
@@ -251,7 +251,7 @@ class Supervisor:
                             # The analyzer handed over a state no store can hold: its bug,
                             # and retrying cannot fix it.
                             self.kill_child()
-                            return Outcome(
+                            return AttemptOutcome(
                                 False,
                                 error=refused,
                                 permanent=True,
@@ -267,7 +267,7 @@ class Supervisor:
                     elif kind == "artifact":
                         self._store_artifact(job.job_id, message)
                     elif kind == "result":
-                        return Outcome(
+                        return AttemptOutcome(
                             True,
                             output_json=message[1],
                             duration_s=elapsed,
@@ -276,7 +276,7 @@ class Supervisor:
                         )
                     elif kind == "error":
                         _, error_kind, text, permanent = message
-                        return Outcome(
+                        return AttemptOutcome(
                             False,
                             error=JobError(ErrorKind(error_kind), text),
                             permanent=bool(permanent),
@@ -290,7 +290,7 @@ class Supervisor:
                     exitcode = self._process.exitcode
                     verdict = self._watcher_verdict(pid)
                     self.kill_child()
-                    return Outcome(
+                    return AttemptOutcome(
                         False,
                         error=verdict or JobError(ErrorKind.UNKNOWN, describe_exit(exitcode)),
                         duration_s=elapsed,
@@ -298,7 +298,7 @@ class Supervisor:
                     )
                 if max_runtime_s is not None and elapsed > max_runtime_s:
                     self.kill_child()
-                    return Outcome(
+                    return AttemptOutcome(
                         False,
                         error=JobError(
                             ErrorKind.TIMEOUT,
@@ -311,7 +311,7 @@ class Supervisor:
                     # The analyzer ignored should_stop() past its grace: the notice's deadline
                     # wins. Its last checkpoint is what the next holder resumes from.
                     self.kill_child()
-                    return Outcome(
+                    return AttemptOutcome(
                         False,
                         error=JobError(
                             ErrorKind.INTERRUPTED,
@@ -323,13 +323,13 @@ class Supervisor:
                 verdict = self._watcher_verdict(pid)
                 if verdict is not None:
                     self.kill_child()
-                    return Outcome(
+                    return AttemptOutcome(
                         False, error=verdict, duration_s=elapsed, checkpoints=checkpoints
                     )
                 lost = on_tick()  # throttles itself: it may be called far more often than needed
                 if lost is not None:
                     self.kill_child()
-                    return Outcome(
+                    return AttemptOutcome(
                         False,
                         error=lost,
                         duration_s=elapsed,
