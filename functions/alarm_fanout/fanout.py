@@ -135,11 +135,6 @@ class AlarmFanout:
         self.poll_s = poll_s
         self._sleep = sleep
 
-    @property
-    def channel_names(self) -> tuple[str, ...]:
-        names = [c.name for c in self.sender.channels]
-        return (*names, EMAIL_CHANNEL) if self.email else tuple(names)
-
     def handle(self, event: Any, *, budget: TimeBudget | None = None) -> list[FanoutOutcome]:
         """Each notice delivered by its share of ``budget`` (the invocation's time left): a
         slow channel costs one notice's share, never the notices after it."""
