@@ -36,11 +36,11 @@ from gpu_worker.interruption import (
 )
 from gpu_worker.memory import MemoryGuard, container_memory, job_limit_bytes
 from gpu_worker.metrics import WorkerMetrics, metric_dimensions, sink_for
-from gpu_worker.prefetch import Prefetcher
 from gpu_worker.report import job_finished
 from gpu_worker.settle import CRASH_EXIT_CODE, Settler
 from gpu_worker.stop_policy import EXIT_RESERVE_S, react
-from gpu_worker.supervisor import Outcome, Supervisor
+from gpu_worker.supervisor import AttemptOutcome, Supervisor
+from gpu_worker.worker_state import WorkerState, capture
 from spotline.contract import ErrorKind, job_id_from_body
 from spotline.jobstore import JobError, JobRecord, JobStore
 from spotline.log_lines import JOB_STARTED
@@ -118,7 +118,7 @@ class Worker:
             namespace=config.metrics_namespace,
             dimensions=metric_dimensions(config.metrics_dimensions, config.metrics_service),
             interval_s=config.metrics_interval_s,
-            alive=lambda: worker_snapshot(self, stale_poll_s=self._stale_poll_s)["ok"],
+            alive=lambda: worker_snapshot(self.state(), stale_poll_s=self._stale_poll_s)["ok"],
             container_memory_pct=lambda: container_memory().used_pct,
             child_restarts=lambda: self.supervisor.restarts,
         )
@@ -129,11 +129,7 @@ class Worker:
         # -- the parts of the story --
         self.policy = config.policy  # a job's boundaries, the same rules as enqueue's
         self.faults = FaultTracker(config.degraded_after_faults)
-        self.intake = Intake(
-            self.queue,
-            config,
-            may_receive=lambda: not (self.stopping.is_set() or self.draining.is_set()),
-        )
+        self.intake = Intake(self.queue, config, may_receive=self._taking_jobs)
         self.claimer = Claimer(
             self.store,
             self.policy,
@@ -153,10 +149,6 @@ class Worker:
             backoff_max_s=config.backoff_max_s,
             max_receive_count=config.max_receive_count,
         )
-
-    @property
-    def prefetch(self) -> Prefetcher | None:
-        return self.intake.prefetch
 
     # -- signals and interruptions -----------------------------------------------------------
 
@@ -179,7 +171,7 @@ class Worker:
             raise ShutdownRequested
 
     def _on_wake(self, signum: int, frame: FrameType | None) -> None:
-        if self._receiving and (self.stopping.is_set() or self.draining.is_set()):
+        if self._receiving and not self._taking_jobs():
             raise ShutdownRequested
 
     def _wake_main_thread(self) -> None:
@@ -319,9 +311,22 @@ class Worker:
         self.health = start_health_server(
             self.config.health_host,
             self.config.health_port,
-            lambda: worker_snapshot(self, stale_poll_s=self._stale_poll_s),
+            lambda: worker_snapshot(self.state(), stale_poll_s=self._stale_poll_s),
         )
         self.metrics.start()
+
+    def state(self) -> WorkerState:
+        """What the worker is doing now, as one value (health and the alive metric read it)."""
+        return capture(
+            self.config.worker_id,
+            self.supervisor,
+            self.memory_guard,
+            self.faults,
+            draining=not self._taking_jobs(),
+            started_at=self.started_at,
+            last_poll_at=self.last_poll_at,
+            jobs_handled=self.jobs_handled,
+        )
 
     def stop_services(self) -> None:
         if self.health is not None:
@@ -364,7 +369,7 @@ class Worker:
                 self.settle.dead_letter_message(attempt.message, error.message)
                 return
             assert attempt.record is not None
-            decision = self._decide(Outcome(False, error=error), attempt.record)
+            decision = self._decide(AttemptOutcome(False, error=error), attempt.record)
             self.settle.apply(decision, attempt, error)
         except Exception as again:  # noqa: BLE001 - settling failed too: release, never die
             self.settle.release_for_fault(attempt, again)
@@ -434,7 +439,7 @@ class Worker:
             peak_memory_pct=100.0 * peak_bytes / self.memory_guard.limit_bytes,
         )
 
-    def _decide(self, outcome: Outcome, record: JobRecord) -> Decision:
+    def _decide(self, outcome: AttemptOutcome, record: JobRecord) -> Decision:
         if outcome.abandoned:
             return decide_abandoned()
         return decide(

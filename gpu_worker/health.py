@@ -3,7 +3,8 @@
 Failure F5: a health check served by the analysis process timed out whenever the analysis
 saturated the CPU, and the orchestrator killed the task (exit 137). Here the analysis runs in
 a child process and the supervisor only waits on a pipe, so this thread answers in
-milliseconds however busy the child is. It reads the worker's state; it never blocks on it.
+milliseconds however busy the child is. It renders the state the worker captures
+(gpu_worker/worker_state.py); it never blocks on the worker.
 
 200 while the worker is healthy; 503 when it is idle and its last successful SQS poll is
 older than ``stale_poll_s`` (it cannot reach the queue), or when its job has run past its runtime
@@ -15,9 +16,7 @@ worker would not mend AWS, and the InfraFaults alarm tells the operator.
 from __future__ import annotations
 
 import json
-import os
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,10 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
-from gpu_worker import memory
-
 if TYPE_CHECKING:
-    from gpu_worker.consumer import Worker
+    from gpu_worker.worker_state import WorkerState
 
 logger = Logger(service="spotline-worker", child=True)
 
@@ -39,40 +36,32 @@ def _iso(epoch_s: float | None) -> str | None:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
 
 
-def worker_snapshot(worker: Worker, *, stale_poll_s: float) -> dict[str, Any]:
-    """What the worker is doing now, from attributes the main thread keeps up to date."""
-    supervisor = worker.supervisor
-    guard = worker.memory_guard
-    job = supervisor.current_job
-    started = supervisor.job_started_at
-    draining = worker.stopping.is_set() or worker.draining.is_set()
-    status = "draining" if draining else ("busy" if job is not None else "idle")
-    faults = worker.faults.report()
-    if status != "draining" and worker.faults.degraded:
+def worker_snapshot(state: WorkerState, *, stale_poll_s: float) -> dict[str, Any]:
+    """The ``/healthz`` body for the worker's state (gpu_worker/worker_state.py)."""
+    job = state.job
+    status = "draining" if state.draining else ("busy" if job is not None else "idle")
+    faults = state.faults
+    if status != "draining" and state.degraded:
         status = "degraded"
-    child_pid = supervisor.child_pid
-    # While a job runs the guard samples every few ms; read its value rather than walk the
-    # process tree again. Idle, measure the (model-holding) child directly.
-    rss = guard.last_rss_bytes if job is not None and guard.watching else None
-    if rss is None:
-        rss = memory.tree_rss_bytes(child_pid) if child_pid else 0
-    container = memory.container_memory()
-    now = time.time()
-    last_poll = worker.last_poll_at
+    now = state.captured_at
+    last_poll = state.last_poll_at
     poll_age = None if last_poll is None else round(now - last_poll, 3)
-    reference = last_poll if last_poll is not None else worker.started_at
-    ok = job is not None or draining or reference is None or now - reference <= stale_poll_s
-    runtime_s = time.monotonic() - started if job is not None and started is not None else None
-    limit_s = supervisor.job_limit_s
+    reference = last_poll if last_poll is not None else state.started_at
+    ok = job is not None or state.draining or reference is None or now - reference <= stale_poll_s
+    runtime_s = job.runtime_s if job is not None else None
+    limit_s = job.runtime_limit_s if job is not None else None
     # A grace of a few ticks: the supervisor kills at the limit on its next tick.
     past_limit = runtime_s is not None and limit_s is not None and runtime_s > limit_s + 30
     if past_limit:
         ok = False
+    rss = state.child_rss_bytes
+    limit_bytes = state.job_memory_limit_bytes
+    container = state.container
     return {
         "status": status,
         "ok": ok,
-        "worker_id": worker.config.worker_id,
-        "pid": os.getpid(),
+        "worker_id": state.worker_id,
+        "pid": state.pid,
         "job": None
         if job is None
         else {
@@ -82,15 +71,16 @@ def worker_snapshot(worker: Worker, *, stale_poll_s: float) -> dict[str, Any]:
             "runtime_s": round(runtime_s, 3) if runtime_s is not None else None,
             "runtime_limit_s": limit_s,
             "past_limit": past_limit,
+            "progress": dict(job.progress),
         },
         "child": {
-            "pid": child_pid,
+            "pid": state.child_pid,
             "rss_bytes": rss,
-            "rss_pct_of_limit": round(100.0 * rss / guard.limit_bytes, 2),
-            "job_peak_bytes": guard.peak_bytes if job is not None else None,
-            "restarts": supervisor.restarts,
+            "rss_pct_of_limit": round(100.0 * rss / limit_bytes, 2),
+            "job_peak_bytes": state.job_peak_bytes,
+            "restarts": state.child_restarts,
         },
-        "job_memory_limit_bytes": guard.limit_bytes,
+        "job_memory_limit_bytes": limit_bytes,
         "container_memory": {
             "limit_bytes": container.limit_bytes,
             "current_bytes": container.current_bytes,
@@ -99,7 +89,7 @@ def worker_snapshot(worker: Worker, *, stale_poll_s: float) -> dict[str, Any]:
         },
         "last_successful_poll_at": _iso(last_poll),
         "last_successful_poll_age_s": poll_age,
-        "jobs_handled": worker.jobs_handled,
+        "jobs_handled": state.jobs_handled,
         "infra_faults": {
             "total": faults.total,
             "consecutive": faults.consecutive,

@@ -10,7 +10,7 @@ from aws_lambda_powertools import Logger
 
 from gpu_worker.child import first_line
 from gpu_worker.decisions import Action, Decision
-from gpu_worker.supervisor import Outcome
+from gpu_worker.supervisor import AttemptOutcome
 from spotline.log_lines import JOB_FINISHED, JobFinished
 
 logger = Logger(service="spotline-worker", child=True)
@@ -18,7 +18,7 @@ logger = Logger(service="spotline-worker", child=True)
 
 def job_finished(
     decision: Decision,
-    outcome: Outcome,
+    outcome: AttemptOutcome,
     *,
     heartbeats: int,
     max_attempts: int,

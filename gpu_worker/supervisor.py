@@ -9,10 +9,11 @@ supervisor records why and starts a fresh one for the next job; it never dies of
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -32,10 +33,14 @@ logger = Logger(service="spotline-worker", child=True)
 Watcher = Callable[[int], JobError | None]
 # Stores an analyzer's binary output: (job_id, name, data, content_type) -> its URI.
 ArtifactSink = Callable[[str, str, bytes, str], str]
+# An analyzer's ``ctx.progress(...)`` is shown in health as it came, within these bounds: it is
+# the analyzer's to word, and health must stay small however much it sends.
+PROGRESS_MAX_KEYS = 20
+PROGRESS_MAX_CHARS = 200
 
 
 @dataclass(frozen=True)
-class Outcome:
+class AttemptOutcome:
     succeeded: bool
     output_json: str | None = None
     error: JobError | None = None
@@ -46,6 +51,36 @@ class Outcome:
     # was stopped and nothing of this attempt may be recorded.
     abandoned: bool = False
     checkpoint_failures: int = 0
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """The job in the child now, as health shows it."""
+
+    job_id: str
+    analyzer: str
+    attempt: int
+    runtime_s: float | None
+    runtime_limit_s: float | None
+    progress: Mapping[str, Any]  # the analyzer's latest ctx.progress(...), bounded
+
+
+def bounded_progress(fields: Any) -> dict[str, str | int | float | bool | None]:
+    """At most ``PROGRESS_MAX_KEYS`` fields with scalar values, strings cut; the rest dropped."""
+    if not isinstance(fields, Mapping):
+        return {}
+    kept: dict[str, str | int | float | bool | None] = {}
+    for key, value in fields.items():
+        if len(kept) >= PROGRESS_MAX_KEYS:
+            break
+        if isinstance(value, float) and not math.isfinite(value):
+            value = str(value)  # JSON has no NaN or infinity
+        if isinstance(value, str):
+            value = value[:PROGRESS_MAX_CHARS]
+        elif not (value is None or isinstance(value, bool | int | float)):
+            continue
+        kept[str(key)[:PROGRESS_MAX_CHARS]] = value
+    return kept
 
 
 class ChildStartError(RuntimeError):
@@ -93,7 +128,7 @@ class Supervisor:
         self._stopping = False
         self._kill_at: float | None = None  # monotonic time: an ignored stop request ends here
         self.restarts = 0
-        self.progress: dict[str, Any] = {}
+        self.progress: Mapping[str, Any] = {}  # replaced whole, never changed in place
         self.current_job: Job | None = None
         self.job_started_at: float | None = None
         self.job_limit_s: float | None = None  # the running job's runtime limit
@@ -104,6 +139,15 @@ class Supervisor:
     @property
     def child_pid(self) -> int | None:
         return self._process.pid if self._process is not None and self._process.is_alive() else None
+
+    def running(self) -> RunningJob | None:
+        """The job in hand, or None; read from the health thread, so each field once."""
+        job, started, limit_s = self.current_job, self.job_started_at, self.job_limit_s
+        progress = self.progress
+        if job is None:
+            return None
+        runtime_s = time.monotonic() - started if started is not None else None
+        return RunningJob(job.job_id, job.analyzer, job.attempt, runtime_s, limit_s, progress)
 
     def ensure_child(self, on_tick: Callable[[], None] | None = None) -> None:
         """A live child, started now if there is none. ``on_tick`` runs while a new child
@@ -219,7 +263,7 @@ class Supervisor:
         *,
         max_runtime_s: float | None,
         on_tick: Callable[[], JobError | None],
-    ) -> Outcome:
+    ) -> AttemptOutcome:
         """Run one job in the child. ``on_tick`` does the periodic duties (visibility, lease);
         a JobError from it means the job is no longer ours: the child is stopped at once."""
         self.ensure_child(on_tick)
@@ -227,7 +271,8 @@ class Supervisor:
         if not self._stopping:
             self._stop_event.clear()
         started = time.monotonic()
-        self.current_job, self.job_started_at, self.progress = job, started, {}
+        self.progress = {}  # first: health never shows one job with another's progress
+        self.current_job, self.job_started_at = job, started
         self.job_limit_s = max_runtime_s
         checkpoints = 0
         checkpoint_failures = 0
@@ -251,7 +296,7 @@ class Supervisor:
                             # The analyzer handed over a state no store can hold: its bug,
                             # and retrying cannot fix it.
                             self.kill_child()
-                            return Outcome(
+                            return AttemptOutcome(
                                 False,
                                 error=refused,
                                 permanent=True,
@@ -263,11 +308,11 @@ class Supervisor:
                         else:
                             checkpoint_failures += 1
                     elif kind == "progress":
-                        self.progress = dict(message[1])
+                        self.progress = bounded_progress(message[1])
                     elif kind == "artifact":
                         self._store_artifact(job.job_id, message)
                     elif kind == "result":
-                        return Outcome(
+                        return AttemptOutcome(
                             True,
                             output_json=message[1],
                             duration_s=elapsed,
@@ -276,7 +321,7 @@ class Supervisor:
                         )
                     elif kind == "error":
                         _, error_kind, text, permanent = message
-                        return Outcome(
+                        return AttemptOutcome(
                             False,
                             error=JobError(ErrorKind(error_kind), text),
                             permanent=bool(permanent),
@@ -290,7 +335,7 @@ class Supervisor:
                     exitcode = self._process.exitcode
                     verdict = self._watcher_verdict(pid)
                     self.kill_child()
-                    return Outcome(
+                    return AttemptOutcome(
                         False,
                         error=verdict or JobError(ErrorKind.UNKNOWN, describe_exit(exitcode)),
                         duration_s=elapsed,
@@ -298,7 +343,7 @@ class Supervisor:
                     )
                 if max_runtime_s is not None and elapsed > max_runtime_s:
                     self.kill_child()
-                    return Outcome(
+                    return AttemptOutcome(
                         False,
                         error=JobError(
                             ErrorKind.TIMEOUT,
@@ -311,7 +356,7 @@ class Supervisor:
                     # The analyzer ignored should_stop() past its grace: the notice's deadline
                     # wins. Its last checkpoint is what the next holder resumes from.
                     self.kill_child()
-                    return Outcome(
+                    return AttemptOutcome(
                         False,
                         error=JobError(
                             ErrorKind.INTERRUPTED,
@@ -323,13 +368,13 @@ class Supervisor:
                 verdict = self._watcher_verdict(pid)
                 if verdict is not None:
                     self.kill_child()
-                    return Outcome(
+                    return AttemptOutcome(
                         False, error=verdict, duration_s=elapsed, checkpoints=checkpoints
                     )
                 lost = on_tick()  # throttles itself: it may be called far more often than needed
                 if lost is not None:
                     self.kill_child()
-                    return Outcome(
+                    return AttemptOutcome(
                         False,
                         error=lost,
                         duration_s=elapsed,

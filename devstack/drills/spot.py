@@ -175,7 +175,6 @@ class SpotNotice(_TakeoverDrill):
         self.job_id: str | None = None
         self.problem = ""
         self.noticed_at: float | None = None
-        self.notice_step = 0
         self.released_after_s: float | None = None
         self.exit_code: int | None = None
         self.replacement_started = False

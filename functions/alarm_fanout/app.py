@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from alarm_fanout.child_notices import CHILD_SUPPRESSED
 from alarm_fanout.delivery_memory import DeliveryLedger, FlapTracker
-from alarm_fanout.fanout import AlarmFanout, AlarmTags, EmailChannel, FanoutSettings, Outcome
+from alarm_fanout.fanout import AlarmFanout, AlarmTags, EmailChannel, FanoutOutcome, FanoutSettings
 from alarm_fanout.notice_bursts import ChildNoticeBursts
 from alarm_fanout.routing import Routing
 from spotline.alerts import AlertSender, channels_from_env
@@ -70,7 +70,7 @@ def fanout() -> AlarmFanout:
     )
 
 
-def _record(outcome: Outcome) -> None:
+def _record(outcome: FanoutOutcome) -> None:
     extra = {"alarm": outcome.name, "transition": outcome.key, "decision": outcome.decision}
     for channel, delivery in outcome.deliveries.items():
         fields = {**extra, "channel": channel, "status": delivery.status}

@@ -78,7 +78,7 @@ class EmailChannel:
 
 
 @dataclass
-class Outcome:
+class FanoutOutcome:
     """What happened to one notice: the decision and each channel's delivery."""
 
     key: str
@@ -135,12 +135,7 @@ class AlarmFanout:
         self.poll_s = poll_s
         self._sleep = sleep
 
-    @property
-    def channel_names(self) -> tuple[str, ...]:
-        names = [c.name for c in self.sender.channels]
-        return (*names, EMAIL_CHANNEL) if self.email else tuple(names)
-
-    def handle(self, event: Any, *, budget: TimeBudget | None = None) -> list[Outcome]:
+    def handle(self, event: Any, *, budget: TimeBudget | None = None) -> list[FanoutOutcome]:
         """Each notice delivered by its share of ``budget`` (the invocation's time left): a
         slow channel costs one notice's share, never the notices after it."""
         outcomes = []
@@ -158,7 +153,7 @@ class AlarmFanout:
                 outcomes.append(self.notify(notice, deadline=deadline))
         return outcomes
 
-    def notify(self, notice: AlarmNotice, *, deadline: Deadline | None = None) -> Outcome:
+    def notify(self, notice: AlarmNotice, *, deadline: Deadline | None = None) -> FanoutOutcome:
         severity = self.tags(notice.arn).get("severity") if notice.arn else None
         decision = (
             self.flaps.decide(notice)
@@ -166,14 +161,16 @@ class AlarmFanout:
             else FlapDecision(FlapDecision.POST, 1, 0)
         )
         if decision.kind == FlapDecision.SUPPRESS:
-            return Outcome(notice.transition_key, notice.name, decision.kind)
+            return FanoutOutcome(notice.transition_key, notice.name, decision.kind)
         alert = notice_alert(notice, severity_tag=severity, flapping=decision)
         channels = self.routing.channels_for(notice.name, severity)
         return self.deliver(
             alert, channels, notice.transition_key, notice.name, decision.kind, deadline
         )
 
-    def notify_child(self, notice: ChildFellOver, *, deadline: Deadline | None = None) -> Outcome:
+    def notify_child(
+        self, notice: ChildFellOver, *, deadline: Deadline | None = None
+    ) -> FanoutOutcome:
         """Each fall is posted with its job, up to the flood control's burst per window; the
         next one posted after a hold-back says how many were held back."""
         burst = (
@@ -182,7 +179,7 @@ class AlarmFanout:
             else BurstDecision(True)
         )
         if not burst.post:
-            return Outcome(
+            return FanoutOutcome(
                 notice.transition_key, notice.name, CHILD_SUPPRESSED, repeat=burst.repeat
             )
         alert = child_alert(
@@ -198,7 +195,7 @@ class AlarmFanout:
 
     def forward_unreadable(
         self, message: Unreadable, *, deadline: Deadline | None = None
-    ) -> Outcome:
+    ) -> FanoutOutcome:
         alert = unreadable_alert(message)
         channels = self.routing.fallback_channel
         outcome = self.deliver(
@@ -216,7 +213,7 @@ class AlarmFanout:
         name: str,
         decision: str,
         deadline: Deadline | None = None,
-    ) -> Outcome:
+    ) -> FanoutOutcome:
         claims = {channel: self.ledger.claim(key, channel) for channel in channels}
         busy_until = Deadline.after(self.busy_wait_s)
         if deadline is not None:
@@ -234,7 +231,7 @@ class AlarmFanout:
                 self.ledger.delivered(key, channel)
             else:
                 self.ledger.failed(key, channel)
-        return Outcome(
+        return FanoutOutcome(
             key,
             name,
             decision,

@@ -139,7 +139,7 @@ def _int(value: Any, default: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class DeadLetterOutcome:
     kind: str  # dead_lettered | succeeded | stale | unknown_job | unparseable
     job_id: str | None
     results: dict[str, str] = field(default_factory=dict)
@@ -184,7 +184,7 @@ class DeadLetterService:
     def redrive_command(self, job_id: str) -> str:
         return f"spotline --stack-name {self.stack_name} dlq redrive --job {job_id}"
 
-    def handle(self, letter: DeadLetter, *, deadline: Deadline | None = None) -> Outcome:
+    def handle(self, letter: DeadLetter, *, deadline: Deadline | None = None) -> DeadLetterOutcome:
         """Settle one dead letter; every delivery is done by ``deadline`` (delivered or not).
 
         Raises NotDelivered for anything not delivered, a delivery cut off by the deadline
@@ -202,10 +202,10 @@ class DeadLetterService:
             return self._without_job(letter, "unknown_job", job_id, deadline)
         if record.status == JobStatus.SUCCEEDED:
             self.logger.info("dead letter for a job that succeeded; acknowledged", extra=keys)
-            return Outcome("succeeded", job_id)
+            return DeadLetterOutcome("succeeded", job_id)
         if self._redriven_since(letter, record):
             self.logger.info("dead letter older than the job's redrive; acknowledged", extra=keys)
-            return Outcome("stale", job_id)
+            return DeadLetterOutcome("stale", job_id)
         return self._dead_lettered(letter, record, deadline)
 
     # -- jobs ------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ class DeadLetterService:
 
     def _dead_lettered(
         self, letter: DeadLetter, record: JobRecord, deadline: Deadline | None
-    ) -> Outcome:
+    ) -> DeadLetterOutcome:
         if record.status != JobStatus.DEAD_LETTERED:
             # SQS's own redrive (a crashed worker never recorded an outcome) or a worker that
             # died between its steps: record it now. Doing it twice returns the first record.
@@ -254,7 +254,9 @@ class DeadLetterService:
         finally:
             self.ledger.release(record.job_id, holder)
 
-    def _notify(self, letter: DeadLetter, record: JobRecord, deadline: Deadline | None) -> Outcome:
+    def _notify(
+        self, letter: DeadLetter, record: JobRecord, deadline: Deadline | None
+    ) -> DeadLetterOutcome:
         error = record.last_error or self._reason(letter, record)
         analyzer = str(record.request.get("analyzer", "-"))
         keys = {
@@ -291,7 +293,7 @@ class DeadLetterService:
         )
         if failed:
             raise NotDelivered(f"job {record.job_id}: not delivered to {failed}")
-        return Outcome("dead_lettered", record.job_id, results)
+        return DeadLetterOutcome("dead_lettered", record.job_id, results)
 
     def _notify_user(
         self,
@@ -352,7 +354,7 @@ class DeadLetterService:
 
     def _without_job(
         self, letter: DeadLetter, kind: str, job_id: str | None, deadline: Deadline | None
-    ) -> Outcome:
+    ) -> DeadLetterOutcome:
         results = self.ledger.get(letter.message_id)
         title = "Unparseable dead letter" if job_id is None else "Dead letter for an unknown job"
         error = letter.attribute_error()
@@ -387,7 +389,7 @@ class DeadLetterService:
         )
         if failed:
             raise NotDelivered(f"message {letter.message_id}: not delivered to {failed}")
-        return Outcome(kind, job_id, results)
+        return DeadLetterOutcome(kind, job_id, results)
 
 
 def _tally(deliveries: Mapping[str, Delivery], results: dict[str, str]) -> dict[str, str]:

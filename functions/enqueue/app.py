@@ -18,6 +18,7 @@ from botocore.exceptions import BotoCoreError
 from enqueue import submission
 from spotline.contract import InvalidJob, SchemaViolation, is_job_id, parse_request
 from spotline.jobstore import JobStore, JobStoreError
+from spotline.metrics_names import FunctionMetric
 from spotline.queue import JobQueue, QueueError
 from spotline.settings import Settings
 
@@ -90,7 +91,7 @@ def submit_job() -> Response:
         input_bucket=settings.data_bucket,
     )
     logger.info("job queued", extra={"job_id": job.job_id, "analyzer": request["analyzer"]})
-    metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name=FunctionMetric.JOBS_SUBMITTED, unit=MetricUnit.Count, value=1)
     return _json(
         202,
         {"job_id": job.job_id, "status": str(job.status), "status_url": _status_url(job.job_id)},

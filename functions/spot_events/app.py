@@ -48,7 +48,7 @@ def controller() -> standby.StandbyController:
     )
 
 
-def _dispatch(event: dict[str, Any], target_arn: str) -> standby.Outcome:
+def _dispatch(event: dict[str, Any], target_arn: str) -> standby.StandbyOutcome:
     action = event.get("action")
     if action == events.STOP_ACTION:
         scheduled_at = events.parse_time(event.get("scheduled_at"))
@@ -68,7 +68,7 @@ def _dispatch(event: dict[str, Any], target_arn: str) -> standby.Outcome:
         raise events.MalformedEvent(f"unexpected source {str(bridge.source)[:40]!r}")
     spot_event = events.parse_spot_event(bridge.detail_type, bridge.detail, bridge.time)
     if spot_event is None:
-        return standby.Outcome("ignored", ("state change other than running",))
+        return standby.StandbyOutcome("ignored", ("state change other than running",))
     logger.append_keys(instance_id=spot_event.instance_id)
     return controller().on_event(spot_event, target_arn=target_arn)
 
@@ -83,10 +83,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     except events.MalformedEvent as exc:
         # Retrying cannot fix a malformed event: log what was wrong (not the payload) and drop it.
         logger.warning("malformed event ignored", extra={"error": str(exc)[:200]})
-        return standby.Outcome("ignored", ("malformed event",)).to_dict()
+        return standby.StandbyOutcome("ignored", ("malformed event",)).to_dict()
     except standby.StandbyMissing as exc:
         logger.error("no standby instance", extra={"error": str(exc)})
-        return standby.Outcome("no-standby", (str(exc),)).to_dict()
+        return standby.StandbyOutcome("no-standby", (str(exc),)).to_dict()
     logger.info("spot event handled", extra=outcome.to_dict())
     if outcome.extra.get("first_notice"):
         metrics.add_metric(

@@ -34,7 +34,7 @@ class MalformedEvent(ValueError):
 # -- values -----------------------------------------------------------------------------------
 
 
-def utc_now() -> datetime:
+def utc_moment() -> datetime:
     return datetime.now(UTC)
 
 

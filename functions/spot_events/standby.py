@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
-from spot_events.events import EventKind, SpotEvent, iso, utc_now
+from spot_events.events import EventKind, SpotEvent, iso, utc_moment
 from spot_events.fleet import (
     ACTIVE_STATES,
     ROLE_TAG,
@@ -54,7 +54,7 @@ class StandbyMissing(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class StandbyOutcome:
     """What a call did, returned by the handler (and shown by devstack)."""
 
     action: str
@@ -132,7 +132,7 @@ class StandbyController:
         workload: Workload,
         logger: Logger,
         alerts: AlertSender | None = None,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Callable[[], datetime] = utc_moment,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -148,22 +148,22 @@ class StandbyController:
 
     # -- EC2 events ---------------------------------------------------------------------------
 
-    def on_event(self, event: SpotEvent, *, target_arn: str) -> Outcome:
+    def on_event(self, event: SpotEvent, *, target_arn: str) -> StandbyOutcome:
         worker = self.fleet.ours(event.instance_id)
         if worker is None or worker.role != WORKER:
             self.logger.debug(
                 "event for an instance that is not our worker, ignored",
                 extra={"instance_id": event.instance_id, "detail_type": event.detail_type},
             )
-            return Outcome("ignored", ("not our worker",), (event.instance_id,))
+            return StandbyOutcome("ignored", ("not our worker",), (event.instance_id,))
         if event.kind in (EventKind.INTERRUPTION, EventKind.REBALANCE):
             return self.on_interruption(event, worker)
         return self.on_worker_up(event, worker, target_arn=target_arn)
 
-    def on_interruption(self, event: SpotEvent, worker: Instance) -> Outcome:
+    def on_interruption(self, event: SpotEvent, worker: Instance) -> StandbyOutcome:
         if event.kind is EventKind.REBALANCE and not self.config.start_on_rebalance:
             self.logger.info("rebalance recommendation, standby not started (disabled)")
-            return Outcome("ignored", ("rebalance start disabled",), (worker.instance_id,))
+            return StandbyOutcome("ignored", ("rebalance start disabled",), (worker.instance_id,))
         # A redelivered event carries the same time: it alerts once. A later notice alerts again.
         first_notice = _before(worker.interrupted_at, event.time)
         standbys = self._standbys()
@@ -184,7 +184,7 @@ class StandbyController:
         )
         if first_notice:
             self._alert_interruption(event, worker, started)
-        return Outcome(
+        return StandbyOutcome(
             "started" if started else "already-running",
             (f"{event.kind} for {worker.instance_id}",),
             tuple(started or [s.instance_id for s in standbys]),
@@ -194,10 +194,14 @@ class StandbyController:
             },
         )
 
-    def on_worker_up(self, event: SpotEvent, worker: Instance, *, target_arn: str) -> Outcome:
+    def on_worker_up(
+        self, event: SpotEvent, worker: Instance, *, target_arn: str
+    ) -> StandbyOutcome:
         standbys = [s for s in self._standbys() if s.state in ACTIVE_STATES]
         if not standbys:
-            return Outcome("nothing-to-stop", ("standby not running",), (worker.instance_id,))
+            return StandbyOutcome(
+                "nothing-to-stop", ("standby not running",), (worker.instance_id,)
+            )
         now = self.clock()
         stop_at = now + self.config.cooldown
         self.scheduler.schedule_stop(stop_at, target_arn=target_arn, scheduled_at=now)
@@ -205,7 +209,7 @@ class StandbyController:
             "standby stop scheduled",
             extra={"instance_id": worker.instance_id, "kind": str(event.kind), "at": iso(stop_at)},
         )
-        return Outcome(
+        return StandbyOutcome(
             "stop-scheduled",
             (),
             (worker.instance_id,),
@@ -214,7 +218,7 @@ class StandbyController:
 
     # -- scheduled actions --------------------------------------------------------------------
 
-    def stop_standby(self, scheduled_at: datetime | None, *, target_arn: str) -> Outcome:
+    def stop_standby(self, scheduled_at: datetime | None, *, target_arn: str) -> StandbyOutcome:
         now = self.clock()
         since = scheduled_at or now - self.config.cooldown
         every = self._standbys()
@@ -222,7 +226,7 @@ class StandbyController:
         if not standbys:
             if _interrupted_since(every, since):
                 return self._undo_stop(since)  # a retry after losing the race below
-            return Outcome("already-stopped", extra={"standby_running": False})
+            return StandbyOutcome("already-stopped", extra={"standby_running": False})
         blockers = self._stop_blockers(standbys, since=since, now=now)
         if blockers:
             stop_at = now + self.config.cooldown
@@ -230,7 +234,7 @@ class StandbyController:
             self.logger.info(
                 "standby stop postponed", extra={"reasons": blockers, "at": iso(stop_at)}
             )
-            return Outcome(
+            return StandbyOutcome(
                 "rescheduled",
                 tuple(blockers),
                 extra={"stop_at": iso(stop_at), "standby_running": True},
@@ -242,34 +246,34 @@ class StandbyController:
         if _interrupted_since(self._standbys(), since):
             return self._undo_stop(since)
         self.logger.info("standby stopped", extra={"instances": ids})
-        return Outcome("stopped", (), tuple(ids), {"standby_running": False})
+        return StandbyOutcome("stopped", (), tuple(ids), {"standby_running": False})
 
-    def _undo_stop(self, since: datetime) -> Outcome:
+    def _undo_stop(self, since: datetime) -> StandbyOutcome:
         self.logger.warning("a spot warning raced the standby's stop: starting it again")
         # Raises StandbyNotReady while it is still stopping: Lambda's retry comes back here.
         started = self._ensure_running(wait=True)
-        return Outcome(
+        return StandbyOutcome(
             "restarted",
             (f"interruption after {iso(since)} raced the stop",),
             tuple(started),
             {"standby_running": True},
         )
 
-    def reconcile(self) -> Outcome:
+    def reconcile(self) -> StandbyOutcome:
         """Converge: start when the fleet is short and work waits; stop when idle and whole."""
         outcome = self._reconcile()
         running = outcome.action == "started" or (
             outcome.action != "stopped"
             and any(s.state in ACTIVE_STATES for s in self.fleet.by_role(STANDBY))
         )
-        return Outcome(
+        return StandbyOutcome(
             outcome.action,
             outcome.reasons,
             outcome.instances,
             {**outcome.extra, "standby_running": running},
         )
 
-    def _reconcile(self) -> Outcome:
+    def _reconcile(self) -> StandbyOutcome:
         now = self.clock()
         healthy = self.fleet.healthy_workers(now)
         standbys = self._standbys()
@@ -294,14 +298,16 @@ class StandbyController:
                             dedupe_key=f"reconcile-start/{iso(now)}",
                         )
                     )
-                    return Outcome("started", ("fleet short with backlog",), tuple(started))
+                    return StandbyOutcome("started", ("fleet short with backlog",), tuple(started))
                 if any(s.state == "stopping" for s in standbys):
-                    return Outcome("pending-start", ("standby still stopping: next reconcile",))
-                return Outcome("steady", ("fleet short, standby up",))
-            return Outcome("steady", ("fleet short, no backlog",))
+                    return StandbyOutcome(
+                        "pending-start", ("standby still stopping: next reconcile",)
+                    )
+                return StandbyOutcome("steady", ("fleet short, standby up",))
+            return StandbyOutcome("steady", ("fleet short, no backlog",))
         active = [s for s in standbys if s.state in ACTIVE_STATES]
         if not active:
-            return Outcome("steady", ("fleet healthy, standby stopped",))
+            return StandbyOutcome("steady", ("fleet healthy, standby stopped",))
         # Without the schedule's timestamp: require a full cooldown since the last interruption
         # and since the standby came up, so reconcile never undercuts the scheduled stop.
         blockers = self._stop_blockers(active, since=now - self.config.cooldown, now=now)
@@ -311,11 +317,11 @@ class StandbyController:
             if s.launch_time is not None and now - s.launch_time < self.config.cooldown
         ]
         if blockers:
-            return Outcome("steady", tuple(blockers))
+            return StandbyOutcome("steady", tuple(blockers))
         ids = [s.instance_id for s in active]
         self.fleet.stop(ids)
         self.logger.info("reconcile stopped the standby", extra={"instances": ids})
-        return Outcome("stopped", ("fleet healthy, standby idle",), tuple(ids))
+        return StandbyOutcome("stopped", ("fleet healthy, standby idle",), tuple(ids))
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -52,10 +52,6 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED})
 
 
-def can_transition(current: JobStatus, new: JobStatus) -> bool:
-    return new in TRANSITIONS[current]
-
-
 class MessageAttribute(enum.StrEnum):
     """SQS message attributes the worker sets when it dead-letters a job itself."""
 

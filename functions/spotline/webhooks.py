@@ -53,16 +53,6 @@ class Delivery:
     error: str | None = None
 
 
-class DeliveryFailed(RuntimeError):
-    def __init__(self, channel: str, delivery: Delivery) -> None:
-        super().__init__(
-            f"{channel}: delivery failed after {delivery.attempts} attempts"
-            f" (status {delivery.status}, {delivery.error})"
-        )
-        self.channel = channel
-        self.delivery = delivery
-
-
 class DeadlineExceeded(TimeoutError):
     """The delivery's deadline passed before it finished."""
 

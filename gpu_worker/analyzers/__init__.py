@@ -61,7 +61,8 @@ class AnalysisContext(Protocol):
         ...
 
     def progress(self, **fields: Any) -> None:
-        """Report progress (e.g. ``step=3``); kept for health and drills, never required."""
+        """Report progress (e.g. ``step=3``): the latest fields show in health's job block
+        (at most 20 scalars, strings cut at 200 characters); never required."""
         ...
 
     def put_artifact(

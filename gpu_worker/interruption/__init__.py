@@ -4,7 +4,8 @@ Shaped after aws-node-termination-handler's ``pkg/monitor``: each source is a sm
 its own module behind one interface (``event.Monitor``), and all of them feed one consumer,
 ``Worker.on_interruption``, through the watch:
 
-    event.py      the ``Interruption`` event, its ``Source`` and ``Action``, the interface
+    event.py      the ``Interruption`` event, its ``Source`` and ``InterruptionAction``, the
+                  interface
     spot.py       IMDS ``spot/instance-action``: the two-minute spot notice
     rebalance.py  IMDS ``events/recommendations/rebalance``: at risk, not leaving yet
     lifecycle.py  IMDS ``autoscaling/target-lifecycle-state``: the ASG termination hook, whose
@@ -19,15 +20,15 @@ its own module behind one interface (``event.Monitor``), and all of them feed on
 To add a source: a class with ``name``, ``interval_s`` and ``check() -> Interruption | None``
 (an IMDS path: subclass ``ImdsMonitor`` and write ``parse``), a ``Source`` name, and a line in
 ``monitors_for``. Give the event a ``deadline`` when the source knows when the machine goes
-away (the worker fits its checkpoint grace inside it); ``Action.REBALANCE`` only drains.
+away (the worker fits its checkpoint grace inside it); ``InterruptionAction.REBALANCE`` only drains.
 """
 
 from __future__ import annotations
 
 from gpu_worker.interruption.event import (
     SPOT_ACTIONS,
-    Action,
     Interruption,
+    InterruptionAction,
     Monitor,
     Source,
     parse_time,
@@ -48,11 +49,11 @@ __all__ = [
     "METADATA_TIMEOUT_S",
     "SPOT_ACTIONS",
     "SPOT_NOTICE_S",
-    "Action",
     "GcpPreemptedMonitor",
     "ImdsClient",
     "ImdsMonitor",
     "Interruption",
+    "InterruptionAction",
     "InterruptionWatch",
     "LifecycleAction",
     "LifecycleMonitor",

@@ -18,7 +18,7 @@ class Source(enum.StrEnum):
     ASG_LIFECYCLE = "asg-lifecycle"
 
 
-class Action(enum.StrEnum):
+class InterruptionAction(enum.StrEnum):
     TERMINATE = "terminate"
     STOP = "stop"
     HIBERNATE = "hibernate"
@@ -26,7 +26,7 @@ class Action(enum.StrEnum):
     SHUTDOWN = "shutdown"  # a signal: the process manager wants us gone
 
 
-SPOT_ACTIONS = {Action.TERMINATE, Action.STOP, Action.HIBERNATE}
+SPOT_ACTIONS = {InterruptionAction.TERMINATE, InterruptionAction.STOP, InterruptionAction.HIBERNATE}
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Interruption:
     (the ASG hook: "complete the lifecycle action, the instance may go now")."""
 
     source: str
-    action: Action
+    action: InterruptionAction
     noticed_at: float
     deadline: float | None = None  # when the machine goes away, if the source says
     detail: str = ""
@@ -46,7 +46,7 @@ class Interruption:
     @property
     def advisory(self) -> bool:
         """True when the machine is not (yet) going away: stop taking work, keep running."""
-        return self.action is Action.REBALANCE
+        return self.action is InterruptionAction.REBALANCE
 
     def seconds_left(self, now: float | None = None) -> float | None:
         if self.deadline is None:

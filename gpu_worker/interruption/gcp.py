@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from gpu_worker.interruption.event import Action, Interruption, Source
+from gpu_worker.interruption.event import Interruption, InterruptionAction, Source
 from gpu_worker.interruption.metadata import METADATA_TIMEOUT_S, Availability, Complaints, request
 
 # GCP gives thirty seconds between the preemption and the stop.
@@ -44,7 +44,9 @@ class GcpPreemptedMonitor:
         answer = response.body.decode("utf-8", errors="replace").strip().upper()
         if response.status == 200 and answer == "TRUE":
             now = time.time()
-            return Interruption(self.name, Action.TERMINATE, now, now + GCP_NOTICE_S, "preempted")
+            return Interruption(
+                self.name, InterruptionAction.TERMINATE, now, now + GCP_NOTICE_S, "preempted"
+            )
         if response.status != 200 or answer != "FALSE":
             self.complain(self.name, self.path, response.status, response.body)
         return None

@@ -18,7 +18,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
-from gpu_worker.interruption.event import Action, Interruption, Source
+from gpu_worker.interruption.event import Interruption, InterruptionAction, Source
 from gpu_worker.interruption.imds import ImdsClient, ImdsMonitor, TokenRefused
 
 logger = Logger(service="spotline-worker", child=True)
@@ -138,7 +138,7 @@ class LifecycleMonitor(ImdsMonitor):
         )
         self.leaving = Interruption(
             self.name,
-            Action.TERMINATE,
+            InterruptionAction.TERMINATE,
             time.time(),
             None,
             self.action.hook_name,

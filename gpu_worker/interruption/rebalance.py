@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from gpu_worker.interruption.event import Action, Interruption, Source, parse_time
+from gpu_worker.interruption.event import Interruption, InterruptionAction, Source, parse_time
 from gpu_worker.interruption.imds import ImdsMonitor
 
 
@@ -21,4 +21,6 @@ class RebalanceMonitor(ImdsMonitor):
         notice_time = document.get("noticeTime") if isinstance(document, dict) else None
         if not isinstance(notice_time, str) or parse_time(notice_time) is None:
             raise ValueError("no usable noticeTime")
-        return Interruption(self.name, Action.REBALANCE, time.time(), None, f"since {notice_time}")
+        return Interruption(
+            self.name, InterruptionAction.REBALANCE, time.time(), None, f"since {notice_time}"
+        )

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 
-from gpu_worker.interruption.event import Action, Interruption, Source
+from gpu_worker.interruption.event import Interruption, InterruptionAction, Source
 
 
 def signal_interruption(signal_name: str) -> Interruption:
-    return Interruption(str(Source.SIGNAL), Action.SHUTDOWN, time.time(), None, signal_name)
+    return Interruption(
+        str(Source.SIGNAL), InterruptionAction.SHUTDOWN, time.time(), None, signal_name
+    )

@@ -7,7 +7,13 @@ import time
 
 from aws_lambda_powertools import Logger
 
-from gpu_worker.interruption.event import SPOT_ACTIONS, Action, Interruption, Source, parse_time
+from gpu_worker.interruption.event import (
+    SPOT_ACTIONS,
+    Interruption,
+    InterruptionAction,
+    Source,
+    parse_time,
+)
 from gpu_worker.interruption.imds import ImdsMonitor
 
 logger = Logger(service="spotline-worker", child=True)
@@ -27,7 +33,9 @@ class SpotNoticeMonitor(ImdsMonitor):
         document = json.loads(body)
         if not isinstance(document, dict):
             raise ValueError("not a JSON object")
-        action = Action(str(document.get("action", "")).lower())  # ValueError when unknown
+        action = InterruptionAction(
+            str(document.get("action", "")).lower()
+        )  # ValueError when unknown
         if action not in SPOT_ACTIONS:
             raise ValueError(f"not a spot action: {action}")
         now = time.time()

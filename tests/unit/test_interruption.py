@@ -12,7 +12,7 @@ import pytest
 from devstack.cfn import Stack
 from gpu_worker.config import WorkerConfig
 from gpu_worker.consumer import EXIT_RESERVE_S, Worker
-from gpu_worker.interruption import Action, Interruption, signal_interruption
+from gpu_worker.interruption import Interruption, InterruptionAction, signal_interruption
 from spotline.queue import JobQueue
 from spotline.settings import MissingSetting
 from tests.unit.conftest import stack_worker_config
@@ -41,20 +41,26 @@ def worker() -> Worker:
 
 
 def test_rebalance_only_drains_by_default(worker: Worker) -> None:
-    worker.on_interruption(Interruption("imds-rebalance", Action.REBALANCE, time.time()))
+    worker.on_interruption(
+        Interruption("imds-rebalance", InterruptionAction.REBALANCE, time.time())
+    )
     assert worker.draining.is_set() and not worker.stopping.is_set()
     assert worker.supervisor._kill_at is None
 
 
 def test_rebalance_can_be_configured_to_checkpoint(worker: Worker) -> None:
     worker.config = WorkerConfig(**{**worker.config.describe(), "rebalance_action": "checkpoint"})
-    worker.on_interruption(Interruption("imds-rebalance", Action.REBALANCE, time.time()))
+    worker.on_interruption(
+        Interruption("imds-rebalance", InterruptionAction.REBALANCE, time.time())
+    )
     assert worker.stopping.is_set()
 
 
 def test_spot_notice_grace_fits_inside_the_deadline(worker: Worker) -> None:
     now = time.time()
-    worker.on_interruption(Interruption("gcp-preempted", Action.TERMINATE, now, now + 12))
+    worker.on_interruption(
+        Interruption("gcp-preempted", InterruptionAction.TERMINATE, now, now + 12)
+    )
     assert worker.stopping.is_set()
     assert worker.supervisor._kill_at == pytest.approx(
         time.monotonic() + 12 - EXIT_RESERVE_S, abs=0.5
@@ -131,7 +137,7 @@ def test_sigterm_after_a_notice_keeps_the_grace_but_a_second_sigterm_ends_it(
     worker: Worker,
 ) -> None:
     now = time.time()
-    worker.on_interruption(Interruption("imds-spot", Action.TERMINATE, now, now + 120))
+    worker.on_interruption(Interruption("imds-spot", InterruptionAction.TERMINATE, now, now + 120))
     worker._on_signal(signal.SIGTERM, None)  # the OS shutting down inside the notice window
     assert worker.supervisor._kill_at == pytest.approx(time.monotonic() + 20, abs=0.5)
     worker._on_signal(signal.SIGTERM, None)  # docker stop's impatience: now

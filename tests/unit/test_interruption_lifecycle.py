@@ -18,8 +18,8 @@ from botocore.stub import Stubber
 from devstack.imds import LIFECYCLE_PATH, ImdsMock
 from devstack.motoserver import free_port
 from gpu_worker.interruption import (
-    Action,
     ImdsClient,
+    InterruptionAction,
     InterruptionWatch,
     LifecycleAction,
     LifecycleMonitor,
@@ -141,7 +141,7 @@ def test_pending_hook_is_a_termination_whose_after_release_completes_the_action(
     assert event is not None
     assert (event.source, event.action, event.detail) == (
         str(Source.ASG_LIFECYCLE),
-        Action.TERMINATE,
+        InterruptionAction.TERMINATE,
         "drain",
     )
     assert not event.advisory

@@ -9,9 +9,9 @@ from devstack.imds import GCP_PREEMPTED_PATH, REBALANCE_PATH, SPOT_PATH, TOKEN_P
 from devstack.motoserver import free_port, wait_until
 from gpu_worker.interruption import (
     ABSENT_RETRY_S,
-    Action,
     GcpPreemptedMonitor,
     ImdsClient,
+    InterruptionAction,
     RebalanceMonitor,
     SpotNoticeMonitor,
 )
@@ -61,7 +61,7 @@ def test_spot_notice_becomes_one_interruption_with_its_deadline(
     visible_at = imds.schedule_notice("stop", deadline_s=120)
     event = monitor.check()
     assert event is not None
-    assert event.source == "imds-spot" and event.action is Action.STOP
+    assert event.source == "imds-spot" and event.action is InterruptionAction.STOP
     assert not event.advisory
     # IMDS times have whole seconds.
     assert event.deadline == pytest.approx(visible_at + 120, abs=1.0)
@@ -73,7 +73,7 @@ def test_rebalance_recommendation_is_advisory(imds: ImdsMock) -> None:
     assert monitor.check() is None
     imds.recommend_rebalance()
     event = monitor.check()
-    assert event is not None and event.action is Action.REBALANCE and event.advisory
+    assert event is not None and event.action is InterruptionAction.REBALANCE and event.advisory
     assert event.deadline is None
 
 
@@ -100,7 +100,7 @@ def test_an_expired_token_is_replaced_and_the_notice_still_seen(
     imds.expire_tokens()
     imds.schedule_notice()
     event = monitor.check()
-    assert event is not None and event.action is Action.TERMINATE
+    assert event is not None and event.action is InterruptionAction.TERMINATE
     counts = imds.stats()["counts"]
     assert counts[f"GET {SPOT_PATH} 401"] == 1
     assert client.tokens_fetched == 2
@@ -174,5 +174,5 @@ def test_gcp_preempted_flag(imds: ImdsMock) -> None:
     assert monitor.check() is None
     imds.preempt_gcp()
     event = monitor.check()
-    assert event is not None and event.action is Action.TERMINATE
+    assert event is not None and event.action is InterruptionAction.TERMINATE
     assert event.seconds_left() == pytest.approx(30, abs=1)

@@ -11,9 +11,9 @@ import pytest
 from devstack.imds import SPOT_PATH, ImdsMock
 from devstack.motoserver import wait_until
 from gpu_worker.interruption import (
-    Action,
     ImdsClient,
     Interruption,
+    InterruptionAction,
     InterruptionWatch,
     RebalanceMonitor,
     SpotNoticeMonitor,
@@ -40,7 +40,7 @@ class Scripted:
 def test_watch_delivers_each_event_once_and_survives_a_broken_monitor(
     log: RecordingLogger,
 ) -> None:
-    notice = Interruption("imds-spot", Action.TERMINATE, time.time(), time.time() + 120)
+    notice = Interruption("imds-spot", InterruptionAction.TERMINATE, time.time(), time.time() + 120)
     received: list[Interruption] = []
     watch = InterruptionWatch(
         [Scripted("broken", [RuntimeError("boom")]), Scripted("spot", [None, notice])],
@@ -107,8 +107,12 @@ def test_after_release_runs_each_delivered_step_once_and_survives_a_failing_one(
 
     watch = InterruptionWatch([], lambda event: None)
     now = time.time()
-    watch.emit(Interruption("one", Action.TERMINATE, now, after_release=fail))
-    watch.emit(Interruption("two", Action.TERMINATE, now, after_release=lambda: ran.append("two")))
+    watch.emit(Interruption("one", InterruptionAction.TERMINATE, now, after_release=fail))
+    watch.emit(
+        Interruption(
+            "two", InterruptionAction.TERMINATE, now, after_release=lambda: ran.append("two")
+        )
+    )
     watch.emit(signal_interruption("SIGTERM"))  # no after-release step
     watch.after_release()
     watch.after_release()

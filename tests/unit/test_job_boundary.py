@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -22,7 +23,7 @@ from gpu_worker.analyzers import Job
 from gpu_worker.consumer import Worker
 from gpu_worker.faults import FaultTracker, is_infra_fault
 from gpu_worker.health import worker_snapshot
-from gpu_worker.supervisor import Supervisor
+from gpu_worker.supervisor import RunningJob, Supervisor
 from spotline.contract import ErrorKind, JobMessage, JobStatus, new_job_id
 from spotline.jobstore import (
     HOLDER_MESSAGE_ID,
@@ -295,21 +296,19 @@ def test_the_holders_own_message_waits_for_the_lease_to_run_out(
 
 def test_a_job_past_its_limit_is_unhealthy(make_worker: Callable[..., Worker]) -> None:
     worker = make_worker()
-    worker.supervisor.current_job = Job(job_id="j", analyzer="sleep", input=None)
-    worker.supervisor.job_started_at = time.monotonic() - 100
-    worker.supervisor.job_limit_s = 10
-    snapshot = worker_snapshot(worker, stale_poll_s=90)
+    job = RunningJob("j", "sleep", 1, runtime_s=100.0, runtime_limit_s=10, progress={})
+    snapshot = worker_snapshot(replace(worker.state(), job=job), stale_poll_s=90)
     assert snapshot["ok"] is False and snapshot["job"]["past_limit"] is True
-    worker.supervisor.job_limit_s = 1000
-    assert worker_snapshot(worker, stale_poll_s=90)["ok"] is True
+    job = replace(job, runtime_limit_s=1000)
+    assert worker_snapshot(replace(worker.state(), job=job), stale_poll_s=90)["ok"] is True
 
 
 def test_aws_faults_in_a_row_show_as_degraded(make_worker: Callable[..., Worker]) -> None:
     worker = make_worker(degraded_after_faults=2)
-    worker.last_poll_at = time.time()
     for _ in range(2):
         worker.faults.fault(client_error("ThrottlingException"))
-    snapshot = worker_snapshot(worker, stale_poll_s=90)
+    state = replace(worker.state(), last_poll_at=time.time())
+    snapshot = worker_snapshot(state, stale_poll_s=90)
     assert snapshot["status"] == "degraded" and snapshot["ok"] is True
     assert snapshot["infra_faults"]["consecutive"] == 2
 

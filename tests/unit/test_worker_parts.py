@@ -9,8 +9,7 @@ import pytest
 from gpu_worker.attempt import Attempt
 from gpu_worker.claim import Claimer
 from gpu_worker.decisions import CLAIM_TABLE, Action, ClaimVerdict
-from gpu_worker.interruption import Action as InterruptionAction
-from gpu_worker.interruption import Interruption
+from gpu_worker.interruption import Interruption, InterruptionAction
 from gpu_worker.stop_policy import EXIT_RESERVE_S, react
 from spotline.contract import ErrorKind, JobMessage, RequestPolicy, new_job_id
 from spotline.jobstore import JobError, JobStore
