@@ -17,8 +17,8 @@ from alarm_fanout.fanout import AlarmFanout, AlarmTags, EmailChannel, FanoutOutc
 from alarm_fanout.notice_bursts import ChildNoticeBursts
 from alarm_fanout.routing import Routing
 from spotline.alerts import AlertSender, channels_from_env
+from spotline.deadlines import TimeBudget
 from spotline.metrics_names import FunctionMetric
-from spotline.webhooks import TimeBudget
 
 settings = FanoutSettings.from_env()
 channels = channels_from_env()  # a listed channel without its secret fails here, at cold start

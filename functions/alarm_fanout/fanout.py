@@ -50,8 +50,9 @@ from alarm_fanout.notices import notices_from_event
 from alarm_fanout.rendering import child_alert, notice_alert, render_email, unreadable_alert
 from alarm_fanout.routing import Routing
 from spotline.alerts import Alert, AlertSender
+from spotline.deadlines import Deadline, TimeBudget
 from spotline.settings import env_int, require_env
-from spotline.webhooks import Deadline, Delivery, TimeBudget
+from spotline.webhooks import Delivery
 
 # -- channels beyond webhooks ----------------------------------------------------------------
 

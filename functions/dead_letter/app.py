@@ -25,9 +25,9 @@ from dead_letter.callbacks import CallbackSender
 from dead_letter.dead_letters import DeadLetter, DeadLetterConfig, DeadLetterService
 from dead_letter.ledger import MessageLedger
 from spotline.alerts import AlertSender
+from spotline.deadlines import Deadline, TimeBudget
 from spotline.jobstore import JobStore
 from spotline.settings import Settings
-from spotline.webhooks import Deadline, TimeBudget
 
 settings = Settings.from_env()
 config = DeadLetterConfig.from_env()

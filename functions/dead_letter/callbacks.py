@@ -28,15 +28,8 @@ import requests
 
 from spotline.alerts import resolve_secret
 from spotline.contract import ErrorKind, JobStatus
-from spotline.webhooks import (
-    DEADLINE_EXCEEDED,
-    Deadline,
-    DeadlineAdapter,
-    DeadlineExceeded,
-    Delivery,
-    WebhookClient,
-    run_within,
-)
+from spotline.deadlines import Deadline, DeadlineExceeded, run_within
+from spotline.webhooks import DEADLINE_EXCEEDED, DeadlineAdapter, Delivery, WebhookClient
 
 SIGNATURE_HEADER = "X-Spotline-Signature"
 TIMESTAMP_HEADER = "X-Spotline-Timestamp"

@@ -37,9 +37,10 @@ from spotline.contract import (
     is_job_id,
     job_id_from_body,
 )
+from spotline.deadlines import Deadline
 from spotline.jobstore import JobError, JobRecord, JobStore, utc_now
 from spotline.notified import CALLBACK, delivered_for, notified_field
-from spotline.webhooks import Deadline, Delivery
+from spotline.webhooks import Delivery
 
 BODY_PREVIEW_BYTES = 200
 GIB = 2**30

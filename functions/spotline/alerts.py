@@ -15,14 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from spotline.webhooks import (
-    DEADLINE_EXCEEDED,
-    Deadline,
-    DeadlineExceeded,
-    Delivery,
-    WebhookClient,
-    run_within,
-)
+from spotline.deadlines import Deadline, DeadlineExceeded, run_within
+from spotline.webhooks import DEADLINE_EXCEEDED, Delivery, WebhookClient
 
 
 class Severity(enum.StrEnum):

@@ -19,14 +19,8 @@ from dead_letter.callbacks import CallbackSender, pinned_session
 from devstack.motoserver import wait_until
 from devstack.sink import WebhookSink
 from spotline.alerts import AlertSender, Channel
-from spotline.webhooks import (
-    DEADLINE_EXCEEDED,
-    MAX_RESPONSE_BYTES,
-    Deadline,
-    SocketWatch,
-    TimeBudget,
-    WebhookClient,
-)
+from spotline.deadlines import Deadline, TimeBudget
+from spotline.webhooks import DEADLINE_EXCEEDED, MAX_RESPONSE_BYTES, SocketWatch, WebhookClient
 from tests.unit.deadline_fixtures import (
     BIG_BODY_BYTES,
     Behaviour,
