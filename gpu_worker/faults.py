@@ -5,7 +5,8 @@ an exit of the worker (issue 16: one ``input_uri`` made ``head_object`` raise a
 ``ParamValidationError`` that nothing caught, and the worker died on every redelivery). What the
 outcome is depends on whose fault it was:
 
-- **infrastructure** (throttling, a network error, a 5xx, a full or failing disk): the message is
+- **infrastructure** (throttling, a network error, a 5xx, a full or failing disk, an analysis
+  child that never came up to take the job): the message is
   released with backoff and no attempt is counted; if such faults persist the worker says so
   (health ``degraded``, the ``InfraFaults`` metric and its alarm) and never dead-letters for them;
 - **anything else** (a bug, a hostile body, an analyzer that breaks the protocol): the job's
@@ -19,6 +20,8 @@ import time
 from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+
+from gpu_worker.supervisor import ChildStartError
 
 # Error codes AWS answers when it, not the request, is the problem (botocore's own retry tables,
 # plus S3's and DynamoDB's spellings): throttling, timeouts and 5xx.
@@ -77,6 +80,10 @@ def is_infra_fault(exc: BaseException) -> bool:
         if isinstance(current, BotoCoreError | ConnectionError | TimeoutError):
             return True
         if isinstance(current, OSError):  # a disk that is full or failing (ENOSPC, EIO)
+            return True
+        if isinstance(current, ChildStartError):
+            # The analysis child never came up to take the job (stopped, hung or killed while
+            # starting): the machine's failure, before the job was even handed over.
             return True
         # Only an explicit ``raise ... from``: a bug raised while handling an AWS error must
         # stay a bug, or it would be released (not counted) forever.

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+import psutil
 from aws_lambda_powertools import Logger
 
 from gpu_worker import child, memory
@@ -81,6 +82,13 @@ def bounded_progress(fields: Any) -> dict[str, str | int | float | bool | None]:
             continue
         kept[str(key)[:PROGRESS_MAX_CHARS]] = value
     return kept
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_STOPPED)
+    except psutil.Error:
+        return False
 
 
 class ChildStartError(RuntimeError):
@@ -193,6 +201,9 @@ class Supervisor:
                     raise ChildStartError(f"analysis child did not start in {timeout_s:g}s")
                 if not process.is_alive():
                     raise ChildStartError(describe_exit(process.exitcode) + " while starting")
+                if process.pid is not None and _stopped(process.pid):
+                    # SIGSTOPped (T state): it will never say ready; do not wait the timeout.
+                    raise ChildStartError("analysis child stopped while starting")
                 if preload and self._stopping:
                     # A spot notice leaves two minutes: the job waiting for this child is
                     # released now, not after a model load that may take longer.

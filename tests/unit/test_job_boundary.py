@@ -23,7 +23,7 @@ from gpu_worker.analyzers import Job
 from gpu_worker.consumer import Worker
 from gpu_worker.faults import FaultTracker, is_infra_fault
 from gpu_worker.health import worker_snapshot
-from gpu_worker.supervisor import RunningJob, Supervisor
+from gpu_worker.supervisor import ChildStartError, RunningJob, Supervisor
 from spotline.contract import ErrorKind, JobMessage, JobStatus, new_job_id
 from spotline.jobstore import (
     HOLDER_MESSAGE_ID,
@@ -82,6 +82,7 @@ def raised_while_handling(first: ClientError, second: TypeError) -> TypeError:
         (wrapped(client_error("ThrottlingException")), True),
         (wrapped(ParamValidationError(report="bad")), False),
         (ValueError("could not convert string to float"), False),
+        (ChildStartError("analysis child did not start in 120s"), True),
         (raised_while_handling(client_error("ThrottlingException"), TypeError("bug")), False),
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value),

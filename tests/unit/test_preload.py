@@ -10,16 +10,18 @@ hangs only costs the preload, never the worker.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from gpu_worker.analyzers import Job
 from gpu_worker.analyzers.drills import LOAD_KILLED_ENV, LOAD_SECONDS_ENV
 from gpu_worker.config import WorkerConfig
-from gpu_worker.supervisor import Supervisor
+from gpu_worker.supervisor import ChildStartError, Supervisor
 from spotline.contract import ErrorKind
 from spotline.settings import MissingSetting
 
@@ -161,3 +163,21 @@ def test_preload_setting_is_a_list_of_analyzer_names(worker_settings: pytest.Mon
     monkeypatch.setenv("WORKER_PRELOAD_TIMEOUT_S", "0")
     with pytest.raises(MissingSetting, match="WORKER_PRELOAD_TIMEOUT_S"):
         WorkerConfig.from_env()
+
+
+def test_a_child_stopped_while_it_starts_is_given_up_at_once_not_after_the_timeout(
+    supervisors: list[Supervisor],
+) -> None:
+    # Found by the chaos drill: a SIGSTOPped starting child held the job's handling for the
+    # whole start timeout (120 s). A stopped child will never say ready.
+    supervisor = start(supervisors, start_timeout_s=60)
+
+    def stop_the_starting_child() -> None:
+        for process in psutil.Process().children():
+            if "spawn_main" in " ".join(process.cmdline()):
+                process.send_signal(signal.SIGSTOP)
+
+    started = time.monotonic()
+    with pytest.raises(ChildStartError, match="stopped while starting"):
+        supervisor.ensure_child(on_tick=stop_the_starting_child)
+    assert time.monotonic() - started < 15
