@@ -170,7 +170,8 @@ class ResultStore:
         return f"s3://{self._bucket}/{key}"
 
     def discard(self, job_id: str, attempt_id: str) -> None:
-        """Remove an attempt's output whose completion was refused (the job is another's)."""
+        """Remove an attempt's output that no record names (its completion was refused or
+        never landed, or a later attempt's was recorded)."""
         self._s3.delete_object(Bucket=self._bucket, Key=self.key(job_id, attempt_id))
 
     def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str) -> str:

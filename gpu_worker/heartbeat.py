@@ -32,11 +32,11 @@ class Heartbeat:
         queue: JobQueue,
         receipt_handle: str,
         window_s: int,
-        extended_at: float | None = None,
+        extended_at: float | None,
         *,
-        store: JobStore | None = None,
-        job_id: str = "",
-        token: str = "",
+        store: JobStore,
+        job_id: str,
+        token: str,
     ) -> None:
         self._queue = queue
         self._receipt = receipt_handle
@@ -59,8 +59,6 @@ class Heartbeat:
             # The next tick tries again; if the receipt is gone, the job's outcome write will
             # be refused by the ownership check, so nothing is recorded twice.
             logger.warning("visibility extension failed", exc_info=True)
-        if self._store is None:
-            return None
         try:
             self._store.renew_lease(self._job_id, self._token, self._window_s)
         except TransitionRefused as refused:

@@ -191,14 +191,17 @@ class Settler:
                 raise
         # Earlier attempts killed between their result write and their completion left
         # objects no record names: this one is the result, those go.
-        for earlier in sorted(record.attempt_ids - {this_attempt}):
-            self._discard_output(record.job_id, earlier)
+        self._discard_earlier_outputs(record, this_attempt)
         self.intake.acknowledge(message, now=now)
         if checkpointed:
             try:
                 self.checkpoints.delete(record.job_id)
             except Exception:
                 logger.warning("checkpoint cleanup failed", exc_info=True)
+
+    def _discard_earlier_outputs(self, record: JobRecord, this_attempt: str) -> None:
+        for earlier in sorted(record.attempt_ids - {this_attempt}):
+            self._discard_output(record.job_id, earlier)
 
     def _discard_output(self, job_id: str, this_attempt: str) -> None:
         try:
@@ -240,8 +243,8 @@ class Settler:
         """
         if ran:
             assert token is not None
-            for earlier in sorted(record.attempt_ids - {attempt_id(token)}):
-                self._discard_output(record.job_id, earlier)  # no attempt's output is a result
+            # No earlier attempt's output is the result of a dead-lettered job.
+            self._discard_earlier_outputs(record, attempt_id(token))
             try:
                 record = self.store.transition(
                     record.job_id,
