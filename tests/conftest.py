@@ -12,6 +12,11 @@ import pytest
 from devstack.motoserver import AWS_TEST_ENV
 from gpu_worker.analyzers import OPTIONAL_ANALYZERS
 
+# The functions run under Powertools Tracer (X-Ray). Outside Lambda it switches itself off; this
+# says so outright, before any handler module is imported, so no test ever patches botocore or
+# looks for an X-Ray daemon even with Lambda's variables set.
+os.environ["POWERTOOLS_TRACE_DISABLED"] = "true"
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _aws_test_environment() -> None:
