@@ -22,6 +22,11 @@ os.environ.setdefault(
     CATALOG_FILE_ENV, str(write_local_catalog(Path(tempfile.mkdtemp(prefix="spotline-catalog-"))))
 )
 
+# The functions run under Powertools Tracer (X-Ray). Outside Lambda it switches itself off; this
+# says so outright, before any handler module is imported, so no test ever patches botocore or
+# looks for an X-Ray daemon even with Lambda's variables set.
+os.environ["POWERTOOLS_TRACE_DISABLED"] = "true"
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _aws_test_environment() -> None:

@@ -19,10 +19,12 @@ from alarm_fanout.routing import Routing
 from spotline.alerts import AlertSender, channels_from_env
 from spotline.deadlines import TimeBudget
 from spotline.metrics_names import FunctionMetric
+from spotline.tracing import function_tracer
 
 settings = FanoutSettings.from_env()
 channels = channels_from_env()  # a listed channel without its secret fails here, at cold start
 logger = Logger()
+tracer = function_tracer()
 metrics = Metrics()
 # Kept out of the notices' shares of the invocation's time: the ledger writes after the last
 # delivery and the verdict must happen before the function's timeout.
@@ -101,6 +103,7 @@ def _record(outcome: FanoutOutcome) -> None:
 
 
 @logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     budget = TimeBudget(context.get_remaining_time_in_millis, reserve_s=RESPONSE_RESERVE_S)

@@ -27,11 +27,13 @@ from dead_letter.ledger import MessageLedger
 from spotline.alerts import AlertSender
 from spotline.deadlines import Deadline, TimeBudget
 from spotline.jobstore import JobStore
-from spotline.settings import Settings
+from spotline.settings import JobResources
+from spotline.tracing import function_tracer
 
-settings = Settings.from_env()
+settings = JobResources.from_env()
 config = DeadLetterConfig.from_env()
 logger = Logger()
+tracer = function_tracer()
 metrics = Metrics()
 # An all-failed batch is reported record by record, like any other partial failure.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
@@ -70,6 +72,7 @@ def _reportable(records: Any) -> list[dict[str, Any]]:
 
 
 @logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     records = event.get("Records") if isinstance(event, dict) else None

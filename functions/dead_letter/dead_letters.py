@@ -67,7 +67,7 @@ class DeadLetterConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DeadLetterConfig:
         env = os.environ if environ is None else environ
         return cls(
-            channels=tuple(channels_from_env(dict(env))),
+            channels=tuple(channels_from_env(env)),
             callback_secret_ref=env.get("CALLBACK_SIGNING_SECRET", "").strip() or None,
             callback_test_mode=env.get(TEST_MODE_ENV, "").strip().lower() in ("1", "true"),
             stack_name=env.get("STACK_NAME", "").strip() or "spotline",

@@ -21,11 +21,13 @@ from spotline.jobstore import JobStore, JobStoreError
 from spotline.metrics_names import FunctionMetric
 from spotline.queue import JobQueue, QueueError
 from spotline.settings import Settings
+from spotline.tracing import function_tracer
 
 settings = Settings.from_env()
 # The stack's rules beyond the schema (bucket, drill analyzers, runtime cap), built once.
 policy = settings.request_policy()
 logger = Logger()
+tracer = function_tracer()
 metrics = Metrics()
 app = APIGatewayHttpResolver()
 
@@ -179,6 +181,7 @@ def _malformed(event: Any) -> str | None:
 
 
 @logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     problem = _malformed(event)

@@ -22,12 +22,14 @@ from spotline.alerts import AlertSender, channels_from_env
 from spotline.jobstore import JobStore
 from spotline.metrics_names import FunctionMetric
 from spotline.queue import JobQueue
-from spotline.settings import Settings
+from spotline.settings import JobResources
+from spotline.tracing import function_tracer
 
-settings = Settings.from_env()
+settings = JobResources.from_env()
 config = standby.StandbyConfig.from_env()
 channels = channels_from_env()
 logger = Logger()
+tracer = function_tracer()
 metrics = Metrics()
 
 
@@ -74,6 +76,7 @@ def _dispatch(event: dict[str, Any], target_arn: str) -> standby.StandbyOutcome:
 
 
 @logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:

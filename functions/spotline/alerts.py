@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,7 +128,7 @@ class Channel:
     secret_ref: str
 
 
-def channels_from_env(environ: dict[str, str] | None = None) -> list[Channel]:
+def channels_from_env(environ: Mapping[str, str] | None = None) -> list[Channel]:
     """``ALERT_CHANNELS=slack,discord`` with ``SLACK_WEBHOOK_SECRET=ssm:/spotline/slack`` etc.
 
     A channel listed without its ``<NAME>_WEBHOOK_SECRET`` is a configuration error, raised at

@@ -42,7 +42,27 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 @dataclass(frozen=True)
+class JobResources:
+    """The stack's job table, queue and bucket: what every function but enqueue needs (they
+    read nothing else of Settings, so the template sets nothing else for them)."""
+
+    jobs_table: str
+    jobs_queue_url: str
+    data_bucket: str
+
+    @classmethod
+    def from_env(cls) -> JobResources:
+        return cls(
+            jobs_table=require_env("JOBS_TABLE"),
+            jobs_queue_url=require_env("JOBS_QUEUE_URL"),
+            data_bucket=require_env("DATA_BUCKET"),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
+    """The enqueue function's: the job resources and the stack's limits on requests."""
+
     jobs_table: str
     jobs_queue_url: str
     data_bucket: str
@@ -59,10 +79,11 @@ class Settings:
             raise MissingSetting(
                 f"environment variable MAX_RUNTIME_S must be positive, got {max_runtime_s}"
             )
+        resources = JobResources.from_env()
         return cls(
-            jobs_table=require_env("JOBS_TABLE"),
-            jobs_queue_url=require_env("JOBS_QUEUE_URL"),
-            data_bucket=require_env("DATA_BUCKET"),
+            jobs_table=resources.jobs_table,
+            jobs_queue_url=resources.jobs_queue_url,
+            data_bucket=resources.data_bucket,
             max_message_bytes=env_int("MAX_MESSAGE_BYTES", 262144),
             drills_enabled=env_bool("ENABLE_DRILL_ANALYZERS", False),
             max_runtime_s=max_runtime_s,

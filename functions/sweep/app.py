@@ -14,10 +14,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from spotline.jobstore import JobStore
 from spotline.metrics_names import FunctionMetric
 from spotline.queue import JobQueue
+from spotline.tracing import function_tracer
 from sweep import stranded
 
 settings = stranded.SweepSettings.from_env()
 logger = Logger()
+tracer = function_tracer()
 metrics = Metrics()
 
 
@@ -32,6 +34,7 @@ def job_queue() -> JobQueue:
 
 
 @logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     # The schedule's event carries nothing the sweep needs: any event means "sweep now".

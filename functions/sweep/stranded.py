@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError
 from spotline.contract import JobMessage, JobStatus
 from spotline.jobstore import JobStore, JobStoreError
 from spotline.queue import JobQueue, QueueError
-from spotline.settings import Settings, env_int
+from spotline.settings import JobResources, env_int
 
 # Longer than the enqueue function's Timeout (30 s): a younger unsent job may still be on its
 # way from a running enqueue (template StrandedJobAfterSeconds; the doctor checks the two).
@@ -29,13 +29,13 @@ MAX_JOBS_PER_RUN = 500
 
 @dataclass(frozen=True)
 class SweepSettings:
-    jobs: Settings
+    jobs: JobResources
     stranded_after_s: int = DEFAULT_STRANDED_AFTER_S
 
     @classmethod
     def from_env(cls) -> SweepSettings:
         return cls(
-            jobs=Settings.from_env(),
+            jobs=JobResources.from_env(),
             stranded_after_s=env_int("STRANDED_AFTER_S", DEFAULT_STRANDED_AFTER_S),
         )
 
