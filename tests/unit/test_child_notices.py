@@ -599,7 +599,7 @@ def _list(value: Any) -> list[Any]:
 
 def _user_data() -> str:
     data = RESOURCES["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
-    text: str = data["Fn::Base64"]["Fn::Sub"]
+    text: str = data["Fn::Base64"]["Fn::Sub"][0]  # the script; [1] holds its variables
     return text
 
 

@@ -263,3 +263,96 @@ def test_a_sweep_not_waiting_out_the_enqueue_timeout_is_a_warning(
     ]
     assert (warning.level, warning.resource) == ("warning", "SweepFunction")
     assert "Timeout 90" in warning.message and "StrandedJobAfterSeconds" in warning.fix
+
+
+def image_findings(template: dict[str, Any], **parameters: Any) -> list[tuple[str, str]]:
+    return [
+        (f.level, f.resource) for f in findings(template, **parameters) if f.check == "worker-image"
+    ]
+
+
+def test_the_worker_image_defaults_pass_and_a_fleet_needs_a_tag(template: dict[str, Any]) -> None:
+    assert image_findings(template) == []  # no fleet, no tag: nothing to pull yet
+    assert image_findings(template, DeployWorkers="true", WorkerImageTag="3f2c1ab") == []
+    (found,) = errors(template, "worker-image", DeployWorkers="true")
+    assert found.resource == "Parameters/WorkerImageTag"
+    assert "WorkerRepository with an empty tag" in found.message
+
+
+def test_latest_on_the_immutable_repository_is_an_error_and_on_a_mutable_one_a_warning(
+    template: dict[str, Any],
+) -> None:
+    (found,) = errors(template, "worker-image", WorkerImageTag="latest")
+    assert "immutable" in found.message and "pushed once" in found.message
+    template["Resources"]["WorkerRepository"]["Properties"]["ImageTagMutability"] = "MUTABLE"
+    assert image_findings(template, WorkerImageTag="latest") == [
+        ("warning", "Parameters/WorkerImageTag")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("image", "floats"),
+    [
+        ("123456789012.dkr.ecr.us-east-1.amazonaws.com/team/worker:3f2c1ab", False),
+        ("registry.example.com:5000/worker@sha256:" + "0" * 64, False),
+        ("123456789012.dkr.ecr.us-east-1.amazonaws.com/worker:latest", True),
+        ("registry.example.com:5000/worker", True),  # the port's colon is no tag
+        ("worker", True),
+    ],
+)
+def test_a_worker_image_given_in_full_must_pin_its_image(
+    template: dict[str, Any], image: str, floats: bool
+) -> None:
+    found = image_findings(template, DeployWorkers="true", WorkerImage=image)
+    assert found == ([("warning", "Parameters/WorkerImage")] if floats else [])
+
+
+def test_a_tag_beside_a_full_worker_image_is_ignored_and_said_so(
+    template: dict[str, Any],
+) -> None:
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/worker:v2"
+    found = findings(template, WorkerImage=image, WorkerImageTag="v1")
+    (ignored,) = [f for f in found if f.check == "worker-image"]
+    assert ignored.level == "warning" and "'v1' is ignored" in ignored.message
+
+
+def test_a_deployed_fleet_whose_tag_was_never_pushed_is_an_error() -> None:
+    template = {
+        "Parameters": {
+            "DeployWorkers": {"Type": "String", "Default": "false"},
+            "WorkerImage": {"Type": "String", "Default": ""},
+            "WorkerImageTag": {"Type": "String", "Default": ""},
+        },
+        "Resources": {
+            "WorkerRepository": {
+                "Type": "AWS::ECR::Repository",
+                "Properties": {"RepositoryName": "worker", "ImageTagMutability": "IMMUTABLE"},
+            }
+        },
+    }
+    with mock_aws():
+        session = boto3.Session(region_name="us-east-1")
+        session.client("cloudformation").create_stack(
+            StackName="prod",
+            TemplateBody=json.dumps(template),
+            Parameters=[
+                {"ParameterKey": "DeployWorkers", "ParameterValue": "true"},
+                {"ParameterKey": "WorkerImageTag", "ParameterValue": "v2"},
+            ],
+        )
+        ecr = session.client("ecr")
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {},
+                "layers": [],
+            }
+        )
+        ecr.put_image(repositoryName="worker", imageManifest=manifest, imageTag="v1")
+        missing = [f for f in diagnose(doctor.stack_view("prod", session)) if f.is_error]
+        ecr.put_image(repositoryName="worker", imageManifest=manifest, imageTag="v2")
+        pushed = [f for f in diagnose(doctor.stack_view("prod", session)) if f.is_error]
+    assert [(f.check, f.resource) for f in missing] == [("worker-image", "WorkerRepository")]
+    assert "no image tagged 'v2'" in missing[0].message
+    assert pushed == []

@@ -126,8 +126,10 @@ def test_user_data_starts_compose_with_the_worker_image_and_instance_id(
     resources: dict[str, Any],
 ) -> None:
     user_data = resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
-    script = user_data["Fn::Base64"]["Fn::Sub"]
-    assert "WORKER_IMAGE=${WorkerImage}" in script
+    script, variables = user_data["Fn::Base64"]["Fn::Sub"]
+    # The image: WorkerImage in full, else the stack's repository (test_image_repository.py).
+    assert "WORKER_IMAGE=${WorkerImageUri}" in script
+    assert variables["WorkerImageUri"]["Fn::If"][2] == {"Ref": "WorkerImage"}
     assert "WORKER_ID=$INSTANCE_ID" in script  # the standby's in-flight check relies on it
     assert "WORKER_LIFECYCLE_HOOK=drain" in script
     assert "docker compose up -d" in script
@@ -259,7 +261,7 @@ def test_fleet_compose_keeps_the_settings_of_the_worker_compose_file(
     resources: dict[str, Any],
 ) -> None:
     user_data = resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
-    script = user_data["Fn::Base64"]["Fn::Sub"]
+    script = user_data["Fn::Base64"]["Fn::Sub"][0]
     fleet_text = script.split("cat > docker-compose.yml <<'COMPOSE'\n", 1)[1].split("COMPOSE\n")[0]
     # Sub turns ${!X} into ${X} for compose; the stack's own references do not matter here.
     fleet = yaml.safe_load(fleet_text.replace("${!", "${"))["services"]["worker"]
@@ -279,7 +281,7 @@ def test_the_fleet_runs_with_the_stacks_runtime_cap_and_drill_switch(
     resources: dict[str, Any], template: dict[str, Any]
 ) -> None:
     user_data = resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
-    script = user_data["Fn::Base64"]["Fn::Sub"]
+    script = user_data["Fn::Base64"]["Fn::Sub"][0]
     assert "WORKER_MAX_RUNTIME_S=${WorkerMaxRuntimeS}" in script
     assert "WORKER_ENABLE_DRILLS=${EnableDrillAnalyzers}" in script
     enqueue = resources["EnqueueFunction"]["Properties"]["Environment"]["Variables"]

@@ -8,9 +8,10 @@ Exit status 1 when any finding is an error.
 
 Checks: DLQ retention not longer than the source's; ``maxReceiveCount`` not above the worker's
 ``MaxAttempts``; a visibility window shorter than 3x the heartbeat period; IMDSv2 not required or a
-hop limit below 2 with containers; an alarm without actions; a DLQ that nobody consumes or
-watches; secrets in plain parameters; a function without its errors/throttles alarms; dashboard
-metrics that nothing emits.
+hop limit below 2 with containers; a worker image that cannot be pulled or floats (no tag,
+``latest``, a tag the repository does not hold); an alarm without actions; a DLQ that nobody
+consumes or watches; secrets in plain parameters; a function without its errors/throttles alarms;
+dashboard metrics that nothing emits.
 """
 
 # Length (about 850 lines): one independent function per misconfiguration, each with its fix text
@@ -106,6 +107,8 @@ class Live:
     alarm_actions: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     metadata_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     event_sources: dict[str, int] = field(default_factory=dict)  # queue logical id -> mappings
+    # repository logical id -> {tag: whether the repository holds an image with it}
+    image_tags: dict[str, dict[str, bool]] = field(default_factory=dict)
 
 
 class View:
@@ -459,6 +462,102 @@ def check_alarm_actions(view: View) -> list[Finding]:
     return findings
 
 
+def _floating(image: str) -> bool:
+    """An image reference that does not pin one image: no tag (docker reads ``latest``),
+    ``latest`` itself; a digest pins."""
+    if "@" in image:
+        return False
+    name = image.rsplit("/", 1)[-1]
+    return ":" not in name or name.rsplit(":", 1)[1] == "latest"
+
+
+def check_worker_image(view: View) -> list[Finding]:
+    """The image the fleet pulls: ``WorkerImage`` in full, else the stack's repository at
+    ``WorkerImageTag``. A tag that names no image, or names a different one tomorrow, leaves
+    the fleet with no worker or with two kinds of worker."""
+    if "WorkerImageTag" not in view.parameter_specs:
+        return []
+    image = str(view.parameters.get("WorkerImage") or "")
+    tag = str(view.parameters.get("WorkerImageTag") or "")
+    fleet = str(view.parameters.get("DeployWorkers") or "false").lower() == "true"
+    repositories = dict(view.of_type("AWS::ECR::Repository"))
+    immutable = sorted(
+        lid
+        for lid, props in repositories.items()
+        if view.value(props.get("ImageTagMutability")) == "IMMUTABLE"
+    )
+    findings = []
+    if image:
+        if tag:
+            findings.append(
+                Finding(
+                    "worker-image",
+                    "warning",
+                    "Parameters/WorkerImageTag",
+                    f"WorkerImageTag {tag!r} is ignored: WorkerImage {image!r} names the image "
+                    "in full",
+                    "clear one of the two (WorkerImage empty pulls the stack's repository at "
+                    "WorkerImageTag)",
+                )
+            )
+        if _floating(image):
+            findings.append(
+                Finding(
+                    "worker-image",
+                    "warning",
+                    "Parameters/WorkerImage",
+                    f"{image!r} floats (no tag, or latest): instances started on different days "
+                    "run different images, and a new push never rolls the fleet (the launch "
+                    "template does not change)",
+                    "pin a tag or a digest (NAME:TAG, NAME@sha256:...), a new one per build",
+                )
+            )
+        return findings
+    repository = next(iter(immutable or repositories), "the stack's repository")
+    if fleet and not tag:
+        findings.append(
+            Finding(
+                "worker-image",
+                "error",
+                "Parameters/WorkerImageTag",
+                "DeployWorkers is true with neither WorkerImage nor WorkerImageTag: the workers "
+                f"would pull {repository} with an empty tag and never start",
+                "push the image (make push prints its tag) and deploy with WorkerImageTag=TAG",
+            )
+        )
+    if tag == "latest":
+        findings.append(
+            Finding(
+                "worker-image",
+                "error" if immutable else "warning",
+                "Parameters/WorkerImageTag",
+                (
+                    f"WorkerImageTag 'latest' on {repository}, whose tags are immutable: "
+                    "'latest' can be pushed once, every later push of it fails, and "
+                    "redeploying it never rolls the fleet"
+                    if immutable
+                    else "WorkerImageTag 'latest' floats: instances started on different days "
+                    "run different images, and a new push never rolls the fleet"
+                ),
+                "push each build under its own tag (make push: the git short sha) and deploy "
+                "WorkerImageTag=that tag",
+            )
+        )
+    for repository_id, tags in view.live.image_tags.items():
+        if tag and tags.get(tag) is False and fleet:
+            findings.append(
+                Finding(
+                    "worker-image",
+                    "error",
+                    repository_id,
+                    f"holds no image tagged {tag!r} (WorkerImageTag): the workers cannot pull "
+                    "their image",
+                    f"push it (make push TAG={tag}) or deploy the tag make push printed",
+                )
+            )
+    return findings
+
+
 def _alarms_on(view: View, namespace: str, metric: str, dimension: str) -> dict[str, list[str]]:
     """Resource logical id -> alarms watching ``metric`` on it (plain and metric-math alarms)."""
     watched: dict[str, list[str]] = {}
@@ -719,6 +818,7 @@ CHECKS = (
     check_max_receive_count,
     check_visibility_heartbeat,
     check_imds,
+    check_worker_image,
     check_alarm_actions,
     check_dlq_consumers,
     check_plain_secrets,
@@ -778,6 +878,12 @@ def stack_view(stack_name: str, session: Any) -> View:
                     "AlarmActions": alarm.get("AlarmActions", []),
                     "OKActions": alarm.get("OKActions", []),
                 }
+    tag = parameters.get("WorkerImageTag")
+    if tag and not parameters.get("WorkerImage"):
+        ecr = session.client("ecr")
+        for logical_id, (kind, physical_id) in physical.items():
+            if kind == "AWS::ECR::Repository":
+                live.image_tags[logical_id] = {tag: _has_image(ecr, physical_id, tag)}
     ec2 = session.client("ec2")
     for logical_id, (kind, physical_id) in physical.items():
         if kind == "AWS::EC2::LaunchTemplate":
@@ -788,6 +894,14 @@ def stack_view(stack_name: str, session: Any) -> View:
                 options = versions[0].get("LaunchTemplateData", {}).get("MetadataOptions", {})
                 live.metadata_options[logical_id] = options
     return View(template, parameters, live)
+
+
+def _has_image(ecr: Any, repository: str, tag: str) -> bool:
+    try:
+        ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
+    except ecr.exceptions.ImageNotFoundException:
+        return False
+    return True
 
 
 # -- command line ----------------------------------------------------------------------------
