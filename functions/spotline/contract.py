@@ -86,7 +86,7 @@ class InvalidJob(ValueError):
 INPUT_PREFIX = "inputs/"
 # Analyzers that exist to break things (drills, chaos, tests). Only a stack that enables them
 # (EnableDrillAnalyzers) accepts them: in production any caller could wedge a GPU with one.
-DRILL_ANALYZERS = frozenset({"memory_hog", "fail", "crash", "cpu_burn", "slow_load"})
+DRILL_ANALYZERS = frozenset({"memory_hog", "fail", "crash", "cpu_burn", "slow_load", "device"})
 # Every attempt's runtime limit when the stack sets none (WorkerMaxRuntimeS); a request's
 # max_runtime_s may lower it, never raise it.
 DEFAULT_MAX_RUNTIME_S = 6 * 3600

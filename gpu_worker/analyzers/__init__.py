@@ -92,6 +92,7 @@ _BUILTIN_MODULES = {
     "crash": "gpu_worker.analyzers.drills",
     "cpu_burn": "gpu_worker.analyzers.drills",
     "slow_load": "gpu_worker.analyzers.drills",
+    "device": "gpu_worker.analyzers.drills",
 }
 
 
