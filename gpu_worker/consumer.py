@@ -11,10 +11,7 @@ while one message is handled ends as an outcome of its job, never as an exit of 
 from __future__ import annotations
 
 import dataclasses
-import signal
-import threading
 import time
-from types import FrameType
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -25,20 +22,14 @@ from gpu_worker.claim import Claimer
 from gpu_worker.config import WorkerConfig
 from gpu_worker.decisions import Action, ClaimVerdict, Decision, decide, decide_abandoned
 from gpu_worker.faults import FaultTracker, describe, is_infra_fault
-from gpu_worker.health import HealthServer, start_health_server, worker_snapshot
+from gpu_worker.health import HealthServer
 from gpu_worker.heartbeat import Heartbeat
 from gpu_worker.intake import Intake
-from gpu_worker.interruption import (
-    Interruption,
-    InterruptionWatch,
-    monitors_for,
-    signal_interruption,
-)
-from gpu_worker.memory import MemoryGuard, container_memory, job_limit_bytes
-from gpu_worker.metrics import WorkerMetrics, metric_dimensions, sink_for
+from gpu_worker.interruption import Interruption, InterruptionWatch, monitors_for
 from gpu_worker.report import job_finished
+from gpu_worker.services import WorkerServices
 from gpu_worker.settle import CRASH_EXIT_CODE, Settler
-from gpu_worker.stop_policy import EXIT_RESERVE_S, react
+from gpu_worker.stop_policy import EXIT_RESERVE_S, ShutdownRequested, StopControl
 from gpu_worker.supervisor import AttemptOutcome, Supervisor
 from gpu_worker.worker_state import WorkerState, capture
 from spotline.contract import ErrorKind, job_id_from_body
@@ -58,16 +49,17 @@ OUTCOME_LABELS = {
     Action.RELEASE: "RELEASED",
     Action.ABANDON: "ABANDONED",
 }
-# Sent by the interruption watch to the main thread to cut an idle long poll short.
-WAKE_SIGNAL = signal.SIGUSR1
-
-
-class ShutdownRequested(BaseException):
-    """Raised by the signal handler to cut an idle long poll short (BaseException: botocore
-    must not treat it as a retryable connection error)."""
 
 
 class Worker:
+    """The composition root and the loop.
+
+    Length note: about 300 lines, a third of them ``__init__`` wiring the parts (queue, stores,
+    supervisor, stop control, watch, services, intake, claimer, settler) in one place, where a
+    newcomer reads what the worker is made of. The rules live in the parts; what stays here is
+    the order of the story, which reads best unbroken.
+    """
+
     def __init__(
         self,
         config: WorkerConfig,
@@ -95,41 +87,25 @@ class Worker:
             preload=config.preload_names,
             preload_timeout_s=config.preload_timeout_s,
         )
-        self.stopping = threading.Event()
-        self.draining = threading.Event()  # take no new job (rebalance recommendation)
-        self.interruption: Interruption | None = None
+        # The stop and drain switches; every interruption source and signal ends there.
+        self.stops = StopControl(config, self.supervisor)
+        self.stopping, self.draining = self.stops.stopping, self.stops.draining
+        self.on_interruption = self.stops.on_interruption
         # Every source the settings ask for; ``autoscaling`` completes the ASG hook's action.
         self.watch = InterruptionWatch(
-            monitors_for(config, autoscaling=autoscaling), self.on_interruption
+            monitors_for(config, autoscaling=autoscaling), self.stops.on_interruption
         )
-        self._wake_installed = False
-        self._signals = 0
-        self._receiving = False
+        self.stops.emit = self.watch.emit
         self.jobs_handled = 0
-        # -- poison jobs: the child's memory guard, health and metrics --
-        self.container = container_memory()
-        self.memory_guard = MemoryGuard(
-            job_limit_bytes(config.job_memory_limit, self.container.limit_bytes),
-            sample_s=config.memory_sample_s,
-        )
-        self.supervisor.watchers.append(self.memory_guard)
-        self.metrics = WorkerMetrics(
-            sink_for(config.metrics_sink, lambda: cloudwatch),
-            namespace=config.metrics_namespace,
-            dimensions=metric_dimensions(config.metrics_dimensions, config.metrics_service),
-            interval_s=config.metrics_interval_s,
-            alive=lambda: worker_snapshot(self.state(), stale_poll_s=self._stale_poll_s)["ok"],
-            container_memory_pct=lambda: container_memory().used_pct,
-            child_restarts=lambda: self.supervisor.restarts,
-        )
-        self.health: HealthServer | None = None
+        # Memory guard, health and metrics: threads that read the worker as one value.
         self.started_at: float | None = None
         self.last_poll_at: float | None = None
-        self._stale_poll_s = max(90.0, 3.0 * (config.wait_s + 10))
+        self.services = WorkerServices(config, self.supervisor, self.state, cloudwatch)
+        self.memory_guard, self.metrics = self.services.memory_guard, self.services.metrics
         # -- the parts of the story --
         self.policy = config.policy  # a job's boundaries, the same rules as enqueue's
         self.faults = FaultTracker(config.degraded_after_faults)
-        self.intake = Intake(self.queue, config, may_receive=self._taking_jobs)
+        self.intake = Intake(self.queue, config, may_receive=self.stops.taking_jobs)
         self.claimer = Claimer(
             self.store,
             self.policy,
@@ -150,69 +126,17 @@ class Worker:
             max_receive_count=config.max_receive_count,
         )
 
-    # -- signals and interruptions -----------------------------------------------------------
+    # -- signals and interruptions (gpu_worker/stop_policy.py) ---------------------------------
+
+    @property
+    def interruption(self) -> Interruption | None:
+        return self.stops.interruption
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(WAKE_SIGNAL, self._on_wake)
-        self._wake_installed = True
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        self._signals += 1
-        if self._signals > 1:
-            # rq's rule: the second signal means now. The job is released as interrupted.
-            logger.warning("second signal: stopping the analysis at once", extra={"signal": name})
-            self.supervisor.request_stop(grace_s=0)
-        else:
-            self.watch.emit(signal_interruption(name))
-        if self._receiving:
-            raise ShutdownRequested
-
-    def _on_wake(self, signum: int, frame: FrameType | None) -> None:
-        if self._receiving and not self._taking_jobs():
-            raise ShutdownRequested
-
-    def _wake_main_thread(self) -> None:
-        """Cut the main thread's idle long poll short (it may wait up to 20 s otherwise)."""
-        main = threading.main_thread()
-        if self._wake_installed and self._receiving and threading.current_thread() is not main:
-            assert main.ident is not None
-            signal.pthread_kill(main.ident, WAKE_SIGNAL)
-
-    def on_interruption(self, event: Interruption) -> None:
-        """The one consumer of every interruption source (called on the watch thread, or in
-        the signal handler); gpu_worker/stop_policy.py says drain or stop."""
-        seconds_left = event.seconds_left()
-        logger.warning(
-            "interruption",
-            extra={
-                "source": event.source,
-                "action": str(event.action),
-                "detail": event.detail,
-                "seconds_left": round(seconds_left, 1) if seconds_left is not None else None,
-            },
-        )
-        reaction = react(
-            event,
-            rebalance_action=self.config.rebalance_action,
-            checkpoint_grace_s=self.config.checkpoint_grace_s,
-        )
-        if reaction.drain:
-            self.draining.set()
-            self._wake_main_thread()
-            return
-        if self.interruption is None:
-            self.interruption = event
-        self.request_stop(event.describe(), grace_s=reaction.grace_s)
-        self._wake_main_thread()
+        self.stops.install_signal_handlers()
 
     def request_stop(self, reason: str, grace_s: float | None = None) -> None:
-        if not self.stopping.is_set():
-            logger.info("stopping", extra={"reason": reason})
-        self.stopping.set()
-        self.supervisor.request_stop(self.config.checkpoint_grace_s if grace_s is None else grace_s)
+        self.stops.request_stop(reason, grace_s)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -255,19 +179,16 @@ class Worker:
     def close_intake(self) -> None:
         self.intake.close()
 
-    def _taking_jobs(self) -> bool:
-        return not (self.stopping.is_set() or self.draining.is_set())
-
     def poll_once(self) -> None:
         taken = self.intake.take()
         if taken is not None:
             message, extended_at = taken
-            if not self._taking_jobs():
+            if not self.stops.taking_jobs():
                 self.intake.release_unstarted(message)
                 return
             self.handle(message, extended_at=extended_at)
             return
-        self._receiving = True
+        self.stops.receiving = True
         try:
             messages = self.intake.receive()
             self.last_poll_at = time.time()
@@ -275,9 +196,9 @@ class Worker:
             self._loop_fault(exc)
             return
         finally:
-            self._receiving = False
+            self.stops.receiving = False
         for message in messages:
-            if not self._taking_jobs():
+            if not self.stops.taking_jobs():
                 self.intake.release_unstarted(message)
                 continue
             self.handle(message)
@@ -297,23 +218,11 @@ class Worker:
     def start_services(self) -> None:
         """Health endpoint and metrics flusher: threads of the supervisor process."""
         self.started_at = time.time()
-        logger.info(
-            "memory limits",
-            extra={
-                "container_limit_bytes": self.container.limit_bytes,
-                "container_limit_source": self.container.source,
-                "job_limit_bytes": self.memory_guard.limit_bytes,
-            },
-        )
-        if self.memory_guard.limit_bytes >= self.container.limit_bytes:
-            # The child would meet the container's OOM killer first: F1 all over again.
-            logger.warning("job memory limit is not below the container limit")
-        self.health = start_health_server(
-            self.config.health_host,
-            self.config.health_port,
-            lambda: worker_snapshot(self.state(), stale_poll_s=self._stale_poll_s),
-        )
-        self.metrics.start()
+        self.services.start()
+
+    @property
+    def health(self) -> HealthServer | None:
+        return self.services.health
 
     def state(self) -> WorkerState:
         """What the worker is doing now, as one value (health and the alive metric read it)."""
@@ -322,18 +231,14 @@ class Worker:
             self.supervisor,
             self.memory_guard,
             self.faults,
-            draining=not self._taking_jobs(),
+            draining=not self.stops.taking_jobs(),
             started_at=self.started_at,
             last_poll_at=self.last_poll_at,
             jobs_handled=self.jobs_handled,
         )
 
     def stop_services(self) -> None:
-        if self.health is not None:
-            self.health.stop()
-            self.health = None
-        self.memory_guard.close()
-        self.metrics.close()
+        self.services.stop()
 
     # -- one message: claim -> supervise -> decide -> settle ----------------------------------
 

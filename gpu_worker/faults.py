@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from gpu_worker.supervisor import ChildStartError
+from gpu_worker.child_process import ChildStartError
 
 # Error codes AWS answers when it, not the request, is the problem (botocore's own retry tables,
 # plus S3's and DynamoDB's spellings): throttling, timeouts and 5xx.

@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-import multiprocessing
-import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-import psutil
 from aws_lambda_powertools import Logger
 
-from gpu_worker import child, memory
 from gpu_worker.analyzers import Job
+from gpu_worker.child_process import AnalysisChild, describe_exit
 from spotline.contract import ErrorKind
 from spotline.jobstore import JobError
 
@@ -84,29 +81,6 @@ def bounded_progress(fields: Any) -> dict[str, str | int | float | bool | None]:
     return kept
 
 
-def _stopped(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_STOPPED)
-    except psutil.Error:
-        return False
-
-
-class ChildStartError(RuntimeError):
-    pass
-
-
-def describe_exit(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "analysis child vanished"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"analysis child killed by {name}"
-    return f"analysis child exited with code {exitcode}"
-
-
 class Supervisor:
     def __init__(
         self,
@@ -119,34 +93,47 @@ class Supervisor:
         preload: tuple[str, ...] = (),
         preload_timeout_s: float = 300.0,
     ) -> None:
-        self._context = multiprocessing.get_context("spawn")
-        # Analyzers a new child loads before it says ready (WORKER_PRELOAD); dropped for good
-        # if a preloading child fails to come up in ``preload_timeout_s``.
-        self.preload = tuple(preload)
-        self._preload_timeout_s = preload_timeout_s
-        self.preloaded: tuple[str, ...] = ()
+        self._child = AnalysisChild(
+            tick_s=tick_s,
+            start_timeout_s=start_timeout_s,
+            preload=preload,
+            preload_timeout_s=preload_timeout_s,
+        )
+        self._stop_event = self._child.stop_event
         self._on_checkpoint = on_checkpoint
         self._on_artifact = on_artifact
         self._tick_s = tick_s
-        self._start_timeout_s = start_timeout_s
         self.watchers: list[Watcher] = list(watchers or [])
-        self._process: multiprocessing.process.BaseProcess | None = None
-        self._conn: Connection | None = None
-        self._stop_event = self._context.Event()
         self._stopping = False
         self._kill_at: float | None = None  # monotonic time: an ignored stop request ends here
-        self.restarts = 0
         self.progress: Mapping[str, Any] = {}  # replaced whole, never changed in place
         self.current_job: Job | None = None
         self.job_started_at: float | None = None
         self.job_limit_s: float | None = None  # the running job's runtime limit
         self.last_checkpoint_error: str | None = None
 
-    # -- child lifecycle ---------------------------------------------------------------------
+    # -- the child (gpu_worker/child_process.py) -----------------------------------------------
 
     @property
     def child_pid(self) -> int | None:
-        return self._process.pid if self._process is not None and self._process.is_alive() else None
+        return self._child.pid
+
+    @property
+    def restarts(self) -> int:
+        return self._child.restarts
+
+    @property
+    def preload(self) -> tuple[str, ...]:
+        return self._child.preload
+
+    @property
+    def preloaded(self) -> tuple[str, ...]:
+        return self._child.preloaded
+
+    @property
+    def kill_deadline(self) -> float | None:
+        """Monotonic time at which a stop request the analyzer ignores kills it, or None."""
+        return self._kill_at
 
     def running(self) -> RunningJob | None:
         """The job in hand, or None; read from the health thread, so each field once."""
@@ -161,89 +148,10 @@ class Supervisor:
         """A live child, started now if there is none. ``on_tick`` runs while a new child
         starts (it may be loading a model): a job waiting for it keeps its message's
         visibility, and the wait is not the job's runtime."""
-        if self._process is not None and self._process.is_alive():
-            return
-        if self._process is not None:
-            self.restarts += 1  # died after its last job answered (e.g. killed while idle)
-        self._discard_child()
-        if self.preload:
-            try:
-                self._start_child(self.preload, self._preload_timeout_s, on_tick)
-                return
-            except ChildStartError as exc:
-                # A load that hangs or kills the child must not stop the worker from working
-                # (nor restart it in a loop): from now on analyzers load on first use. (On a
-                # stop request the worker is leaving anyway.)
-                logger.error(
-                    "analysis child did not preload; analyzers load on first use from now on",
-                    extra={"preload": list(self.preload), "error": str(exc)},
-                )
-                self.preload = ()
-        self._start_child((), self._start_timeout_s, on_tick)
-
-    def _start_child(
-        self, preload: tuple[str, ...], timeout_s: float, on_tick: Callable[[], None] | None
-    ) -> None:
-        parent_conn, child_conn = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=child.main,
-            args=(child_conn, self._stop_event, preload),
-            name="analysis",
-            daemon=True,
-        )
-        process.start()
-        child_conn.close()
-        deadline = time.monotonic() + timeout_s
-        hello: Any = None
-        try:
-            while not parent_conn.poll(min(self._tick_s, max(0.0, deadline - time.monotonic()))):
-                if time.monotonic() >= deadline:
-                    raise ChildStartError(f"analysis child did not start in {timeout_s:g}s")
-                if not process.is_alive():
-                    raise ChildStartError(describe_exit(process.exitcode) + " while starting")
-                if process.pid is not None and _stopped(process.pid):
-                    # SIGSTOPped (T state): it will never say ready; do not wait the timeout.
-                    raise ChildStartError("analysis child stopped while starting")
-                if preload and self._stopping:
-                    # A spot notice leaves two minutes: the job waiting for this child is
-                    # released now, not after a model load that may take longer.
-                    raise ChildStartError("stop requested while the child preloaded")
-                if on_tick is not None:
-                    on_tick()
-            try:
-                hello = parent_conn.recv()  # ("ready", pid, {"preloaded": [...], ...})
-            except (EOFError, OSError):
-                process.join(timeout=5)
-                raise ChildStartError(describe_exit(process.exitcode) + " while starting") from None
-        except ChildStartError:
-            parent_conn.close()
-            if process.is_alive() and process.pid is not None:
-                memory.kill_tree(process.pid)
-            process.join(timeout=10)
-            raise
-        report = hello[2] if isinstance(hello, tuple) and len(hello) > 2 else {}
-        self.preloaded = tuple(report.get("preloaded", ()))
-        if preload:
-            logger.info("analyzers preloaded", extra={"preloaded": list(self.preloaded)})
-        if report.get("failed"):
-            logger.warning(
-                "analyzers failed to preload; they load again on first use",
-                extra={"failed": report["failed"]},
-            )
-        self._process, self._conn = process, parent_conn
-
-    def _discard_child(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        if self._process is not None:
-            if self._process.is_alive() and self._process.pid is not None:
-                memory.kill_tree(self._process.pid)  # its own children too (cpu_burn, loaders)
-            self._process.join(timeout=10)
-        self._process, self._conn = None, None
+        self._child.ensure(on_tick, stopping=lambda: self._stopping)
 
     def kill_child(self) -> None:
-        self._discard_child()
-        self.restarts += 1
+        self._child.kill()
 
     def request_stop(self, grace_s: float | None = None) -> None:
         """Ask the running analyzer to checkpoint and stop (``ctx.should_stop()`` turns true).
@@ -259,11 +167,7 @@ class Supervisor:
                 self._kill_at = kill_at
 
     def close(self, timeout_s: float = 5.0) -> None:
-        if self._conn is not None and self._process is not None and self._process.is_alive():
-            with contextlib.suppress(BrokenPipeError, OSError):
-                self._conn.send(("shutdown",))
-            self._process.join(timeout=timeout_s)
-        self._discard_child()
+        self._child.close(timeout_s)
 
     # -- one job -------------------------------------------------------------------------------
 
@@ -278,7 +182,8 @@ class Supervisor:
         """Run one job in the child. ``on_tick`` does the periodic duties (visibility, lease);
         a JobError from it means the job is no longer ours: the child is stopped at once."""
         self.ensure_child(on_tick)
-        assert self._conn is not None and self._process is not None
+        conn, process = self._child.conn, self._child.process
+        assert conn is not None and process is not None
         if not self._stopping:
             self._stop_event.clear()
         started = time.monotonic()
@@ -287,14 +192,14 @@ class Supervisor:
         self.job_limit_s = max_runtime_s
         checkpoints = 0
         checkpoint_failures = 0
-        pid = self._process.pid
+        pid = process.pid
         try:
-            self._conn.send(("run", asdict(job), restored))
+            conn.send(("run", asdict(job), restored))
             self._watchers_call("start", pid)
             while True:
                 try:
-                    ready = self._conn.poll(self._tick_s)
-                    message = self._conn.recv() if ready else None
+                    ready = conn.poll(self._tick_s)
+                    message = conn.recv() if ready else None
                 except (EOFError, OSError):
                     message = None
                     ready = True
@@ -321,7 +226,7 @@ class Supervisor:
                     elif kind == "progress":
                         self.progress = bounded_progress(message[1])
                     elif kind == "artifact":
-                        self._store_artifact(job.job_id, message)
+                        store_artifact(conn, self._on_artifact, job.job_id, message)
                     elif kind == "result":
                         return AttemptOutcome(
                             True,
@@ -339,11 +244,11 @@ class Supervisor:
                             duration_s=elapsed,
                             checkpoints=checkpoints,
                         )
-                elif ready or not self._process.is_alive():
+                elif ready or not process.is_alive():
                     # The pipe closed or the child is gone without a word: it died. A watcher
                     # that killed it (the memory guard) knows why; otherwise it is UNKNOWN.
-                    self._process.join(timeout=5)
-                    exitcode = self._process.exitcode
+                    process.join(timeout=5)
+                    exitcode = process.exitcode
                     verdict = self._watcher_verdict(pid)
                     self.kill_child()
                     return AttemptOutcome(
@@ -431,15 +336,17 @@ class Supervisor:
             if callable(method):
                 method(*args)
 
-    def _store_artifact(self, job_id: str, message: tuple[Any, ...]) -> None:
-        """Store first, answer after: the analyzer cites the URI only once it is durable."""
-        assert self._conn is not None
-        _, name, data, content_type = message
-        try:
-            if self._on_artifact is None:
-                raise RuntimeError("this worker stores no artifacts")
-            reply = ("artifact_stored", self._on_artifact(job_id, name, data, content_type))
-        except Exception as exc:  # noqa: BLE001 - the analyzer's job fails (retryable), not us
-            reply = ("artifact_failed", f"{type(exc).__name__}: {exc}")
-        with contextlib.suppress(BrokenPipeError, OSError):
-            self._conn.send(reply)
+
+def store_artifact(
+    conn: Connection, sink: ArtifactSink | None, job_id: str, message: tuple[Any, ...]
+) -> None:
+    """Store first, answer after: the analyzer cites the URI only once it is durable."""
+    _, name, data, content_type = message
+    try:
+        if sink is None:
+            raise RuntimeError("this worker stores no artifacts")
+        reply = ("artifact_stored", sink(job_id, name, data, content_type))
+    except Exception as exc:  # noqa: BLE001 - the analyzer's job fails (retryable), not us
+        reply = ("artifact_failed", f"{type(exc).__name__}: {exc}")
+    with contextlib.suppress(BrokenPipeError, OSError):
+        conn.send(reply)

@@ -45,11 +45,13 @@ def test_rebalance_only_drains_by_default(worker: Worker) -> None:
         Interruption("imds-rebalance", InterruptionAction.REBALANCE, time.time())
     )
     assert worker.draining.is_set() and not worker.stopping.is_set()
-    assert worker.supervisor._kill_at is None
+    assert worker.supervisor.kill_deadline is None
 
 
 def test_rebalance_can_be_configured_to_checkpoint(worker: Worker) -> None:
-    worker.config = WorkerConfig(**{**worker.config.describe(), "rebalance_action": "checkpoint"})
+    worker.stops.config = WorkerConfig(
+        **{**worker.config.describe(), "rebalance_action": "checkpoint"}
+    )
     worker.on_interruption(
         Interruption("imds-rebalance", InterruptionAction.REBALANCE, time.time())
     )
@@ -62,7 +64,7 @@ def test_spot_notice_grace_fits_inside_the_deadline(worker: Worker) -> None:
         Interruption("gcp-preempted", InterruptionAction.TERMINATE, now, now + 12)
     )
     assert worker.stopping.is_set()
-    assert worker.supervisor._kill_at == pytest.approx(
+    assert worker.supervisor.kill_deadline == pytest.approx(
         time.monotonic() + 12 - EXIT_RESERVE_S, abs=0.5
     )
     assert worker.interruption is not None and worker.interruption.source == "gcp-preempted"
@@ -71,7 +73,7 @@ def test_spot_notice_grace_fits_inside_the_deadline(worker: Worker) -> None:
 def test_signal_gets_the_configured_grace(worker: Worker) -> None:
     worker.watch.emit(signal_interruption("SIGTERM"))
     assert worker.stopping.is_set()
-    assert worker.supervisor._kill_at == pytest.approx(time.monotonic() + 20, abs=0.5)
+    assert worker.supervisor.kill_deadline == pytest.approx(time.monotonic() + 20, abs=0.5)
 
 
 def test_default_grace_fits_gcp_thirty_second_notice() -> None:
@@ -138,7 +140,7 @@ def test_sigterm_after_a_notice_keeps_the_grace_but_a_second_sigterm_ends_it(
 ) -> None:
     now = time.time()
     worker.on_interruption(Interruption("imds-spot", InterruptionAction.TERMINATE, now, now + 120))
-    worker._on_signal(signal.SIGTERM, None)  # the OS shutting down inside the notice window
-    assert worker.supervisor._kill_at == pytest.approx(time.monotonic() + 20, abs=0.5)
-    worker._on_signal(signal.SIGTERM, None)  # docker stop's impatience: now
-    assert worker.supervisor._kill_at <= time.monotonic()
+    worker.stops.on_signal(signal.SIGTERM, None)  # the OS shutting down inside the notice window
+    assert worker.supervisor.kill_deadline == pytest.approx(time.monotonic() + 20, abs=0.5)
+    worker.stops.on_signal(signal.SIGTERM, None)  # docker stop's impatience: now
+    assert worker.supervisor.kill_deadline <= time.monotonic()

@@ -20,10 +20,11 @@ from botocore.exceptions import (
 
 from devstack.cfn import Stack
 from gpu_worker.analyzers import Job
+from gpu_worker.child_process import ChildStartError
 from gpu_worker.consumer import Worker
 from gpu_worker.faults import FaultTracker, is_infra_fault
 from gpu_worker.health import worker_snapshot
-from gpu_worker.supervisor import ChildStartError, RunningJob, Supervisor
+from gpu_worker.supervisor import RunningJob, Supervisor
 from spotline.contract import ErrorKind, JobMessage, JobStatus, new_job_id
 from spotline.jobstore import (
     HOLDER_MESSAGE_ID,

@@ -85,3 +85,99 @@ def test_the_worker_image_copies_the_worker_and_the_shared_package_only() -> Non
     copied = re.findall(r"^COPY (\S+)", text, flags=re.MULTILINE)
     sources = {source for source in copied if not source.endswith((".txt", ".toml", ".md"))}
     assert sources == {"functions/spotline", "gpu_worker"}
+
+
+# -- sizes and import circles (issue 17's "done when") ----------------------------------------
+
+MODULE_LINES = 400
+CLASS_LINES = 250
+SLACK = 1.05  # "about": a few lines over is not worth a split
+LENGTH_NOTE = "Length note:"
+
+
+def house_modules() -> list[Path]:
+    return modules(REPO_ROOT / "gpu_worker") + modules(FUNCTIONS)
+
+
+def test_modules_and_classes_stay_small_or_say_why() -> None:
+    """No module over about 400 lines and no class over about 250, unless a note says why the
+    length serves the reader (in the module's or the class's docstring)."""
+    too_long = []
+    for path in house_modules():
+        text = path.read_text(encoding="utf-8")
+        tree = ast.parse(text)
+        module_doc = ast.get_docstring(tree) or ""
+        if len(text.splitlines()) > MODULE_LINES * SLACK and LENGTH_NOTE not in module_doc:
+            too_long.append(f"{path.relative_to(REPO_ROOT)}: {len(text.splitlines())} lines")
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            noted = LENGTH_NOTE in (ast.get_docstring(node) or "") or LENGTH_NOTE in module_doc
+            if lines > CLASS_LINES * SLACK and not noted:
+                too_long.append(f"{path.relative_to(REPO_ROOT)}:{node.name}: {lines} lines")
+    assert not too_long, too_long
+
+
+def module_name(path: Path) -> str:
+    """The import name of a module of the worker or of the Lambda bundle (whose root is
+    ``functions/``, as on the Lambda runtime's path)."""
+    root = FUNCTIONS if path.is_relative_to(FUNCTIONS) else REPO_ROOT
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def top_level_imports(path: Path, known: set[str]) -> set[str]:
+    """Modules of the house this one imports when it is imported (not inside functions, not
+    under ``if TYPE_CHECKING``), resolved to the longest known module name."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+
+    def resolve(name: str) -> str | None:
+        while name:
+            if name in known:
+                return name
+            name = name.rpartition(".")[0]
+        return None
+
+    for node in tree.body:
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            target = resolve(name)
+            if target is not None and target != module_name(path):
+                found.add(target)
+    return found
+
+
+def test_no_import_circle_between_modules() -> None:
+    paths = house_modules()
+    known = {module_name(p) for p in paths}
+    graph = {module_name(p): top_level_imports(p, known) for p in paths}
+    # A package imports its own submodules through __init__: that is not a circle of parts.
+    cycles = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt.startswith(node + ".") or node.startswith(nxt + "."):
+                continue
+            if state.get(nxt) == 1:
+                cycles.append([*stack[stack.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert not cycles, cycles

@@ -20,8 +20,9 @@ import pytest
 
 from gpu_worker.analyzers import Job
 from gpu_worker.analyzers.drills import LOAD_KILLED_ENV, LOAD_SECONDS_ENV
+from gpu_worker.child_process import ChildStartError
 from gpu_worker.config import WorkerConfig
-from gpu_worker.supervisor import ChildStartError, Supervisor
+from gpu_worker.supervisor import Supervisor
 from spotline.contract import ErrorKind
 from spotline.settings import MissingSetting
 

@@ -41,7 +41,7 @@ from gpu_worker.analyzers.text_embed import (
 from gpu_worker.checkpoint import ResultStore
 from gpu_worker.child import ChildContext, classify
 from gpu_worker.decisions import Action, decide
-from gpu_worker.supervisor import Supervisor
+from gpu_worker.supervisor import store_artifact
 from spotline.contract import ErrorKind, InvalidJob, validate_request
 from spotline.jobstore import JobError
 
@@ -290,16 +290,12 @@ def test_a_gpu_out_of_memory_error_is_oom_and_retried_then_dead_lettered() -> No
 def test_an_artifact_crosses_the_pipe_and_lands_under_the_jobs_results(stack: Stack) -> None:
     s3 = boto3.client("s3")
     bucket = stack.ref("DataBucket")
-    supervisor = Supervisor(
-        on_checkpoint=lambda job_id, state: None,
-        on_artifact=ResultStore(s3, bucket).put_artifact,
-    )
+    sink = ResultStore(s3, bucket).put_artifact
     supervisor_end, child_end = Pipe(duplex=True)
-    supervisor._conn = supervisor_end
     # The child's ask is already in the pipe when the supervisor reads it; its answer is
     # buffered in the pipe until the child reads it.
     child_end.send(("artifact", "embeddings.npy", b"\x93NUMPY", "application/x-npy"))
-    supervisor._store_artifact("job-1", supervisor_end.recv())
+    store_artifact(supervisor_end, sink, "job-1", supervisor_end.recv())
     assert child_end.recv() == ("artifact_stored", f"s3://{bucket}/results/job-1/embeddings.npy")
     body = s3.get_object(Bucket=bucket, Key="results/job-1/embeddings.npy")["Body"].read()
     assert body == b"\x93NUMPY"
