@@ -8,11 +8,14 @@ and a stack accepts drills only with ``EnableDrillAnalyzers``.
 ``memory_hog`` eats memory until it is stopped, ``fail`` raises a permanent or retryable error
 (or a GPU out-of-memory error by type name), ``crash`` kills the analysis child with a signal
 or an exit code, ``cpu_burn`` saturates every core (the health endpoint must still answer),
-``slow_load`` takes its time to load, like a big model (``WORKER_PRELOAD`` must hide it).
+``slow_load`` takes its time to load, like a big model (``WORKER_PRELOAD`` must hide it),
+``device`` holds a simulated accelerator for a fixed time and logs when (the duty-cycle
+benchmark's analyzer).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -228,3 +231,47 @@ class SlowLoad:
 
     def analyze(self, job: Job, ctx: AnalysisContext) -> Any:
         return {"loaded_in_s": self.loaded_in_s, "pid": os.getpid()}
+
+
+DEVICE_LOG_ENV = "SPOTLINE_DEVICE_LOG"
+
+
+class Device:
+    """A simulated accelerator: holds the device for ``params.ms`` milliseconds (default 100)
+    per job, the CPU asleep meanwhile, as a process waiting on a GPU kernel is.
+
+    With ``SPOTLINE_DEVICE_LOG`` set (a file path), it appends one JSON line per job:
+    ``{"job_id", "start", "end", "returned"}`` in ``time.monotonic()`` seconds (one clock for
+    every process of the machine). ``end`` is when the device finished (``start`` + ms), not
+    when this process noticed (``returned``): a late wake-up is the device's idle time, as on a
+    GPU. ``benchmarks/duty_cycle.py`` reads the lines to measure the device's busy fraction."""
+
+    name = "device"
+    spec = AnalyzerSpec(
+        drill=True,
+        params_schema={
+            "type": "object",
+            "properties": {"ms": {"type": "number", "minimum": 0, "maximum": 3600000}},
+        },
+    )
+
+    def __init__(self) -> None:
+        self._log: Any = None
+
+    def load(self) -> None:
+        path = os.environ.get(DEVICE_LOG_ENV)
+        if path:
+            # Open for the analyzer's life (one line per job, flushed at each newline).
+            self._log = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+
+    def analyze(self, job: Job, ctx: AnalysisContext) -> Any:
+        device_s = float((job.params or {}).get("ms", 100)) / 1000
+        start = time.monotonic()
+        end = start + device_s
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(left)
+        returned = time.monotonic()
+        if self._log is not None:
+            line = {"job_id": job.job_id, "start": start, "end": end, "returned": returned}
+            self._log.write(json.dumps(line) + "\n")
+        return {"device_ms": round(1000 * device_s, 3)}
