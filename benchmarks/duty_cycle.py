@@ -53,11 +53,11 @@ from devstack.motoserver import MotoServer, free_port, wait_until  # noqa: E402
 from devstack.stack import Devstack  # noqa: E402
 from enqueue.submission import submit  # noqa: E402
 from gpu_worker.analyzers import Job  # noqa: E402
-from gpu_worker.analyzers.drills import DEVICE_LOG_ENV, Device  # noqa: E402
 from gpu_worker.checkpoint import ResultStore  # noqa: E402
 from spotline.contract import JobMessage, JobStatus, RequestPolicy, validate_request  # noqa: E402
 from spotline.jobstore import JobStore, attempt_id  # noqa: E402
 from spotline.queue import JobQueue  # noqa: E402
+from spotline_drills import DEVICE_LOG_ENV, Device  # noqa: E402
 
 DEVICE_MS = (20, 100, 1000)
 LATENCY_MS = (0, 10, 30)

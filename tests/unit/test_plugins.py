@@ -34,7 +34,7 @@ from spotline.settings import MissingSetting
 from tests.unit.conftest import stack_worker_config
 
 BUILT_INS = {"echo", "sleep", "text_embed"}
-DRILLS = {"memory_hog", "fail", "crash", "cpu_burn", "slow_load"}
+DRILLS = {"memory_hog", "fail", "crash", "cpu_burn", "slow_load", "device"}
 
 
 def fake_distribution(
