@@ -153,8 +153,9 @@ class AnalyzerSpec:
     """An analyzer's declared contract, read by the worker and published in the catalog.
 
     ``input_schema`` and ``params_schema`` are JSON Schemas (draft 2020-12) for the request's
-    ``input`` and ``params``; a job whose input comes by ``input_uri`` is checked against
-    ``input_schema`` by the worker once read (when the object is JSON).
+    inline ``input`` and its ``params``, checked by the API and by the worker. An input that
+    comes by ``input_uri`` reaches ``analyze`` as read (JSON decoded, else bytes): check it
+    there and raise ``InvalidInput``.
     """
 
     input_schema: dict[str, Any] = field(default_factory=lambda: dict(ANY_SCHEMA))
