@@ -218,8 +218,58 @@ def main() -> int:
             for row in rows
         },
     }
+    figures_out["catalog"] = catalog_cost()
+    cost = figures_out["catalog"]
+    print(
+        f"\ncatalog: load {cost['load_ms']} ms at cold start ({cost['analyzers']} analyzers); per "
+        f"request {cost['lookup_us']} us (first use of an analyzer {cost['first_use_ms']} ms) "
+        f"against {cost['envelope_us']} us for the job schema alone "
+        f"(x{cost['lookup_vs_envelope_ratio']})"
+    )
     print(json.dumps(figures_out))
     return 0
+
+
+def catalog_cost(rounds: int = 2000) -> dict[str, Any]:
+    """The catalog's share of a request: reading it at cold start, and per request the lookup
+    and the analyzer's input/params validation, against the job schema's own validation."""
+    import time
+
+    from spotline.catalog import Catalog, bundled_catalog_path, catalog_violations
+    from spotline.contract import _validator
+
+    started = time.perf_counter()
+    text = bundled_catalog_path().read_text(encoding="utf-8")
+    catalog = Catalog.loads(text, check_schemas=False)  # as load_catalog() at cold start
+    load_ms = (time.perf_counter() - started) * 1000
+    request = {
+        "analyzer": "text_embed",
+        "input": {"texts": [f"sentence number {i}" for i in range(16)]},
+        "params": {"task": "embed", "batch_size": 8},
+    }
+    started = time.perf_counter()
+    catalog_violations(request, catalog, drills=False)  # compiles its validators
+    first_use_ms = (time.perf_counter() - started) * 1000
+
+    def per_call_us(call: Any) -> float:
+        runs = []
+        for _ in range(5):
+            begin = time.perf_counter()
+            for _ in range(rounds):
+                call()
+            runs.append((time.perf_counter() - begin) / rounds * 1e6)
+        return statistics.median(runs)
+
+    lookup = per_call_us(lambda: catalog_violations(request, catalog, drills=False))
+    envelope = per_call_us(lambda: list(_validator().iter_errors(request)))
+    return {
+        "analyzers": len(catalog.entries),
+        "load_ms": round(load_ms, 2),
+        "first_use_ms": round(first_use_ms, 2),
+        "lookup_us": round(lookup, 1),
+        "envelope_us": round(envelope, 1),
+        "lookup_vs_envelope_ratio": round(lookup / envelope, 2),
+    }
 
 
 if __name__ == "__main__":

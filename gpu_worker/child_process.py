@@ -69,6 +69,7 @@ class AnalysisChild:
         self.preload = tuple(preload)
         self._preload_timeout_s = preload_timeout_s
         self.preloaded: tuple[str, ...] = ()
+        self.preload_error: str | None = None  # why the preload was given up, if it was
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: Connection | None = None
         self.restarts = 0
@@ -90,6 +91,7 @@ class AnalysisChild:
                 self._start(self.preload, self._preload_timeout_s, on_tick, stopping)
                 return
             except ChildStartError as exc:
+                self.preload_error = str(exc)
                 # A load that hangs or kills the child must not stop the worker from working
                 # (nor restart it in a loop): from now on analyzers load on first use. (On a
                 # stop request the worker is leaving anyway.)

@@ -131,6 +131,11 @@ class Supervisor:
         return self._child.preloaded
 
     @property
+    def preload_error(self) -> str | None:
+        """Why the preload was given up (a load that hung or killed the child), if it was."""
+        return self._child.preload_error
+
+    @property
     def kill_deadline(self) -> float | None:
         """Monotonic time at which a stop request the analyzer ignores kills it, or None."""
         return self._kill_at

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from spotline.catalog import load_catalog
 from spotline.contract import DEFAULT_MAX_RUNTIME_S, RequestPolicy
 
 
@@ -95,4 +96,6 @@ class Settings:
             bucket=self.data_bucket,
             drills_enabled=self.drills_enabled,
             max_runtime_s=self.max_runtime_s,
+            # Read at cold start, once: a request only looks its analyzer up.
+            catalog=load_catalog(),
         )

@@ -299,3 +299,51 @@ def test_a_job_for_an_analyzer_this_worker_lacks_is_dead_lettered_at_once_naming
     dlq = JobQueue(boto3.client("sqs"), stack.ref("JobsDeadLetterQueue"))
     assert dlq.approximate_counts()[0] == 1 and worker.supervisor.restarts == 0
     assert json.loads(json.dumps(worker.catalog.names())) == ["echo"]
+
+
+# -- the doctor: the catalog against the image the fleet pulls --------------------------------
+
+
+def doctor(tmp_path: Path, image: str, *parameters: str, drills: bool = False) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from spotline_ops import doctor as doctor_module
+
+    catalog, _ = build_catalog(image)
+    if not drills:
+        catalog = catalog.narrowed(catalog.names(drills=False))
+    path = tmp_path / "catalog.json"
+    path.write_text(catalog.dumps())
+    args = [str(REPO_ROOT / "template.yaml"), "--catalog", str(path), "--json"]
+    for parameter in parameters:
+        args += ["--parameter", parameter]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = doctor_module.main(args)
+    findings = [f for f in json.loads(out.getvalue()) if f["check"] == "catalog"]
+    return code, json.dumps(findings)
+
+
+def test_the_doctor_reports_a_catalog_from_another_image_than_the_fleets(tmp_path: Path) -> None:
+    fleet = ("DeployWorkers=true", "WorkerImageTag=abc123")
+    code, found = doctor(tmp_path, "123.dkr.ecr.us-east-1.amazonaws.com/spotline:old999", *fleet)
+    assert code == 1 and "old999" in found and "abc123" in found
+    _, found = doctor(tmp_path, "123.dkr.ecr.us-east-1.amazonaws.com/spotline:abc123", *fleet)
+    assert found == "[]"
+    full = "registry.example/acme:7"
+    _, found = doctor(tmp_path, full, "DeployWorkers=true", f"WorkerImage={full}")
+    assert found == "[]"
+    _, found = doctor(
+        tmp_path, "registry.example/acme:6", "DeployWorkers=true", f"WorkerImage={full}"
+    )
+    assert "acme:6" in found
+
+
+def test_the_doctor_warns_of_drills_in_the_catalog_of_a_stack_without_drills(
+    tmp_path: Path,
+) -> None:
+    _, found = doctor(tmp_path, "img:1", drills=True)
+    assert "drill analyzers" in found and "warning" in found
+    _, found = doctor(tmp_path, "img:1", "EnableDrillAnalyzers=true", drills=True)
+    assert found == "[]"

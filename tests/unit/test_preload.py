@@ -182,3 +182,23 @@ def test_a_child_stopped_while_it_starts_is_given_up_at_once_not_after_the_timeo
     with pytest.raises(ChildStartError, match="stopped while starting"):
         supervisor.ensure_child(on_tick=stop_the_starting_child)
     assert time.monotonic() - started < 15
+
+
+def test_the_preload_timeout_runs_per_analyzer_and_names_the_one_that_hung(
+    supervisors: list[Supervisor],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Two loads of 2 s each under a 3 s timeout: 4 s in all, but each within its own (the
+    # first also carries the child's start-up).
+    monkeypatch.setenv(LOAD_SECONDS_ENV, "2")
+    supervisor = start(supervisors, preload=("slow_load", "slow_load"), preload_timeout_s=3.0)
+    supervisor.ensure_child()
+    assert supervisor.preloaded == ("slow_load",) and supervisor.preload != ()
+    supervisor.close()
+    # One that hangs is given up at its own deadline, and the log names it.
+    monkeypatch.setenv(LOAD_SECONDS_ENV, "60")
+    hung = start(supervisors, preload=("echo", "slow_load"), preload_timeout_s=3.0)
+    hung.ensure_child()
+    assert hung.preload == () and hung.child_pid is not None
+    assert hung.preload_error == "analysis child did not load analyzer 'slow_load' in 3s"

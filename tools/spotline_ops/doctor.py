@@ -30,7 +30,11 @@ from typing import Any
 
 import yaml
 
+from spotline.catalog import Catalog
 from spotline.metrics_names import FUNCTION_METRICS, NAMESPACE, WORKER_METRICS
+from spotline_ops.doctor_catalog import check_catalog
+
+CATALOG_IN_TREE = "functions/spotline/catalog.json"
 
 # gpu_worker.config.WorkerConfig.max_attempts (a test keeps the two equal).
 DEFAULT_WORKER_MAX_ATTEMPTS = 3
@@ -936,6 +940,11 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
         help="override a template parameter (offline mode)",
     )
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+    parser.add_argument(
+        "--catalog",
+        help="the analyzer catalog the API is deployed with (default: "
+        "functions/spotline/catalog.json beside the template)",
+    )
     args = parser.parse_args(argv)
     if args.stack_name:
         if session is None:
@@ -951,6 +960,9 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
         view = View(load_template(Path(args.template).read_text(encoding="utf-8")), overrides)
         source = args.template
     findings = diagnose(view)
+    catalog_path = Path(args.catalog or Path(args.template).parent / CATALOG_IN_TREE)
+    if catalog_path.exists():
+        findings += check_catalog(view, Catalog.loads(catalog_path.read_text(encoding="utf-8")))
     if args.json:
         print(json.dumps([asdict(f) for f in findings], indent=2))
     else:
