@@ -114,6 +114,7 @@ class Worker:
         self.last_poll_at: float | None = None
         self.services = WorkerServices(config, self.supervisor, self.state, cloudwatch)
         self.memory_guard, self.metrics = self.services.memory_guard, self.services.metrics
+        self.services.warn_declared_memory(self.catalog)
         # -- the parts of the story --
         # A job's boundaries, the same rules as enqueue's, against this worker's own analyzers.
         self.policy = dataclasses.replace(config.policy, catalog=self.catalog)
@@ -300,7 +301,10 @@ class Worker:
         logger.info(JOB_STARTED, extra={"receive_count": message.receive_count})
         try:
             job, restored = prepare(
-                attempt, self.results, self.checkpoints, self.config.max_input_bytes
+                attempt,
+                self.results,
+                self.checkpoints,
+                self.catalog.input_limit(request["analyzer"], self.config.max_input_bytes),
             )
         except InputError as exc:
             error = JobError(ErrorKind.INVALID_INPUT, str(exc))

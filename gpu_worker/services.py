@@ -17,6 +17,7 @@ from gpu_worker.memory import MemoryGuard, container_memory, job_limit_bytes
 from gpu_worker.metrics import WorkerMetrics, metric_dimensions, sink_for
 from gpu_worker.supervisor import Supervisor
 from gpu_worker.worker_state import WorkerState
+from spotline.catalog import Catalog
 
 logger = Logger(service="spotline-worker", child=True)
 
@@ -49,6 +50,21 @@ class WorkerServices:
             child_restarts=lambda: supervisor.restarts,
         )
         self.health: HealthServer | None = None
+
+    def warn_declared_memory(self, catalog: Catalog) -> None:
+        """An analyzer that declares more memory than the job limit would end every job OOM
+        here: say so at start, not job by job."""
+        for name in catalog.names():
+            needs_mib = catalog.entries[name].limit("memory_mib")
+            if needs_mib and needs_mib * 1024 * 1024 > self.memory_guard.limit_bytes:
+                logger.warning(
+                    "analyzer declares more memory than this worker's job limit",
+                    extra={
+                        "analyzer": name,
+                        "memory_mib": needs_mib,
+                        "job_limit_bytes": self.memory_guard.limit_bytes,
+                    },
+                )
 
     def snapshot(self) -> dict[str, Any]:
         """What /healthz answers now."""

@@ -122,6 +122,13 @@ class Catalog:
         body = json.dumps(self.to_json()["analyzers"], sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(body.encode()).hexdigest()
 
+    def input_limit(self, name: str, default: int) -> int:
+        """The largest input a job of ``name`` may have: ``default`` (the worker's), lowered
+        by the analyzer's declared ``max_input_bytes``."""
+        entry = self.entries.get(name)
+        declared = entry.limit("max_input_bytes") if entry is not None else None
+        return min(default, int(declared)) if declared else default
+
     def narrowed(self, names: Iterable[str]) -> Catalog:
         keep = set(names)
         return Catalog(self.image, {n: e for n, e in self.entries.items() if n in keep})

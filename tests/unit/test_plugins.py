@@ -347,3 +347,21 @@ def test_the_doctor_warns_of_drills_in_the_catalog_of_a_stack_without_drills(
     assert "drill analyzers" in found and "warning" in found
     _, found = doctor(tmp_path, "img:1", "EnableDrillAnalyzers=true", drills=True)
     assert found == "[]"
+
+
+def test_a_declared_largest_input_lowers_the_workers_input_limit(plugin_path: Path) -> None:
+    source = GOOD.replace('input_schema={"type": "number"}', "input_schema={}").replace(
+        "max_runtime_s=60,", "max_runtime_s=60, max_input_bytes=1000,"
+    )
+    fake_distribution(plugin_path, "acme-any", {"anything": "acme_any:Double"}, "acme_any", source)
+    catalog, _ = build_catalog("img")
+    assert catalog.input_limit("anything", 64 << 20) == 1000
+    assert catalog.input_limit("echo", 64 << 20) == 64 << 20
+    # An inline input over the declared size is refused by the API, naming the limit.
+    with pytest.raises(InvalidJob) as refused:
+        validate_request(
+            {"analyzer": "anything", "input": "x" * 2000}, RequestPolicy(catalog=catalog)
+        )
+    assert [(v.path, v.message) for v in refused.value.violations] == [
+        ("$.input", "larger than 1000 bytes")
+    ]
