@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 AWS_TEST_ENV = {
@@ -62,6 +63,8 @@ class MotoServer:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "devstack.moto_main", "-H", "127.0.0.1", "-p", str(self.port)],
             env=env,
+            # devstack is run from the checkout, not installed: find it wherever we were called.
+            cwd=Path(__file__).resolve().parents[1],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal reaches us; we stop it in order
