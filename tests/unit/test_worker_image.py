@@ -4,6 +4,7 @@ they make, in order, and what they refuse. Everything but the AWS calls themselv
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -231,7 +232,15 @@ def test_the_default_tag_fits_the_templates_tag_pattern() -> None:
 
 @pytest.mark.parametrize(("target", "command"), [("image", "build"), ("push", "push")])
 def test_the_make_targets_run_the_script(target: str, command: str) -> None:
+    # Under `make test` this is a make inside make: keep the outer one's flags out of it.
+    outer = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")
+    env = {name: value for name, value in os.environ.items() if name not in outer}
     shown = subprocess.run(
-        ["make", "-n", target], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", target],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert shown.stdout.strip() == f"tools/worker_image.sh {command}"
