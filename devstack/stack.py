@@ -16,6 +16,8 @@ from devstack.faults import FaultProxy
 from devstack.lambdas import LambdaContext, http_event, load_event, load_handler_module
 from devstack.motoserver import MotoServer
 from devstack.workers import WorkerProcess, worker_env
+from gpu_worker.registry import build_catalog
+from spotline.catalog import CATALOG_FILE_ENV
 from spotline.jobstore import JobRecord, JobStore
 from spotline.queue import JobQueue
 
@@ -23,6 +25,15 @@ from spotline.queue import JobQueue
 # ...) through enqueue to real workers: a local stack accepts them unless told otherwise. A
 # deployed stack keeps the template's default, off.
 DEVSTACK_PARAMETERS = {"EnableDrillAnalyzers": "true"}
+
+
+def write_local_catalog(folder: Path) -> Path:
+    """The catalog of every analyzer installed in this environment, as a file the enqueue
+    function reads (``ANALYZER_CATALOG_FILE``)."""
+    catalog, _ = build_catalog("local environment")
+    path = folder / "catalog.json"
+    path.write_text(catalog.dumps(), encoding="utf-8")
+    return path
 
 
 class Devstack:
@@ -57,6 +68,10 @@ class Devstack:
         if self._own_server:
             self.server.start()
         self._set_env(self.server.env())
+        if not os.environ.get(CATALOG_FILE_ENV):
+            # The API checks jobs against this environment's analyzers (drills and the user's
+            # own plug-ins included), as a deployed one does against its image's catalog.
+            self._set_env({CATALOG_FILE_ENV: str(write_local_catalog(self.workdir))})
         session = boto3.Session(region_name="us-east-1")
         self.session = session
         self.stack = provision(session, stack_name=stack_name, parameters=self.parameters)

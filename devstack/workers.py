@@ -27,6 +27,7 @@ def worker_env(stack: Stack, aws_env: dict[str, str], **overrides: str) -> dict[
         # The same policy as the stack's enqueue function (the launch template's user data).
         "WORKER_MAX_RUNTIME_S": str(stack.parameters["WorkerMaxRuntimeS"]),
         "WORKER_ENABLE_DRILLS": str(stack.parameters["EnableDrillAnalyzers"]),
+        "WORKER_IMAGE": "devstack (this environment)",
         "WORKER_MAX_RECEIVE_COUNT": str(stack.parameters["MaxReceiveCount"]),
         "WORKER_WAIT_S": "1",
         "WORKER_BACKOFF_BASE_S": "1",

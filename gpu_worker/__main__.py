@@ -7,12 +7,16 @@ import sys
 import boto3
 from botocore.config import Config
 
+from gpu_worker import list_analyzers
 from gpu_worker.config import WorkerConfig
-from gpu_worker.consumer import Worker, logger
+from gpu_worker.consumer import Worker, load_plugins, logger
+from gpu_worker.registry import PluginError
 from spotline.settings import MissingSetting
 
 
 def main() -> int:
+    if {"--list-analyzers", "--catalog"} & set(sys.argv[1:]):
+        return list_analyzers.main(sys.argv[1:])
     try:
         config = WorkerConfig.from_env()
     except MissingSetting as exc:
@@ -27,6 +31,11 @@ def main() -> int:
         retries={"total_max_attempts": config.aws_max_attempts, "mode": "standard"},
         max_pool_connections=10,
     )
+    try:
+        catalog = load_plugins(config)
+    except (PluginError, MissingSetting) as exc:
+        print(f"gpu_worker: {exc}", file=sys.stderr)  # a plug-in that cannot run: no start
+        return 2
     worker = Worker(
         config,
         sqs=boto3.client("sqs", config=client_config),
@@ -36,6 +45,7 @@ def main() -> int:
         if config.metrics_sink == "cloudwatch"
         else None,
         autoscaling=boto3.client("autoscaling", config=client_config),
+        catalog=catalog,
     )
     worker.install_signal_handlers()
     try:

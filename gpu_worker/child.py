@@ -1,8 +1,9 @@
 """The analysis child process: loads each analyzer once, then runs jobs sent over a pipe.
 
 Messages from the supervisor: ``("run", job_dict, restored_state)`` and ``("shutdown",)``.
-Messages to the supervisor: ``("ready", pid, {"preloaded": [...], "failed": {...}})`` (once the
-analyzers named in ``WORKER_PRELOAD`` are loaded), ``("checkpoint", state)``,
+Messages to the supervisor: ``("loading", name)`` before each analyzer named in
+``WORKER_PRELOAD`` loads, ``("ready", pid, {"preloaded": [...], "failed": {...}})`` (once they
+are loaded), ``("checkpoint", state)``,
 ``("progress", fields)``,
 ``("artifact", name, data, content_type)`` (answered with ``("artifact_stored", uri)`` or
 ``("artifact_failed", message)``), ``("result", output_json)`` and
@@ -17,6 +18,7 @@ import os
 import re
 import signal
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from typing import Any
@@ -101,7 +103,9 @@ def first_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def preload(names: tuple[str, ...]) -> tuple[dict[str, analyzers.Analyzer], dict[str, str]]:
+def preload(
+    names: tuple[str, ...], announce: Callable[[str], None] | None = None
+) -> tuple[dict[str, analyzers.Analyzer], dict[str, str]]:
     """Create and load ``names`` now, before any job: (loaded by name, failure by name).
 
     A failure is only reported (its type and first line): the job that needs the analyzer
@@ -110,6 +114,8 @@ def preload(names: tuple[str, ...]) -> tuple[dict[str, analyzers.Analyzer], dict
     loaded: dict[str, analyzers.Analyzer] = {}
     failed: dict[str, str] = {}
     for name in names:
+        if announce is not None:
+            announce(name)  # the supervisor's preload timeout runs per analyzer from here
         try:
             analyzer = analyzers.create(name)
             analyzer.load()
@@ -129,7 +135,7 @@ def main(conn: Connection, stop_event: Event, preload_names: tuple[str, ...] = (
     with contextlib.suppress(OSError):
         os.nice(CHILD_NICENESS)
     # Loaded before "ready": a model's load time never counts against a job's runtime limit.
-    loaded, failed = preload(tuple(preload_names))
+    loaded, failed = preload(tuple(preload_names), lambda name: conn.send(("loading", name)))
     conn.send(("ready", os.getpid(), {"preloaded": sorted(loaded), "failed": failed}))
     while True:
         try:

@@ -116,12 +116,27 @@ class AnalysisChild:
         )
         process.start()
         child_conn.close()
+        # The preload timeout is per analyzer: each ("loading", name) starts it again.
         deadline = time.monotonic() + timeout_s
         hello: Any = None
+        loading: str | None = None
         try:
-            while not parent_conn.poll(min(self._tick_s, max(0.0, deadline - time.monotonic()))):
+            while True:
+                if parent_conn.poll(min(self._tick_s, max(0.0, deadline - time.monotonic()))):
+                    try:
+                        hello = parent_conn.recv()
+                    except (EOFError, OSError):
+                        process.join(timeout=5)
+                        raise ChildStartError(
+                            describe_exit(process.exitcode) + " while starting"
+                        ) from None
+                    if isinstance(hello, tuple) and hello[:1] == ("loading",):
+                        loading, deadline = str(hello[1]), time.monotonic() + timeout_s
+                        continue
+                    break  # ("ready", pid, report)
                 if time.monotonic() >= deadline:
-                    raise ChildStartError(f"analysis child did not start in {timeout_s:g}s")
+                    what = f"load analyzer {loading!r}" if loading else "start"
+                    raise ChildStartError(f"analysis child did not {what} in {timeout_s:g}s")
                 if not process.is_alive():
                     raise ChildStartError(describe_exit(process.exitcode) + " while starting")
                 if process.pid is not None and _stopped(process.pid):
@@ -133,11 +148,6 @@ class AnalysisChild:
                     raise ChildStartError("stop requested while the child preloaded")
                 if on_tick is not None:
                     on_tick()
-            try:
-                hello = parent_conn.recv()  # ("ready", pid, {"preloaded": [...], ...})
-            except (EOFError, OSError):
-                process.join(timeout=5)
-                raise ChildStartError(describe_exit(process.exitcode) + " while starting") from None
         except ChildStartError:
             parent_conn.close()
             if process.is_alive() and process.pid is not None:

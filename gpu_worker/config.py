@@ -104,6 +104,10 @@ class WorkerConfig:
     # -- analyzers loaded when the analysis child starts, before it takes a job (comma list) --
     preload: str = ""
     preload_timeout_s: float = 300.0
+    # -- which installed analyzers this worker runs (comma list; empty: every one installed) --
+    analyzers: str = ""
+    # The image this worker runs from (named in the catalog and in a refused job's error).
+    image: str = ""
     # -- a job's boundaries (DESIGN.md): every attempt's runtime cap, drills off by default --
     max_runtime_s: int = DEFAULT_MAX_RUNTIME_S
     enable_drills: bool = False
@@ -125,6 +129,10 @@ class WorkerConfig:
     @property
     def preload_names(self) -> tuple[str, ...]:
         return tuple(name.strip() for name in self.preload.split(",") if name.strip())
+
+    @property
+    def analyzer_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.analyzers.split(",") if name.strip())
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -167,6 +175,8 @@ class WorkerConfig:
             ack_delay_s=_float("WORKER_ACK_DELAY_S", 0.2),
             preload=os.environ.get("WORKER_PRELOAD", ""),
             preload_timeout_s=_float("WORKER_PRELOAD_TIMEOUT_S", 300.0),
+            analyzers=os.environ.get("WORKER_ANALYZERS", ""),
+            image=os.environ.get("WORKER_IMAGE", "").strip(),
             max_runtime_s=_int("WORKER_MAX_RUNTIME_S", DEFAULT_MAX_RUNTIME_S),
             enable_drills=_flag("WORKER_ENABLE_DRILLS", False),
             max_receive_count=_int("WORKER_MAX_RECEIVE_COUNT", 6),
@@ -212,6 +222,14 @@ class WorkerConfig:
             raise MissingSetting("WORKER_ACK_DELAY_S must be between 0 and a third of the window")
         if any(not _ANALYZER_NAME.match(name) for name in self.preload_names):
             raise MissingSetting("WORKER_PRELOAD must be analyzer names separated by commas")
+        if any(not _ANALYZER_NAME.match(name) for name in self.analyzer_names):
+            raise MissingSetting("WORKER_ANALYZERS must be analyzer names separated by commas")
+        narrowed = set(self.analyzer_names)
+        outside = [name for name in self.preload_names if narrowed and name not in narrowed]
+        if outside:
+            raise MissingSetting(
+                f"WORKER_PRELOAD names analyzers outside WORKER_ANALYZERS: {', '.join(outside)}"
+            )
         if self.preload_timeout_s <= 0:
             raise MissingSetting("WORKER_PRELOAD_TIMEOUT_S must be above 0")
         if not 1 <= self.max_runtime_s <= 43200:

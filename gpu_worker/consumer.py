@@ -26,12 +26,14 @@ from gpu_worker.health import HealthServer
 from gpu_worker.heartbeat import Heartbeat
 from gpu_worker.intake import Intake
 from gpu_worker.interruption import Interruption, InterruptionWatch, monitors_for
+from gpu_worker.registry import load_plugins
 from gpu_worker.report import job_finished
 from gpu_worker.services import WorkerServices
 from gpu_worker.settle import CRASH_EXIT_CODE, Settler
 from gpu_worker.stop_policy import EXIT_RESERVE_S, ShutdownRequested, StopControl
 from gpu_worker.supervisor import AttemptOutcome, Supervisor
 from gpu_worker.worker_state import WorkerState, capture
+from spotline.catalog import Catalog
 from spotline.contract import ErrorKind, job_id_from_body
 from spotline.jobstore import JobError, JobRecord, JobStore
 from spotline.log_lines import JOB_STARTED
@@ -39,7 +41,14 @@ from spotline.queue import JobQueue, QueueError, ReceivedMessage
 
 logger = Logger(service="spotline-worker")
 
-__all__ = ["CRASH_EXIT_CODE", "EXIT_RESERVE_S", "Heartbeat", "ShutdownRequested", "Worker"]
+__all__ = [
+    "CRASH_EXIT_CODE",
+    "EXIT_RESERVE_S",
+    "Heartbeat",
+    "ShutdownRequested",
+    "Worker",
+    "load_plugins",
+]
 
 OUTCOME_LABELS = {
     Action.ACK: "SUCCEEDED",
@@ -69,8 +78,11 @@ class Worker:
         s3: Any,
         cloudwatch: Any = None,
         autoscaling: Any = None,
+        catalog: Catalog | None = None,
     ) -> None:
         self.config = config
+        # The analyzers installed here (gpu_worker/registry.py): jobs are checked against them.
+        self.catalog = catalog if catalog is not None else load_plugins(config)
         self.queue = JobQueue(sqs, config.queue_url)
         self.dlq = JobQueue(sqs, config.dlq_url)
         self.store = JobStore(dynamodb, config.table_name)
@@ -103,7 +115,8 @@ class Worker:
         self.services = WorkerServices(config, self.supervisor, self.state, cloudwatch)
         self.memory_guard, self.metrics = self.services.memory_guard, self.services.metrics
         # -- the parts of the story --
-        self.policy = config.policy  # a job's boundaries, the same rules as enqueue's
+        # A job's boundaries, the same rules as enqueue's, against this worker's own analyzers.
+        self.policy = dataclasses.replace(config.policy, catalog=self.catalog)
         self.faults = FaultTracker(config.degraded_after_faults)
         self.intake = Intake(self.queue, config, may_receive=self.stops.taking_jobs)
         self.claimer = Claimer(

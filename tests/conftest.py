@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import botocore
 import botocore.loaders
@@ -10,7 +12,15 @@ import botocore.session
 import pytest
 
 from devstack.motoserver import AWS_TEST_ENV
-from gpu_worker.analyzers import OPTIONAL_ANALYZERS
+from devstack.stack import write_local_catalog
+from gpu_worker.analyzers.text_embed import model_missing
+from spotline.catalog import CATALOG_FILE_ENV
+
+# The API side checks jobs against a catalog: in the tests, that of this environment (drills and
+# the example plug-in included), as devstack does. Set before any test reads it (read once).
+os.environ.setdefault(
+    CATALOG_FILE_ENV, str(write_local_catalog(Path(tempfile.mkdtemp(prefix="spotline-catalog-"))))
+)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -37,7 +47,7 @@ botocore.register_initializer(_share_model_loader)
 
 # The one rule for tests of the real model (`@pytest.mark.requires_model`): they skip only where
 # the optional extra is absent, and fail instead under SPOTLINE_REQUIRE_MODEL=1 (make test-model).
-MODEL_MISSING = OPTIONAL_ANALYZERS["text_embed"].missing()
+MODEL_MISSING = model_missing()
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from devstack.drills.base import Check, Drill
 from devstack.stack import Devstack
-from gpu_worker.analyzers import OPTIONAL_ANALYZERS
+from gpu_worker.analyzers.text_embed import MODEL_INSTALL, model_missing
 from spotline.contract import TERMINAL_STATUSES, JobStatus
 
 TEXTS = [
@@ -62,17 +62,16 @@ class TextEmbedJobs(Drill):
         self.started = False
 
     def setup(self, dev: Devstack) -> None:
-        if not OPTIONAL_ANALYZERS["text_embed"].missing():
+        if not model_missing():
             dev.start_worker("embed-a")
 
     def submit(self, dev: Devstack) -> list[Any]:
         status, body = dev.submit({"analyzer": "text_embed", "input": {"texts": ["x"] * 257}})
         paths = ", ".join(sorted({e["path"] for e in body.get("errors", [])}))
         self._checks.append(Check("text_embed: 257 texts -> 400", status == 400, paths))
-        extra = OPTIONAL_ANALYZERS["text_embed"]
-        missing = extra.missing()
+        missing = model_missing()
         if missing:
-            hint = f"no {', '.join(missing)}: install it with {extra.install}"
+            hint = f"no {', '.join(missing)}: install it with {MODEL_INSTALL}"
             self._checks.append(Check("text_embed jobs skipped: model extra absent", True, hint))
             self.started = True
         return []

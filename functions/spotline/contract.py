@@ -20,6 +20,11 @@ from urllib.parse import urlsplit
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from spotline.catalog import Catalog, catalog_violations, load_catalog
+from spotline.violations import InvalidJob, SchemaViolation, describe_error, json_path
+
+__all__ = ["InvalidJob", "SchemaViolation"]  # re-exported: the contract's errors
+
 
 class JobStatus(enum.StrEnum):
     QUEUED = "QUEUED"
@@ -62,31 +67,11 @@ class MessageAttribute(enum.StrEnum):
     PEAK_MEMORY_BYTES = "peak_memory_bytes"
 
 
-@dataclass(frozen=True)
-class SchemaViolation:
-    path: str
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "message": self.message}
-
-
-class InvalidJob(ValueError):
-    """A job request that can never succeed as sent (HTTP 400, or INVALID_INPUT in the worker)."""
-
-    def __init__(self, message: str, violations: list[SchemaViolation] | None = None) -> None:
-        super().__init__(message)
-        self.violations = violations or []
-
-
 # -- a job's boundaries (DESIGN.md "A job's boundaries") ------------------------------------
 
 # A job reads only objects under this prefix of the stack's bucket; it writes only under
 # results/{job_id} and checkpoints/{job_id}. Enqueue, the worker and IAM all enforce it.
 INPUT_PREFIX = "inputs/"
-# Analyzers that exist to break things (drills, chaos, tests). Only a stack that enables them
-# (EnableDrillAnalyzers) accepts them: in production any caller could wedge a GPU with one.
-DRILL_ANALYZERS = frozenset({"memory_hog", "fail", "crash", "cpu_burn", "slow_load"})
 # Every attempt's runtime limit when the stack sets none (WorkerMaxRuntimeS); a request's
 # max_runtime_s may lower it, never raise it.
 DEFAULT_MAX_RUNTIME_S = 6 * 3600
@@ -104,13 +89,32 @@ class RequestPolicy:
     """What this stack accepts beyond the schema: the same rules in enqueue and the worker."""
 
     bucket: str | None = None  # input_uri must name s3://{bucket}/inputs/...
+    # Analyzers that exist to break things (spotline-drills, declared ``drill``): only a stack
+    # that enables them (EnableDrillAnalyzers) accepts them; in production any caller could
+    # wedge a GPU with one.
     drills_enabled: bool = False
     max_runtime_s: int = DEFAULT_MAX_RUNTIME_S
+    # The analyzers this side accepts, with their schemas and limits: the deployed catalog in
+    # enqueue, the installed plug-ins in the worker. None: the deployed catalog.
+    catalog: Catalog | None = None
+
+    def analyzers(self) -> Catalog:
+        return self.catalog if self.catalog is not None else load_catalog()
 
     def runtime_limit_s(self, request: dict[str, Any]) -> int:
-        """The attempt's runtime limit: the stack's cap, lowered (never raised) by the request."""
+        """The attempt's runtime limit: the stack's cap, lowered (never raised) by the
+        analyzer's declared default and largest runtime and by the request."""
+        limit = self.max_runtime_s
+        entry = self.analyzers().get(str(request.get("analyzer")))
+        if entry is not None:
+            declared_max = entry.limit("max_runtime_s")
+            if declared_max:
+                limit = min(limit, int(declared_max))
         asked = request.get("max_runtime_s")
-        return min(int(asked), self.max_runtime_s) if asked else self.max_runtime_s
+        if asked:
+            return min(int(asked), limit)
+        declared_default = entry.limit("default_runtime_s") if entry is not None else None
+        return min(int(declared_default), limit) if declared_default else limit
 
 
 @functools.cache
@@ -127,21 +131,14 @@ def _validator() -> Draft202012Validator:
 
 
 def analyzer_names() -> list[str]:
-    return list(job_schema()["properties"]["analyzer"]["enum"])
+    """The analyzers of the deployed catalog (drills included where it has them)."""
+    return load_catalog().names()
 
 
-def _json_path(parts: Any) -> str:
-    path = "$"
-    for part in parts:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
-def _describe(error: Any) -> str:
-    # oneOf on input/input_uri produces an unreadable default message; say what the rule is.
-    if error.validator == "oneOf" and not error.path:
-        return "exactly one of 'input' or 'input_uri' is required"
-    return str(error.message)
+def drill_analyzers() -> list[str]:
+    """The deployed catalog's drills (declared ``drill``)."""
+    catalog = load_catalog()
+    return sorted(set(catalog.names()) - set(catalog.names(drills=False)))
 
 
 def bound_violations(value: Any) -> list[SchemaViolation]:
@@ -153,7 +150,7 @@ def bound_violations(value: Any) -> list[SchemaViolation]:
     stack: list[tuple[Any, list[Any]]] = [(value, [])]
     while stack and len(found) < 20:
         item, path = stack.pop()
-        where = _json_path(path)
+        where = json_path(path)
         if len(path) > MAX_NESTING_DEPTH:
             found.append(SchemaViolation(where, f"nested deeper than {MAX_NESTING_DEPTH} levels"))
             continue
@@ -250,7 +247,16 @@ def validate_request(request: Any, policy: RequestPolicy | None = None) -> dict[
     bounds = bound_violations(request)
     if bounds:
         raise InvalidJob("job request exceeds the size bounds", bounds)
-    _check_schema(request)
+    violations = _schema_violations(request)
+    # The analyzer's own rules too (policy None: every analyzer of the deployed catalog), so
+    # one answer names every failing path.
+    rules = policy or RequestPolicy(drills_enabled=True)
+    summary, found = catalog_violations(request, rules.analyzers(), drills=rules.drills_enabled)
+    violations += [item for item in found if item not in violations]
+    if violations:
+        raise InvalidJob(
+            summary if violations == found else "job request does not match the schema", violations
+        )
     if "input_uri" in request:
         input_key(request["input_uri"], policy.bucket if policy else None)
     if policy is not None:
@@ -259,13 +265,6 @@ def validate_request(request: Any, policy: RequestPolicy | None = None) -> dict[
 
 
 def _check_policy(request: dict[str, Any], policy: RequestPolicy) -> None:
-    analyzer = request["analyzer"]
-    if analyzer in DRILL_ANALYZERS and not policy.drills_enabled:
-        accepted = ", ".join(accepted_analyzers(policy))
-        raise InvalidJob(
-            f"analyzer {analyzer!r} is a drill, not enabled on this stack",
-            [SchemaViolation("$.analyzer", f"drill analyzers are off; accepted: {accepted}")],
-        )
     asked = request.get("max_runtime_s")
     if asked is not None and asked > policy.max_runtime_s:
         raise InvalidJob(
@@ -280,26 +279,23 @@ def _check_policy(request: dict[str, Any], policy: RequestPolicy) -> None:
 
 def accepted_analyzers(policy: RequestPolicy | None = None) -> list[str]:
     """The analyzers a stack with ``policy`` accepts (every one without a policy)."""
-    names = analyzer_names()
-    if policy is not None and not policy.drills_enabled:
-        names = [name for name in names if name not in DRILL_ANALYZERS]
-    return names
+    if policy is None:
+        return analyzer_names()
+    return policy.analyzers().names(drills=policy.drills_enabled)
 
 
-def _check_schema(request: dict[str, Any]) -> None:
+def _schema_violations(request: dict[str, Any]) -> list[SchemaViolation]:
     errors = sorted(_validator().iter_errors(request), key=lambda e: list(e.absolute_path))
-    if not errors:
-        return request
     violations: list[SchemaViolation] = []
     seen: set[tuple[str, str]] = set()
     for error in errors:
         # Descend into if/then and oneOf to the deepest error so the path names the field.
         leaf = best_match([error]) if error.context and error.validator != "oneOf" else error
-        item = (_json_path(leaf.absolute_path), _describe(leaf))
+        item = (json_path(leaf.absolute_path), describe_error(leaf))
         if item not in seen:
             seen.add(item)
             violations.append(SchemaViolation(*item))
-    raise InvalidJob("job request does not match the schema", violations)
+    return violations
 
 
 def parse_request(body: str | bytes | None, policy: RequestPolicy | None = None) -> dict[str, Any]:

@@ -1,18 +1,22 @@
-"""Built-in analyzers for tests and drills."""
+"""Built-in analyzers: ``echo`` and ``sleep`` (a checkpointing progress counter).
+
+Registered as entry points in spotline's pyproject.toml, like any plug-in; each declares its
+contract in ``spec``.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from gpu_worker.analyzers import AnalysisContext, Interrupted, Job, register
+from spotline.sdk import AnalysisContext, AnalyzerLimits, AnalyzerSpec, Interrupted, Job
 
 
-@register("echo")
 class Echo:
     """Returns its input unchanged."""
 
     name = "echo"
+    spec = AnalyzerSpec(description="Returns its input unchanged.")
 
     def load(self) -> None:
         return None
@@ -21,7 +25,6 @@ class Echo:
         return job.input
 
 
-@register("sleep")
 class Sleep:
     """A progress counter: ``params.seconds`` of work in steps of ``params.step_s``.
 
@@ -32,6 +35,19 @@ class Sleep:
     """
 
     name = "sleep"
+    spec = AnalyzerSpec(
+        description="A checkpointing progress counter: params.seconds of work in steps.",
+        params_schema={
+            "type": "object",
+            "properties": {
+                "seconds": {"type": "number", "minimum": 0, "maximum": 43200},
+                "step_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                "checkpoint_every_s": {"type": "number", "exclusiveMinimum": 0},
+                "ignore_stop": {"type": "boolean"},
+            },
+        },
+        limits=AnalyzerLimits(checkpoints=True),
+    )
 
     def load(self) -> None:
         return None

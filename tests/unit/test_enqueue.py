@@ -20,10 +20,10 @@ from devstack.cfn import Stack
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from spotline.contract import (
     DEFAULT_MAX_RUNTIME_S,
-    DRILL_ANALYZERS,
     JobStatus,
     RequestPolicy,
     analyzer_names,
+    drill_analyzers,
     job_id_for_idempotency_key,
 )
 from spotline.jobstore import JobStore
@@ -263,7 +263,7 @@ def test_input_uri_must_name_an_object_under_inputs(
     assert messages(queue) == []
 
 
-@pytest.mark.parametrize("analyzer", sorted(DRILL_ANALYZERS))
+@pytest.mark.parametrize("analyzer", drill_analyzers())
 def test_drill_analyzers_are_400_naming_the_accepted_ones_when_off(
     enqueue: ModuleType, queue: JobQueue, analyzer: str
 ) -> None:
@@ -272,9 +272,9 @@ def test_drill_analyzers_are_400_naming_the_accepted_ones_when_off(
     assert status == 400
     (error,) = answer["errors"]
     assert error["path"] == "$.analyzer"
-    accepted = [name for name in analyzer_names() if name not in DRILL_ANALYZERS]
+    accepted = [name for name in analyzer_names() if name not in drill_analyzers()]
     assert all(name in error["message"] for name in accepted)
-    assert not any(name in error["message"].split("accepted:")[1] for name in DRILL_ANALYZERS)
+    assert not any(name in error["message"].split("accepted:")[1] for name in drill_analyzers())
     assert messages(queue) == []
 
 

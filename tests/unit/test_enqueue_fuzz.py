@@ -21,7 +21,8 @@ from hypothesis_jsonschema import from_schema
 
 from devstack.cfn import Stack
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
-from spotline.contract import DRILL_ANALYZERS, bound_violations, job_schema
+from spotline.catalog import Catalog, load_catalog
+from spotline.contract import bound_violations, drill_analyzers, job_schema
 from spotline.queue import JobQueue
 from tests.unit.conftest import FailingClient
 
@@ -30,6 +31,31 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+
+
+def request_schema(catalog: Catalog, names: list[str] | None = None) -> dict[str, Any]:
+    """The job schema as this catalog specialises it: the analyzer one of its names, and each
+    analyzer's declared ``input`` and ``params`` schemas (what a request must meet in full)."""
+    schema = copy.deepcopy(job_schema())
+    names = catalog.names() if names is None else names
+    schema["properties"]["analyzer"] = {"enum": names}
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"analyzer": {"const": name}}},
+            "then": {
+                "properties": {
+                    "input": catalog.entries[name].input_schema,
+                    "params": catalog.entries[name].params_schema,
+                }
+            },
+        }
+        for name in names
+    ]
+    return schema
+
+
+VALID = request_schema(load_catalog())
+DRILLS = request_schema(load_catalog(), drill_analyzers())
 
 
 def post(enqueue: ModuleType, body: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -72,7 +98,7 @@ def drills_enqueue(stack: Stack) -> ModuleType:
 
 
 @FUZZ
-@given(request=from_schema(job_schema()))
+@given(request=from_schema(VALID))
 def test_every_valid_request_gets_202_and_exactly_one_message(
     drills_enqueue: ModuleType, queue: JobQueue, request: dict[str, Any]
 ) -> None:
@@ -126,7 +152,7 @@ def test_random_bodies_never_get_5xx_and_never_send_unless_accepted(
 
 @FUZZ
 @given(
-    request=from_schema(job_schema()),
+    request=from_schema(VALID),
     field=st.sampled_from(["analyzer", "input", "input_uri", "params", "notify", "max_runtime_s"]),
     value=json_values,
 )
@@ -175,7 +201,7 @@ def test_nesting_at_any_depth_never_gets_5xx(
 
 
 @FUZZ
-@given(request=from_schema(job_schema()).filter(lambda r: r["analyzer"] in DRILL_ANALYZERS))
+@given(request=from_schema(DRILLS))
 def test_drill_requests_get_400_on_a_stack_without_drills(
     enqueue: ModuleType, queue: JobQueue, request: dict[str, Any]
 ) -> None:

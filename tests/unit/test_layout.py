@@ -21,6 +21,10 @@ from devstack.cfn import REPO_ROOT
 
 FUNCTIONS = REPO_ROOT / "functions"
 SHARED = FUNCTIONS / "spotline"
+# The SDK's testing helper drives the worker's real analysis child in an analyzer author's
+# tests: it imports gpu_worker inside its function only (checked below), and no handler
+# imports it, so neither the Lambda bundle nor the shared package depends on the worker.
+SDK_TESTING = SHARED / "sdk" / "testing.py"
 FUNCTION_PACKAGES = sorted(
     p.name for p in FUNCTIONS.iterdir() if (p / "__init__.py").exists() and p != SHARED
 )
@@ -57,7 +61,13 @@ def test_the_requirements_list_what_the_bundle_imports() -> None:
     assert names <= BUNDLE_THIRD_PARTY
 
 
-@pytest.mark.parametrize("path", modules(FUNCTIONS), ids=lambda p: str(p.relative_to(FUNCTIONS)))
+def bundle_modules(folder: Path) -> list[Path]:
+    return [path for path in modules(folder) if path != SDK_TESTING]
+
+
+@pytest.mark.parametrize(
+    "path", bundle_modules(FUNCTIONS), ids=lambda p: str(p.relative_to(FUNCTIONS))
+)
 def test_the_lambda_bundle_imports_only_itself_the_runtime_and_its_requirements(
     path: Path,
 ) -> None:
@@ -66,11 +76,39 @@ def test_the_lambda_bundle_imports_only_itself_the_runtime_and_its_requirements(
     assert not strays, f"{path.relative_to(REPO_ROOT)} imports what the bundle lacks: {strays}"
 
 
-@pytest.mark.parametrize("path", modules(SHARED), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", bundle_modules(SHARED), ids=lambda p: p.name)
 def test_the_shared_package_imports_no_function_and_no_worker(path: Path) -> None:
     forbidden = {*FUNCTION_PACKAGES, "gpu_worker", "devstack", "spotline_ops"}
     hits = [f"{root} (line {line})" for root, line in imported_roots(path) if root in forbidden]
     assert not hits, f"{path.relative_to(REPO_ROOT)} imports a side's module: {hits}"
+
+
+def test_the_sdk_testing_helper_imports_the_worker_only_when_called() -> None:
+    tree = ast.parse(SDK_TESTING.read_text(encoding="utf-8"))
+    top = {root for node in tree.body for root, _ in imported_roots_of(node)}
+    assert "gpu_worker" not in top
+    nobody = [
+        path
+        for path in bundle_modules(FUNCTIONS)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom)
+        and (
+            node.module == "spotline.sdk.testing"
+            or (
+                node.module == "spotline.sdk"
+                and any(alias.name == "testing" for alias in node.names)
+            )
+        )
+    ]
+    assert nobody == [], "no function imports the SDK's testing helper"
+
+
+def imported_roots_of(node: ast.AST) -> Iterator[tuple[str, int]]:
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            yield alias.name.split(".")[0], node.lineno
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        yield node.module.split(".")[0], node.lineno
 
 
 def test_the_operator_tools_are_outside_the_lambda_bundle() -> None:

@@ -19,12 +19,12 @@ import psutil
 import pytest
 
 from gpu_worker.analyzers import Job
-from gpu_worker.analyzers.drills import LOAD_KILLED_ENV, LOAD_SECONDS_ENV
 from gpu_worker.child_process import ChildStartError
 from gpu_worker.config import WorkerConfig
 from gpu_worker.supervisor import Supervisor
 from spotline.contract import ErrorKind
 from spotline.settings import MissingSetting
+from spotline_drills import LOAD_KILLED_ENV, LOAD_SECONDS_ENV
 
 LOAD_S = 1.0
 

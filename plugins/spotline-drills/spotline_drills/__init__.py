@@ -1,4 +1,9 @@
-"""Drill analyzers: they reproduce the poison messages of the field, on purpose.
+"""spotline-drills: analyzers that reproduce the poison messages of the field, on purpose.
+
+A plug-in of its own (entry points in this package's pyproject.toml), installed in devstack, the
+tests and the chaos drill, and absent from the production image: each declares ``drill=True``,
+and a stack accepts drills only with ``EnableDrillAnalyzers``.
+
 
 ``memory_hog`` eats memory until it is stopped, ``fail`` raises a permanent or retryable error
 (or a GPU out-of-memory error by type name), ``crash`` kills the analysis child with a signal
@@ -15,21 +20,20 @@ import sys
 import time
 from typing import Any
 
-from gpu_worker.analyzers import (
+from spotline.sdk import (
     AnalysisContext,
+    AnalyzerSpec,
     Interrupted,
     InvalidInput,
     Job,
     PermanentError,
     RetryableError,
-    register,
 )
 
 MIB = 1024 * 1024
 PAGE = 4096
 
 
-@register("memory_hog")
 class MemoryHog:
     """Allocates ``params.bytes_per_step`` (default 16 MiB) every ``params.step_s`` (default
     0.05 s), touching every page so it really is resident, until ``params.max_bytes`` (default:
@@ -37,6 +41,17 @@ class MemoryHog:
     it raises ``Interrupted``: a stopped hog has not finished, so it must not succeed."""
 
     name = "memory_hog"
+    spec = AnalyzerSpec(
+        drill=True,
+        params_schema={
+            "type": "object",
+            "properties": {
+                "bytes_per_step": {"type": "integer", "minimum": 1},
+                "step_s": {"type": "number", "minimum": 0},
+                "max_bytes": {"type": "integer", "minimum": 1},
+            },
+        },
+    )
 
     def load(self) -> None:
         return None
@@ -66,13 +81,23 @@ class OutOfMemoryError(RuntimeError):
     """Named like ``torch.cuda.OutOfMemoryError``: the worker classifies it by type name."""
 
 
-@register("fail")
 class Fail:
     """Raises by ``params.error``: ``"retryable"`` (default), ``"permanent"``, ``"invalid_input"``
     or ``"gpu_oom"``. With ``params.fail_attempts`` = N it fails only attempts 1..N and then
     succeeds (a transient failure)."""
 
     name = "fail"
+    spec = AnalyzerSpec(
+        drill=True,
+        params_schema={
+            "type": "object",
+            "properties": {
+                "error": {"enum": ["retryable", "permanent", "invalid_input", "gpu_oom"]},
+                "fail_attempts": {"type": "integer", "minimum": 0},
+                "message": {"type": "string", "maxLength": 1000},
+            },
+        },
+    )
 
     def load(self) -> None:
         return None
@@ -93,12 +118,27 @@ class Fail:
         raise RetryableError(message)
 
 
-@register("crash")
 class Crash:
     """Kills the analysis child: ``params.signal`` (name or number, default SIGKILL) or, when
     ``params.exit_code`` is given, ``os._exit`` with it; after ``params.after_s`` seconds."""
 
     name = "crash"
+    spec = AnalyzerSpec(
+        drill=True,
+        params_schema={
+            "type": "object",
+            "properties": {
+                "signal": {
+                    "type": ["string", "integer"],
+                    "pattern": "^SIG[A-Z0-9]+$",
+                    "minimum": 1,
+                    "maximum": 64,
+                },
+                "exit_code": {"type": "integer", "minimum": 0, "maximum": 255},
+                "after_s": {"type": "number", "minimum": 0, "maximum": 3600},
+            },
+        },
+    )
 
     def load(self) -> None:
         return None
@@ -121,12 +161,21 @@ class Crash:
 _BURN = "import time,sys\nend=time.monotonic()+float(sys.argv[1])\nwhile time.monotonic()<end: pass"
 
 
-@register("cpu_burn")
 class CpuBurn:
     """Keeps ``params.processes`` cores (default: every core) busy for ``params.seconds``
     (default 3): helper processes plus the child itself, all spinning."""
 
     name = "cpu_burn"
+    spec = AnalyzerSpec(
+        drill=True,
+        params_schema={
+            "type": "object",
+            "properties": {
+                "seconds": {"type": "number", "minimum": 0, "maximum": 3600},
+                "processes": {"type": "integer", "minimum": 1, "maximum": 256},
+            },
+        },
+    )
 
     def load(self) -> None:
         return None
@@ -155,7 +204,6 @@ LOAD_SECONDS_ENV = "SPOTLINE_DRILL_LOAD_S"
 LOAD_KILLED_ENV = "SPOTLINE_DRILL_LOAD_KILLED"
 
 
-@register("slow_load")
 class SlowLoad:
     """Loads for ``SPOTLINE_DRILL_LOAD_S`` seconds (default 5; a model's load is per child, not
     per job, so it is set for the worker, not in the job; ``SPOTLINE_DRILL_LOAD_KILLED=1`` kills
@@ -164,6 +212,7 @@ class SlowLoad:
     first job pays the load against its ``max_runtime_s``."""
 
     name = "slow_load"
+    spec = AnalyzerSpec(drill=True, params_schema={"type": "object"})
 
     def __init__(self) -> None:
         self.loaded_in_s: float | None = None
