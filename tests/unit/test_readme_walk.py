@@ -171,7 +171,7 @@ def test_the_signed_submit_status_and_result_commands_run_as_written(
     assert done.returncode == 0, done.stderr
     submit, status = api.requests
     assert (submit["method"], submit["path"]) == ("POST", "/jobs")
-    assert json.loads(submit["body"])["analyzer"] == "my_model"
+    assert json.loads(submit["body"])["analyzer"] == "kmeans"
     assert submit["headers"]["idempotency-key"] == "first-try"
     assert (status["method"], status["path"]) == ("GET", "/jobs/7c9e")  # the id step 8 got
     for request in api.requests:

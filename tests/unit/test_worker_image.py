@@ -4,7 +4,6 @@ they make, in order, and what they refuse. Everything but the AWS calls themselv
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -47,7 +46,7 @@ def analyzer(tmp_path: Path) -> Path:
     package = tmp_path / "My_Analyzer"
     package.mkdir()
     (package / "Dockerfile").write_text(
-        (REPO_ROOT / "examples" / "Dockerfile.user").read_text(encoding="utf-8")
+        (REPO_ROOT / "examples" / "kmeans" / "Dockerfile").read_text(encoding="utf-8")
     )
     return package
 
@@ -112,9 +111,12 @@ def test_push_logs_in_builds_tags_pushes_and_writes_the_catalog_from_the_pushed_
     assert tag[2:] == ["spotline-worker-my_analyzer:3f2c1ab", f"{REPOSITORY}:3f2c1ab"]
     assert push[2:] == [f"{REPOSITORY}:3f2c1ab"]
     image_at = catalog_run.index(f"{REPOSITORY}:3f2c1ab")
-    assert catalog_run[image_at - 2 : image_at] == ["--entrypoint", "python3"]
+    assert catalog_run[catalog_run.index("--entrypoint") + 1] == "python3"
+    assert catalog_run.index("--entrypoint") < image_at  # docker run's options come first
     assert catalog_run[image_at + 1 :] == ["-m", "gpu_worker", "--catalog"]
     assert "--rm" in catalog_run and catalog_run[catalog_run.index("--network") + 1] == "none"
+    # The catalog names the image it came from (gpu_worker --catalog reads WORKER_IMAGE).
+    assert catalog_run[catalog_run.index("--env") + 1] == f"WORKER_IMAGE={REPOSITORY}:3f2c1ab"
     assert json.loads(catalog.read_text(encoding="utf-8")) == CATALOG
     assert "WorkerImageTag=3f2c1ab" in done.stdout  # what to deploy next
 
@@ -124,7 +126,7 @@ def test_image_without_analyzer_dir_says_what_to_give_and_runs_nothing(tools: Fa
 
     assert done.returncode == 2
     assert "ANALYZER_DIR is not set" in done.stderr and "make image ANALYZER_DIR=" in done.stderr
-    assert "examples/Dockerfile.user" in done.stderr
+    assert "examples/kmeans/Dockerfile" in done.stderr
     assert tools.calls() == []
 
 
@@ -230,17 +232,37 @@ def test_the_default_tag_fits_the_templates_tag_pattern() -> None:
     assert pattern == f"^$|{checked}"  # what make push accepts, the stack accepts
 
 
-@pytest.mark.parametrize(("target", "command"), [("image", "build"), ("push", "push")])
-def test_the_make_targets_run_the_script(target: str, command: str) -> None:
-    # Under `make test` the outer make's MAKEFLAGS/MAKELEVEL would make this one print its
-    # "Entering directory" lines: ask for the recipe alone.
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    shown = subprocess.run(
-        ["make", "--no-print-directory", "-n", target],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    )
-    assert shown.stdout.strip() == f"tools/worker_image.sh {command}"
+def make(tools: FakeTools, *args: str) -> subprocess.CompletedProcess[str]:
+    return tools.run(["make", "--no-print-directory", *args], cwd=REPO_ROOT)
+
+
+@pytest.mark.usefixtures("outside_make")
+def test_make_image_builds_the_example_by_default_and_the_base_alone_when_asked(
+    tools: FakeTools,
+) -> None:
+    done = make(tools, "image", "TAG=3f2c1ab")
+
+    assert done.returncode == 0, done.stderr
+    base, _, example = tools.argvs()
+    assert base[base.index("-t") + 1] == "spotline-worker:3f2c1ab"
+    assert example[-1] == str(REPO_ROOT / "examples" / "kmeans")
+    assert example[example.index("-t") + 1] == "spotline-worker-kmeans:3f2c1ab"
+
+    tools.log.unlink()
+    alone = make(tools, "image", "TAG=3f2c1ab", "ANALYZER_DIR=")
+    assert alone.returncode == 0, alone.stderr
+    assert [argv[1] for argv in tools.argvs()] == ["build", "tag"]
+
+
+@pytest.mark.usefixtures("outside_make")
+def test_make_push_runs_the_push_recipe(tools: FakeTools) -> None:
+    shown = make(tools, "-n", "push")
+
+    assert shown.stdout.strip() == "ANALYZER_DIR='examples/kmeans' tools/worker_image.sh push"
+
+
+@pytest.fixture
+def outside_make(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `make test` these tests run make inside make: the outer one's flags stay out."""
+    for name in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS"):
+        monkeypatch.delenv(name, raising=False)
