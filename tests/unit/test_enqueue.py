@@ -18,6 +18,7 @@ from botocore.exceptions import (
 
 from devstack.cfn import Stack
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
+from spotline.catalog import load_catalog
 from spotline.contract import (
     DEFAULT_MAX_RUNTIME_S,
     JobStatus,
@@ -306,7 +307,9 @@ def test_max_runtime_above_the_stacks_cap_is_400_and_at_the_cap_202(
 
 def test_the_runtime_cap_defaults_to_the_templates_parameter(enqueue: ModuleType) -> None:
     assert enqueue.settings.max_runtime_s == DEFAULT_MAX_RUNTIME_S == 21600
-    assert enqueue.policy == RequestPolicy(enqueue.settings.data_bucket, False, 21600)
+    assert enqueue.policy == RequestPolicy(
+        enqueue.settings.data_bucket, False, 21600, catalog=load_catalog()
+    )
 
 
 NETWORK_ERRORS = [

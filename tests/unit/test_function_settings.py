@@ -57,6 +57,7 @@ LAMBDA_RUNTIME_VARIABLES = {"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_LAMBDA_FUNC
 LOCAL_ONLY_VARIABLES = {
     TEST_MODE_ENV: "callbacks to a 127.0.0.1 sink over http (tests, devstack)",
     "STANDBY_COOLDOWN_S": "the standby drill's cooldown in seconds instead of minutes",
+    "ANALYZER_CATALOG_FILE": "another analyzer catalog than the bundled one (devstack, tests)",
 }
 # Set by the template and read when a boto3 client is made (lazily, on first use): their own test.
 BOTOCORE_VARIABLES = {"AWS_RETRY_MODE", "AWS_MAX_ATTEMPTS"}
