@@ -48,6 +48,9 @@ sys.path[:0] = [str(REPO / "functions"), str(REPO)]
 import boto3  # noqa: E402
 from botocore.config import Config  # noqa: E402
 
+# What a fresh queue copies from the job queue: throughput.py's list, one place.
+from throughput import SETTABLE as QUEUE_SETTINGS  # noqa: E402
+
 from devstack.faults import FaultProxy  # noqa: E402
 from devstack.motoserver import MotoServer, free_port, wait_until  # noqa: E402
 from devstack.stack import Devstack  # noqa: E402
@@ -223,7 +226,7 @@ class SlowAws:
         attributes = sqs.get_queue_attributes(
             QueueUrl=self.dev.require_stack.ref("JobsQueue"), AttributeNames=["All"]
         )["Attributes"]
-        settings = {k: v for k, v in attributes.items() if k in _QUEUE_SETTINGS}
+        settings = {k: v for k, v in attributes.items() if k in QUEUE_SETTINGS}
         return str(sqs.create_queue(QueueName=name, Attributes=settings)["QueueUrl"])
 
     def submit(self, queue_url: str, jobs: int, device_ms: int, tag: str) -> list[str]:
@@ -255,16 +258,6 @@ class SlowAws:
 
 
 _NO_SUCH_JOB = {"job_id": {"S": "duty-cycle-probe"}}
-# What a fresh queue copies from the job queue (throughput.py does the same).
-_QUEUE_SETTINGS = {
-    "DelaySeconds",
-    "MaximumMessageSize",
-    "MessageRetentionPeriod",
-    "ReceiveMessageWaitTimeSeconds",
-    "RedrivePolicy",
-    "SqsManagedSseEnabled",
-    "VisibilityTimeout",
-}
 
 
 def client_config() -> Config:

@@ -195,12 +195,11 @@ def missing_requirements(analyzer: Any) -> list[str]:
 
 
 def usable_names() -> list[str]:
-    """The installed analyzers whose requirements are importable here."""
-    catalog, _ = build_catalog("")
+    """The installed analyzers whose requirements are importable here (a broken one is not)."""
     usable = []
-    for name in catalog.names():
+    for name, plugin in sorted(discover().items()):
         try:
-            if not missing_requirements(discover()[name].load()()):
+            if not missing_requirements(plugin.load()()):
                 usable.append(name)
         except Exception:  # noqa: BLE001 - broken ones are not usable
             continue
