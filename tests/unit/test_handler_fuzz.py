@@ -43,9 +43,12 @@ WORKER_JOB = "6f0c2a8e-3b1d-4c7a-9e55-0d2b8f1a4c19"  # events/dead_letter_worker
 REDRIVE_JOB = "a3d5f7b9-1c2e-4f60-8a7b-9c0d1e2f3a4b"  # events/dead_letter_redrive.json
 
 
+# events/env.json (and a user's env.local.json) is sam local's --env-vars file, not an event.
+EVENT_NAMES = sorted(p.stem for p in EVENTS_DIR.glob("*.json") if not p.name.startswith("env."))
+
+
 def events_for(*prefixes: str) -> list[str]:
-    names = sorted(p.stem for p in EVENTS_DIR.glob("*.json"))
-    return [n for n in names if n.startswith(prefixes)]
+    return [n for n in EVENT_NAMES if n.startswith(prefixes)]
 
 
 ENQUEUE_EVENTS = events_for("enqueue_")
@@ -57,7 +60,7 @@ SWEEP_EVENTS = events_for("sweep_")
 
 def test_every_event_file_is_fuzzed_by_one_handler() -> None:
     fuzzed = ENQUEUE_EVENTS + DEAD_LETTER_EVENTS + SPOT_EVENTS + ALARM_EVENTS + SWEEP_EVENTS
-    assert sorted(fuzzed) == sorted(p.stem for p in EVENTS_DIR.glob("*.json"))
+    assert sorted(fuzzed) == EVENT_NAMES
     assert all([ENQUEUE_EVENTS, DEAD_LETTER_EVENTS, SPOT_EVENTS, ALARM_EVENTS, SWEEP_EVENTS])
 
 
