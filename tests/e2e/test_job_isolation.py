@@ -20,6 +20,7 @@ from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
 from spotline.contract import ErrorKind, JobMessage, JobStatus, job_id_for_idempotency_key
 from spotline.jobstore import JobRecord
+from spotline.standard_webhooks import generate_key_pair
 from tests.e2e.conftest import operator_redrive
 
 pytestmark = pytest.mark.e2e
@@ -180,7 +181,7 @@ def test_a_redriven_job_that_fails_again_is_dead_lettered_and_alerted_again(
     devstack: Devstack,
 ) -> None:
     with WebhookSink() as sink:
-        env = configure_notifications(devstack, sink.url, "e2e-signing-key")
+        env = configure_notifications(devstack, sink.url, generate_key_pair()[0])
         worker = devstack.start_worker(**DRILLS)
         pid = worker.pid
         request = {"analyzer": "fail", "input": None, "params": {"error": "permanent"}}

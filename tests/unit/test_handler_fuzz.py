@@ -31,6 +31,7 @@ from spot_events.fleet import ROLE_TAG, STACK_TAG
 from spotline.contract import ErrorKind
 from spotline.jobstore import JobError, JobStore
 from spotline.queue import JobQueue
+from spotline.standard_webhooks import generate_key_pair
 from spotline.webhooks import WebhookClient
 
 FUZZ = settings(
@@ -209,7 +210,7 @@ class _Clients:
 
 @pytest.fixture
 def dead_letter(stack: Stack, job_store: JobStore, sink: WebhookSink) -> Iterator[ModuleType]:
-    env = configure_notifications(_Clients(stack), sink.url, "fuzz-signing-key")  # type: ignore[arg-type]
+    env = configure_notifications(_Clients(stack), sink.url, generate_key_pair()[0])  # type: ignore[arg-type]
     parameters.clear_caches()
     module = load_handler_module("dead_letter.app", stack, "DeadLetterFunction", env)
     service = module.service()
