@@ -177,7 +177,7 @@ def test_enqueue_answers_every_hostile_event_with_2xx_or_4xx(
     sent = _drain(queue)
     # 2xx: a mutation can leave a valid request (a changed header, a reordered field).
     assert 200 <= response["statusCode"] < 500, (response, _describe(event))
-    assert response["statusCode"] in (200, 202, 400, 404, 405, 409, 413), response
+    assert response["statusCode"] in (200, 202, 400, 401, 404, 405, 409, 413), response
     # 202 sends one message, or none when an Idempotency-Key names a job already queued.
     assert len(sent) <= (1 if response["statusCode"] == 202 else 0), response
 
