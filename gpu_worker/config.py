@@ -86,6 +86,8 @@ class WorkerConfig:
     asg_name: str = ""
     instance_id: str = ""
     rebalance_action: str = "drain"
+    # Under a notice with a deadline, keep taking the jobs that end before it (stop_policy.py).
+    work_through_notice: bool = True
     checkpoint_dir: str = ""
     # -- poison jobs: memory guard, health, metrics (README "worker configuration") --
     job_memory_limit: str = ""  # bytes, "256Mi", "2G" or "70%"; empty: 85 % of the container
@@ -159,6 +161,7 @@ class WorkerConfig:
             asg_name=os.environ.get("WORKER_ASG_NAME", "").strip(),
             instance_id=os.environ.get("WORKER_INSTANCE_ID", "").strip(),
             rebalance_action=_text("WORKER_REBALANCE_ACTION", "drain").lower(),
+            work_through_notice=_flag("WORKER_WORK_THROUGH_NOTICE", True),
             checkpoint_dir=_text("WORKER_CHECKPOINT_DIR", ""),
             job_memory_limit=os.environ.get("WORKER_JOB_MEMORY_LIMIT", "").strip(),
             memory_sample_s=_float("WORKER_MEMORY_SAMPLE_S", 0.01),
