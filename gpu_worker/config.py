@@ -200,8 +200,8 @@ class WorkerConfig:
             raise MissingSetting("WORKER_IMDS_POLL_S must be above 0")
         if not 1 <= self.imds_token_ttl_s <= 21600:
             raise MissingSetting("WORKER_IMDS_TOKEN_TTL_S must be between 1 and 21600")
-        if self.rebalance_action not in {"drain", "checkpoint"}:
-            raise MissingSetting("WORKER_REBALANCE_ACTION must be drain or checkpoint")
+        if self.rebalance_action not in {"drain", "checkpoint", "keep"}:
+            raise MissingSetting("WORKER_REBALANCE_ACTION must be drain, checkpoint or keep")
         if self.checkpoint_grace_s < 0:
             raise MissingSetting("WORKER_CHECKPOINT_GRACE_S must not be negative")
         try:

@@ -2,7 +2,9 @@
 
 ``react`` is the rule; ``StopControl`` holds the switches it sets and receives every signal.
 
-A rebalance recommendation only drains, unless configured to checkpoint; anything else (a spot
+A rebalance recommendation only drains, unless configured to checkpoint or to keep taking jobs
+(``keep``: the standby starts on the recommendation, and the worker serves until the notice
+itself, which it then works through); anything else (a spot
 notice, SIGTERM, GCP preemption, the ASG's termination hook) stops receiving and asks the
 running analyzer to checkpoint within the grace, which the notice's deadline may shorten.
 
@@ -64,6 +66,7 @@ class Reaction:
     drain: bool  # only stop taking new jobs; the running one finishes
     grace_s: float = 0.0  # stop: the analyzer's time to checkpoint before it is killed
     notice: Notice | None = None  # work through it: take what fits until its cutoff
+    keep: bool = False  # change nothing: a recommendation the worker is told to serve through
 
 
 def react(
@@ -76,6 +79,8 @@ def react(
 ) -> Reaction:
     if event.advisory and rebalance_action == "drain":
         return Reaction(drain=True)
+    if event.advisory and rebalance_action == "keep":
+        return Reaction(drain=False, keep=True)
     grace_s = checkpoint_grace_s
     seconds_left = event.seconds_left(now)
     if seconds_left is not None:
@@ -185,6 +190,8 @@ class StopControl:
             self.draining.set()
             self._wake_main_thread()
             return
+        if reaction.keep:
+            return  # served through: the notice, if it comes, is worked through
         if self.interruption is None:
             self.interruption = event
         if reaction.notice is not None and self._work_through(reaction.notice):

@@ -318,6 +318,21 @@ def test_rebalance_recommendation_is_ignored_when_disabled(
     assert fleet.state(fleet.standby) == "stopped"
 
 
+def test_with_rebalance_start_off_the_warning_still_starts_the_standby(
+    load_app: HandlerFactory, fleet: Fleet
+) -> None:
+    app = load_app(STANDBY_START_ON_REBALANCE="false")
+    assert (
+        invoke(app, ec2_event("spot_rebalance_recommendation", fleet.workers[0]))["action"]
+        == "ignored"
+    )
+    assert fleet.state(fleet.standby) == "stopped"
+    assert (
+        invoke(app, ec2_event("spot_interruption_warning", fleet.workers[0]))["action"] == "started"
+    )
+    assert fleet.state(fleet.standby) == "running"
+
+
 def test_warning_for_an_unrelated_instance_is_ignored(
     app: ModuleType, fleet: Fleet, recorder: Recorder
 ) -> None:
