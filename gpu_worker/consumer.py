@@ -223,7 +223,10 @@ class Worker:
         if not self.stops.admits(self._runtime_limit_s(message)):
             self._decline(message)
             return
-        self.handle(message, extended_at=extended_at)
+        if extended_at is None:
+            self.handle(message)
+        else:
+            self.handle(message, extended_at=extended_at)
 
     def _runtime_limit_s(self, message: ReceivedMessage) -> float:
         """The limit an attempt of this message would run under (0 for a message the claim
