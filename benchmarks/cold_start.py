@@ -8,6 +8,11 @@ For every function in template.yaml (``Handler: <module>.handler``), in fresh pr
   (``SAMPLE_EVENTS``) against a moto server, then a second (warm) call. No alert channels, so
   no traffic leaves the machine.
 
+Every import runs in the environment Lambda's runtime gives a function (``LAMBDA_TASK_ROOT``,
+``AWS_LAMBDA_FUNCTION_NAME``, the X-Ray daemon address and trace header: ``LAMBDA_RUNTIME``):
+outside Lambda the X-Ray SDK builds a sampler with its own botocore client at import (about
+70 ms) that inside Lambda it never builds, and Powertools' Tracer stays off.
+
 The baseline is ``import boto3`` alone, measured the same way, since every handler needs it.
 Modules are measured round-robin, and the CPU time of each import is printed beside its wall
 time: on a busy machine wall times swell, CPU times much less. Goal: each handler imports in
@@ -111,6 +116,27 @@ def importtime_ms(module: str, env: dict[str, str]) -> tuple[float, list[tuple[s
     return total_us / 1000, heaviest
 
 
+def lambda_runtime(logical_id: str) -> dict[str, str]:
+    """The reserved variables Lambda's runtime sets in a function's process (AWS's list of
+    "defined runtime environment variables"), with the invocation's trace header as Lambda sets
+    it under active tracing. The daemon address is a local port nothing listens on: segments
+    are UDP datagrams sent and forgotten."""
+    return {
+        "LAMBDA_TASK_ROOT": str(FUNCTIONS_DIR),
+        "LAMBDA_RUNTIME_DIR": str(FUNCTIONS_DIR),
+        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
+        "AWS_LAMBDA_FUNCTION_NAME": logical_id,
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:2000",
+        "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR",
+        "_X_AMZN_TRACE_ID": (
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+        ),
+    }
+
+
 # The sample event each handler's first call gets (its ordinary path, from events/).
 SAMPLE_EVENTS = {
     "enqueue.app": "enqueue_submit",
@@ -141,7 +167,15 @@ def main() -> int:
                 "POWERTOOLS_METRICS_DISABLED": "true",
             }
             targets = [("(boto3 alone)", "boto3", base_env)] + [
-                (logical_id, module, {**base_env, **function_environment(stack, logical_id)})
+                (
+                    logical_id,
+                    module,
+                    {
+                        **base_env,
+                        **function_environment(stack, logical_id),
+                        **lambda_runtime(logical_id),
+                    },
+                )
                 for logical_id, module in handlers()
             ]
             # Round-robin, so a machine that gets busier mid-run skews every module alike.

@@ -21,15 +21,16 @@ import binascii
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-)
+# cryptography is imported where a key is used, not at module import: every function imports
+# this module through the shared package, and only a notice's delivery signs (about 35 ms of a
+# cold start otherwise; benchmarks/cold_start.py).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 SECRET_PREFIX = "whsk_"
 PUBLIC_PREFIX = "whpk_"
@@ -58,11 +59,15 @@ def _key_bytes(text: str, prefix: str, what: str) -> bytes:
 
 
 def public_key_text(key: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
     return PUBLIC_PREFIX + base64.b64encode(raw).decode("ascii")
 
 
 def parse_public_key(text: str) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     return Ed25519PublicKey.from_public_bytes(_key_bytes(text, PUBLIC_PREFIX, "a public key"))
 
 
@@ -79,6 +84,8 @@ class NoticeSigner:
 
     @classmethod
     def from_secret(cls, text: str) -> NoticeSigner:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         seed = _key_bytes(text, SECRET_PREFIX, "the signing key")
         return cls(Ed25519PrivateKey.from_private_bytes(seed))
 
@@ -100,6 +107,9 @@ class NoticeSigner:
 
 def generate_key_pair() -> tuple[str, str]:
     """A fresh ``(whsk_ secret, whpk_ public)`` pair."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
     key = Ed25519PrivateKey.generate()
     seed = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     return SECRET_PREFIX + base64.b64encode(seed).decode("ascii"), public_key_text(key.public_key())
@@ -115,6 +125,8 @@ def verify(
 ) -> bool:
     """What a receiver does: a fresh timestamp and one ``v1a`` signature that the public key
     accepts over the body exactly as received (header names in any case)."""
+    from cryptography.exceptions import InvalidSignature
+
     lowered = {name.lower(): value for name, value in headers.items()}
     msg_id = lowered.get(ID_HEADER, "")
     timestamp = lowered.get(TIMESTAMP_HEADER, "")

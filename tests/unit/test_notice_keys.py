@@ -94,3 +94,30 @@ def test_a_reference_the_function_may_not_read_is_refused(
 
     assert code == 2 and out == ""
     assert "--reference must start with" in err
+
+
+def test_cryptography_loads_only_when_a_key_is_used() -> None:
+    """The dead-letter function's cold start does not pay for cryptography (about 35 ms):
+    importing its handler leaves it unloaded, and the first signature loads it."""
+    import subprocess
+    import sys
+
+    from devstack.cfn import REPO_ROOT
+
+    code = (
+        "import sys; import dead_letter.callbacks; "
+        "print('cryptography' in sys.modules); "
+        "from spotline.standard_webhooks import generate_key_pair, NoticeSigner; "
+        "secret, _ = generate_key_pair(); "
+        "NoticeSigner.from_secret(secret).signature('m', 1, b'x'); "
+        "print('cryptography' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT / "functions",
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert result.stdout.split() == ["False", "True"]
