@@ -46,7 +46,8 @@ def stack(**parameters: Any) -> Stack:
 def user_data() -> tuple[str, dict[str, Any]]:
     data = RESOURCES["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
     script, variables = data["Fn::Base64"]["Fn::Sub"]
-    return script, variables
+    # The image's variables (the tiers' are tests/unit/test_tiers_template.py's).
+    return script, {name: variables[name] for name in ("WorkerImageUri", "AccountRegistry")}
 
 
 def worker_statements() -> dict[str, dict[str, Any]]:
