@@ -21,6 +21,7 @@ from gpu_worker.checkpoint import CheckpointStore, FileCheckpointStore, InputErr
 from gpu_worker.claim import Claimer
 from gpu_worker.config import WorkerConfig
 from gpu_worker.decisions import Action, ClaimVerdict, Decision, decide, decide_abandoned
+from gpu_worker.escalation import Escalator, TierSettings, escalate
 from gpu_worker.faults import FaultTracker, describe, is_infra_fault
 from gpu_worker.health import HealthServer
 from gpu_worker.heartbeat import Heartbeat
@@ -57,6 +58,7 @@ OUTCOME_LABELS = {
     Action.REQUEUE: "REQUEUED",
     Action.RELEASE: "RELEASED",
     Action.ABANDON: "ABANDONED",
+    Action.ESCALATE: "ESCALATED",
 }
 
 
@@ -138,7 +140,9 @@ class Worker:
             backoff_base_s=config.backoff_base_s,
             backoff_max_s=config.backoff_max_s,
             max_receive_count=config.max_receive_count,
+            escalator=Escalator(sqs, self.store),
         )
+        self.tiers = TierSettings.from_config(config)  # where an OOM or a preemption escalates
 
     # -- signals and interruptions (gpu_worker/stop_policy.py) ---------------------------------
 
@@ -331,7 +335,17 @@ class Worker:
             # Every failure carries the peak the guard saw (OOM verdicts already do).
             error = dataclasses.replace(outcome.error, peak_memory_bytes=peak_bytes)
             outcome = dataclasses.replace(outcome, error=error)
-        decision = self._decide(outcome, record)
+        verdict = escalate(
+            self._decide(outcome, record),
+            outcome.error,
+            permanent=outcome.permanent,
+            interruptions=record.interruptions,
+            limit_bytes=self.memory_guard.limit_bytes,
+            settings=self.tiers,
+        )
+        if verdict.fallback_reason:
+            logger.warning("escalation skipped", extra={"reason": verdict.fallback_reason})
+        decision, outcome = verdict.decision, dataclasses.replace(outcome, error=verdict.error)
         job_finished(
             decision,
             outcome,
@@ -342,7 +356,7 @@ class Worker:
         )
         self.intake.short_jobs = outcome.duration_s <= self.config.prefetch_max_job_s
         error = outcome.error
-        if decision.action is Action.REQUEUE:
+        if error is not None and error.kind == ErrorKind.INTERRUPTED:
             # Stopping: nothing of ours may be receiving when the fresh copy goes out.
             self.close_intake()
             if error is not None and self.interruption is not None:
