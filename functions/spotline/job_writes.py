@@ -38,10 +38,14 @@ class JobWrites(JobReads):
 
     # -- creation ------------------------------------------------------------------------------
 
-    def create(self, job_id: str, request: dict[str, Any]) -> tuple[JobRecord, bool]:
-        """Store a new QUEUED job; if the id exists already, return it and ``False``."""
+    def create(
+        self, job_id: str, request: dict[str, Any], *, fields: dict[str, Any] | None = None
+    ) -> tuple[JobRecord, bool]:
+        """Store a new QUEUED job; if the id exists already, return it and ``False``.
+        ``fields``: more of the record from the start (the tier a job starts on)."""
         now = utc_now()
         item = {
+            **(fields or {}),
             "job_id": job_id,
             "status": str(JobStatus.QUEUED),
             "request": json.dumps(request, separators=(",", ":"), sort_keys=True),

@@ -217,3 +217,15 @@ def test_the_lane_is_the_standby_and_spot_events_watch_its_queue() -> None:
     spot = resources["SpotEventsFunction"]["Properties"]
     backlog = next(s for p in spot["Policies"] for s in p["Statement"] if s.get("Sid") == "Backlog")
     assert {"Fn::GetAtt": ["OnDemandQueue", "Arn"]} in backlog["Resource"]
+
+
+def test_enqueue_knows_the_tiers_smallest_first() -> None:
+    resources = choose(stack_with(ON), load_template()["Resources"])
+    enqueue = resources["EnqueueFunction"]["Properties"]
+    tiers = enqueue["Environment"]["Variables"]["JOB_TIERS"]["Fn::Sub"]
+    assert tiers == (
+        "default=${DefaultTierJobMemoryMiB}=${JobsQueue},"
+        "large=${LargeTierJobMemoryMiB}=${LargeTierQueue}"
+    )
+    sends = [s for p in enqueue["Policies"] if "Statement" in p for s in p["Statement"]]
+    assert any(s.get("Resource") == {"Fn::GetAtt": ["LargeTierQueue", "Arn"]} for s in sends)
