@@ -215,6 +215,7 @@ def test_the_lane_is_the_standby_and_spot_events_watch_its_queue() -> None:
     tags = {t["Key"]: t["Value"] for t in resources["StandbyInstance"]["Properties"]["Tags"]}
     assert tags["spotline-tier"] == "on-demand" and tags["spotline:role"] == "standby"
     spot = resources["SpotEventsFunction"]["Properties"]
+    assert spot["Environment"]["Variables"]["ON_DEMAND_QUEUE_URL"] == {"Ref": "OnDemandQueue"}
     backlog = next(s for p in spot["Policies"] for s in p["Statement"] if s.get("Sid") == "Backlog")
     assert {"Fn::GetAtt": ["OnDemandQueue", "Arn"]} in backlog["Resource"]
 
