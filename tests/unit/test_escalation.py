@@ -386,3 +386,40 @@ def test_the_largest_tier_dead_letters_saying_it_needs_more_memory(
     (letter,) = dlq.receive(max_messages=1, wait_s=0)
     attribute = letter.message_attributes["error_message"]["StringValue"]
     assert attribute.startswith(LARGEST_TIER_NEED)
+
+
+# -- the settings ---------------------------------------------------------------------------
+
+
+def test_the_tier_settings_come_from_the_environment(
+    worker_settings: pytest.MonkeyPatch,
+) -> None:
+    from gpu_worker.config import WorkerConfig
+
+    for name, value in {
+        "WORKER_TIER": "default",
+        "WORKER_ESCALATION_TIER": "large",
+        "WORKER_ESCALATION_QUEUE_URL": "https://q/large",
+        "WORKER_ON_DEMAND_QUEUE_URL": "https://q/lane",
+        "WORKER_PREEMPTIONS_BEFORE_ON_DEMAND": "3",
+    }.items():
+        worker_settings.setenv(name, value)
+    settings = TierSettings.from_config(WorkerConfig.from_env())
+    assert settings == TierSettings("default", "q", "large", "https://q/large", "https://q/lane", 3)
+
+
+def test_a_one_pool_worker_has_no_tier(worker_settings: pytest.MonkeyPatch) -> None:
+    from gpu_worker.config import WorkerConfig
+
+    assert TierSettings.from_config(WorkerConfig.from_env()) == TierSettings(queue_url="q")
+
+
+def test_a_preemption_budget_below_one_stops_the_worker_with_its_name(
+    worker_settings: pytest.MonkeyPatch,
+) -> None:
+    from gpu_worker.config import WorkerConfig
+    from spotline.settings import MissingSetting
+
+    worker_settings.setenv("WORKER_PREEMPTIONS_BEFORE_ON_DEMAND", "0")
+    with pytest.raises(MissingSetting, match="WORKER_PREEMPTIONS_BEFORE_ON_DEMAND"):
+        WorkerConfig.from_env()
