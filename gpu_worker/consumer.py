@@ -39,6 +39,7 @@ from spotline.contract import ErrorKind, job_id_from_body
 from spotline.jobstore import JobError, JobRecord, JobStore
 from spotline.log_lines import JOB_STARTED
 from spotline.queue import JobQueue, QueueError, ReceivedMessage
+from spotline.tiers import ON_DEMAND_TIER
 
 logger = Logger(service="spotline-worker")
 
@@ -356,7 +357,8 @@ class Worker:
         )
         self.intake.short_jobs = outcome.duration_s <= self.config.prefetch_max_job_s
         error = outcome.error
-        if error is not None and error.kind == ErrorKind.INTERRUPTED:
+        moving = decision.action is Action.ESCALATE and decision.tier == ON_DEMAND_TIER
+        if decision.action is Action.REQUEUE or moving:
             # Stopping: nothing of ours may be receiving when the fresh copy goes out.
             self.close_intake()
             if error is not None and self.interruption is not None:

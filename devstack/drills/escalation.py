@@ -186,16 +186,28 @@ class LaneEscalation(Drill):
         self.problem = problem
 
     def _drive(self, dev: Devstack, view: _View, lane_q: JobQueue, job_id: str) -> None:
-        # Notice 1 on lane-spot-1 once the job has checkpointed, then notice 2 on its successor.
-        for notice, saved in enumerate((3, 6)):
+        # Each notice comes while its worker runs the job, after a checkpoint made there: a
+        # notice pending before the worker took the job would only keep it from taking one.
+        for notice, name in enumerate(("lane-spot-1", "lane-spot-2")):
             if notice == 1:
                 # As the Auto Scaling group would: a replacement spot worker comes up.
                 wait_until(lambda: not self.spot[0].alive(), timeout=30, what="lane-spot-1 to exit")
-                self.spot.append(dev.start_worker("lane-spot-2", **self._spot_env(1)))
+                self.spot.append(dev.start_worker(name, **self._spot_env(1)))
+
+            def running_on(worker: str = name) -> bool:
+                record = view.store.get(job_id)
+                return (
+                    record is not None
+                    and record.status == JobStatus.RUNNING
+                    and record.worker == worker
+                )
+
+            wait_until(running_on, timeout=30, what=f"{name} to run the job")
+            saved = view.steps_saved(job_id)
             wait_until(
-                lambda saved=saved: view.steps_saved(job_id) >= saved,
+                lambda saved=saved: view.steps_saved(job_id) >= saved + 2,
                 timeout=30,
-                what=f"checkpoint before notice {notice + 1}",
+                what=f"{name}'s checkpoints",
             )
             self.imds[notice].schedule_notice("terminate", deadline_s=120)
 
