@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from spotline.contract import ErrorKind
 from spotline.jobstore import JobError
+from spotline.tiers import ON_DEMAND_TIER
 
 
 class Action(enum.StrEnum):
@@ -97,6 +98,13 @@ class Decision:
     queue_url: str = ""
     tier: str = ""
     fallback: Decision | None = None
+
+    @property
+    def stops_intake(self) -> bool:
+        """A requeue or a move to the lane: the job goes back because this worker stops."""
+        return self.action is Action.REQUEUE or (
+            self.action is Action.ESCALATE and self.tier == ON_DEMAND_TIER
+        )
 
 
 def backoff_s(attempts: int, base_s: float, max_s: float) -> float:

@@ -90,6 +90,20 @@ def escalate(
     settings: TierSettings,
 ) -> Verdict:
     """``interruptions``: the job's count before this attempt's failure."""
+    verdict = _escalate(decision, error, permanent, interruptions, limit_bytes, settings)
+    if verdict.fallback_reason:
+        logger.warning("escalation skipped", extra={"reason": verdict.fallback_reason})
+    return verdict
+
+
+def _escalate(
+    decision: Decision,
+    error: JobError | None,
+    permanent: bool,
+    interruptions: int,
+    limit_bytes: int | None,
+    settings: TierSettings,
+) -> Verdict:
     if error is None or not settings.tier:
         return Verdict(decision, error)
     error = dataclasses.replace(error, tier=settings.tier)

@@ -129,6 +129,7 @@ class JobRecord:
     sent: bool = False
     lease_expires_at: float | None = None
     holder_message_id: str | None = None
+    submitter: str | None = None  # the API caller who submitted it ("jwt:SUB", "iam:ARN")
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -156,6 +157,7 @@ class JobRecord:
             "result_uri": self.result_uri,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "submitter": self.submitter,
             # Capacity tiers (functions/spotline/tiers.py): where it was sent, and every move.
             **{key: self.extra[key] for key in (TIER, TIER_HISTORY) if key in self.extra},
         }
@@ -180,6 +182,7 @@ _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 _KNOWN = {
     "job_id",
+    "submitter",
     "status",
     "request",
     "attempts",
@@ -246,5 +249,6 @@ def record_from_item(item: dict[str, Any]) -> JobRecord:
         sent=bool(data.get("sent", False)),
         lease_expires_at=_opt_float(data.get(LEASE_EXPIRES_AT)),
         holder_message_id=data.get(HOLDER_MESSAGE_ID),
+        submitter=data.get("submitter"),
         extra={k: v for k, v in data.items() if k not in _KNOWN and k not in LEASE_FIELDS},
     )

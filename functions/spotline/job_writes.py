@@ -39,12 +39,18 @@ class JobWrites(JobReads):
     # -- creation ------------------------------------------------------------------------------
 
     def create(
-        self, job_id: str, request: dict[str, Any], *, fields: dict[str, Any] | None = None
+        self,
+        job_id: str,
+        request: dict[str, Any],
+        *,
+        submitter: str | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Store a new QUEUED job; if the id exists already, return it and ``False``.
-        ``fields``: more of the record from the start (the tier a job starts on)."""
+        """Store a new QUEUED job (with who submitted it, when known); if the id exists
+        already, return it and ``False``. ``fields``: more of the record from the start (the
+        tier a job starts on)."""
         now = utc_now()
-        item = {
+        item: dict[str, Any] = {
             **(fields or {}),
             "job_id": job_id,
             "status": str(JobStatus.QUEUED),
@@ -57,6 +63,8 @@ class JobWrites(JobReads):
             UNSENT_SINCE: now,
             UNSENT_SHARD: unsent_shard(job_id),
         }
+        if submitter:
+            item["submitter"] = submitter
         try:
             self._client.put_item(
                 TableName=self._table,

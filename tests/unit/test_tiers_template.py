@@ -88,13 +88,11 @@ def test_a_one_pool_stack_renders_its_worker_script_as_before() -> None:
         "WORKER_DLQ_URL=${JobsDeadLetterQueue}\n",
         "WORKER_ASG_NAME=${AWS::StackName}-workers\n",
         "\nMEM_KB=$(awk",
-        "WORKER_MAX_RECEIVE_COUNT=${MaxReceiveCount}\nAWS_REGION=${AWS::Region}\n",
+        "WORKER_REBALANCE_ACTION=${RebalanceAction}\nAWS_REGION=${AWS::Region}\n",
     ):
         assert line in rendered
     assert "TIER" not in rendered
     props = choose(stack_with({"DeployWorkers": "true"}), load_template()["Resources"])
-    metadata = props["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]
-    assert "InstanceMetadataTags" not in metadata["MetadataOptions"]
     assert all(tag["Key"] != "spotline-tier" for tag in props["WorkerGroup"]["Properties"]["Tags"])
     enqueue_env = props["EnqueueFunction"]["Properties"]["Environment"]["Variables"]
     assert "JOB_TIERS" not in enqueue_env
