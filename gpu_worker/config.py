@@ -120,6 +120,12 @@ class WorkerConfig:
     degraded_after_faults: int = 3
     # botocore's tries per AWS call before a fault reaches the worker (its own retries).
     aws_max_attempts: int = 5
+    # -- capacity tiers (gpu_worker/escalation.py); empty tier: a one-pool stack --
+    tier: str = ""
+    escalation_tier: str = ""
+    escalation_queue_url: str = ""
+    on_demand_queue_url: str = ""
+    preemptions_before_on_demand: int = 2
 
     @property
     def policy(self) -> RequestPolicy:
@@ -185,6 +191,11 @@ class WorkerConfig:
             max_receive_count=_int("WORKER_MAX_RECEIVE_COUNT", 6),
             degraded_after_faults=_int("WORKER_DEGRADED_AFTER_FAULTS", 3),
             aws_max_attempts=_int("WORKER_AWS_MAX_ATTEMPTS", 5),
+            tier=os.environ.get("WORKER_TIER", "").strip(),
+            escalation_tier=os.environ.get("WORKER_ESCALATION_TIER", "").strip(),
+            escalation_queue_url=os.environ.get("WORKER_ESCALATION_QUEUE_URL", "").strip(),
+            on_demand_queue_url=os.environ.get("WORKER_ON_DEMAND_QUEUE_URL", "").strip(),
+            preemptions_before_on_demand=_int("WORKER_PREEMPTIONS_BEFORE_ON_DEMAND", 2),
         )
         config.check()
         return config
@@ -244,6 +255,8 @@ class WorkerConfig:
             raise MissingSetting("WORKER_AWS_MAX_ATTEMPTS must be between 1 and 20")
         if self.degraded_after_faults < 1:
             raise MissingSetting("WORKER_DEGRADED_AFTER_FAULTS must be at least 1")
+        if self.preemptions_before_on_demand < 1:
+            raise MissingSetting("WORKER_PREEMPTIONS_BEFORE_ON_DEMAND must be at least 1")
 
     def describe(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -22,6 +22,7 @@ from gpu_worker.checkpoint import CheckpointStore, FileCheckpointStore, InputErr
 from gpu_worker.claim import Claimer
 from gpu_worker.config import WorkerConfig
 from gpu_worker.decisions import Action, ClaimVerdict, Decision, decide, decide_abandoned
+from gpu_worker.escalation import Escalator, TierSettings, escalate
 from gpu_worker.faults import FaultTracker, describe, is_infra_fault
 from gpu_worker.health import HealthServer
 from gpu_worker.heartbeat import Heartbeat
@@ -58,6 +59,7 @@ OUTCOME_LABELS = {
     Action.REQUEUE: "REQUEUED",
     Action.RELEASE: "RELEASED",
     Action.ABANDON: "ABANDONED",
+    Action.ESCALATE: "ESCALATED",
 }
 
 
@@ -140,6 +142,7 @@ class Worker:
             backoff_base_s=config.backoff_base_s,
             backoff_max_s=config.backoff_max_s,
             max_receive_count=config.max_receive_count,
+            escalator=Escalator(sqs, self.store),
         )
 
     # -- signals and interruptions (gpu_worker/stop_policy.py) ---------------------------------
@@ -363,7 +366,15 @@ class Worker:
             # Every failure carries the peak the guard saw (OOM verdicts already do).
             error = dataclasses.replace(outcome.error, peak_memory_bytes=peak_bytes)
             outcome = dataclasses.replace(outcome, error=error)
-        decision = self._decide(outcome, record)
+        verdict = escalate(
+            self._decide(outcome, record),
+            outcome.error,
+            permanent=outcome.permanent,
+            interruptions=record.interruptions,
+            limit_bytes=self.memory_guard.limit_bytes,
+            settings=TierSettings.from_config(self.config),  # where an OOM or preemption goes
+        )
+        decision, outcome = verdict.decision, dataclasses.replace(outcome, error=verdict.error)
         job_finished(
             decision,
             outcome,
@@ -374,7 +385,7 @@ class Worker:
         )
         self.intake.short_jobs = outcome.duration_s <= self.config.prefetch_max_job_s
         error = outcome.error
-        if decision.action is Action.REQUEUE:
+        if decision.stops_intake:
             # Stopping: nothing of ours may be receiving when the fresh copy goes out.
             self.close_intake()
             if error is not None and self.interruption is not None:

@@ -7,6 +7,9 @@
 | OOM, TIMEOUT, ANALYZER_ERROR, UNKNOWN    | RETRY with backoff; DEAD_LETTER at MaxAttempts|
 | INTERRUPTED                              | REQUEUE fresh copy; DEAD_LETTER past the cap  |
 | an AWS fault (throttled, network, 5xx)   | RELEASE with backoff; no attempt is counted   |
+| OOM with a larger tier; the preemption   | ESCALATE: the next tier's queue (or the lane) |
+| budget spent with an on-demand lane      | (gpu_worker/escalation.py turns RETRY,        |
+|                                          | DEAD_LETTER or REQUEUE into it)               |
 | the job is no longer ours (lease lost)   | ABANDON: record nothing, leave the message    |
 
 Before any attempt, the claim has its verdicts, and they are rows of the same table
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 
 from spotline.contract import ErrorKind
 from spotline.jobstore import JobError
+from spotline.tiers import ON_DEMAND_TIER
 
 
 class Action(enum.StrEnum):
@@ -40,6 +44,7 @@ class Action(enum.StrEnum):
     REQUEUE = "REQUEUE"
     RELEASE = "RELEASE"
     ABANDON = "ABANDON"
+    ESCALATE = "ESCALATE"
     # -- before an attempt (claim verdicts) --
     DELETE = "DELETE"
     FINISH_DEAD_LETTER = "FINISH_DEAD_LETTER"
@@ -89,6 +94,17 @@ class Decision:
     action: Action
     reason: str
     backoff_s: float = 0.0
+    # ESCALATE only: where the job goes, and the decision carried out if it cannot go there.
+    queue_url: str = ""
+    tier: str = ""
+    fallback: Decision | None = None
+
+    @property
+    def stops_intake(self) -> bool:
+        """A requeue or a move to the lane: the job goes back because this worker stops."""
+        return self.action is Action.REQUEUE or (
+            self.action is Action.ESCALATE and self.tier == ON_DEMAND_TIER
+        )
 
 
 def backoff_s(attempts: int, base_s: float, max_s: float) -> float:

@@ -8,6 +8,8 @@ nothing if the process dies between any two steps.
 | REQUEUE             | QUEUED with interruptions+1 -> fresh copy -> delete the old one    |
 | DEAD_LETTER         | DEAD_LETTERED -> DLQ copy with the reason -> mark it sent -> delete |
 | RELEASE (AWS fault) | give the job back uncounted -> release the message with backoff   |
+| ESCALATE            | copy to the tier's queue -> QUEUED, tier history -> delete         |
+|                     | (copy not sent: the table's own decision instead; escalation.py)   |
 
 A Settler never calls back into the worker: the worker decides, the settler does.
 
@@ -28,6 +30,7 @@ from gpu_worker.attempt import Attempt
 from gpu_worker.checkpoint import CheckpointStore, FileCheckpointStore, ResultStore
 from gpu_worker.claim import Claim
 from gpu_worker.decisions import CLAIM_TABLE, Action, Decision, decide_infra_fault
+from gpu_worker.escalation import Escalator
 from gpu_worker.faults import FaultTracker, describe, is_infra_fault
 from gpu_worker.intake import Intake
 from gpu_worker.metrics import WorkerMetrics
@@ -68,8 +71,10 @@ class Settler:
         backoff_base_s: float,
         backoff_max_s: float,
         max_receive_count: int,
+        escalator: Escalator | None = None,
     ) -> None:
         self.queue = queue
+        self.escalator = escalator
         self.dlq = dlq
         self.store = store
         self.results = results
@@ -135,6 +140,12 @@ class Settler:
             elif decision.action is Action.REQUEUE:
                 assert error is not None
                 self._requeue(attempt, error)
+            elif decision.action is Action.ESCALATE:
+                assert error is not None and decision.fallback is not None
+                if self.escalator is None or not self.escalator.carry_out(
+                    attempt, error, decision, self.queue
+                ):
+                    self.apply(decision.fallback, attempt, error, checkpointed=checkpointed)
             else:
                 assert error is not None
                 if error.kind == ErrorKind.INTERRUPTED:

@@ -9,6 +9,7 @@ from devstack.drills.alarms import AlarmDrill
 from devstack.drills.base import Check, Drill, Expectation
 from devstack.drills.basic import BasicJobs
 from devstack.drills.deadletter import DeadLetterDrill
+from devstack.drills.escalation import LaneEscalation, OomEscalation
 from devstack.drills.poison import PoisonJob
 from devstack.drills.spot import HardCrash, SpotNotice
 from devstack.drills.standby import StandbyDrill
@@ -23,6 +24,8 @@ DRILLS: list[type[Drill]] = [
     StandbyDrill,
     PoisonJob,
     TextEmbedJobs,
+    OomEscalation,
+    LaneEscalation,
 ]
 
 __all__ = ["DRILLS", "Check", "Drill", "Expectation"]

@@ -69,12 +69,18 @@ def user_reason(kind: ErrorKind | str | None) -> str:
 
 
 def build_notice(
-    job_id: str, kind: ErrorKind | str | None, *, attempts: int, dead_lettered_at: str | None
+    job_id: str,
+    kind: ErrorKind | str | None,
+    *,
+    attempts: int,
+    dead_lettered_at: str | None,
+    reason: str | None = None,
 ) -> dict[str, Any]:
+    """``reason``: a more precise one than the kind's (the largest tier's memory, with tiers)."""
     return {
         "job_id": job_id,
         "status": str(JobStatus.DEAD_LETTERED),
-        "reason": user_reason(kind),
+        "reason": reason or user_reason(kind),
         "error_kind": str(kind or ErrorKind.UNKNOWN),
         "attempts": attempts,
         "dead_lettered_at": dead_lettered_at,

@@ -43,6 +43,7 @@ from spotline.contract import (
 from spotline.deadlines import Deadline
 from spotline.jobstore import JobError, JobRecord, JobStore, utc_now
 from spotline.notified import CALLBACK, delivered_for, notified_field
+from spotline.tiers import largest_tier_reason
 from spotline.webhooks import Delivery
 
 BODY_PREVIEW_BYTES = 200
@@ -319,6 +320,7 @@ class DeadLetterService:
             error.kind,
             attempts=record.attempts,
             dead_lettered_at=record.finished_at,
+            reason=largest_tier_reason(error),
         )
         try:
             delivery = self.callbacks.send(url, notice, deadline=deadline)

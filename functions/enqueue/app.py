@@ -22,6 +22,7 @@ from spotline.jobstore import JobStore, JobStoreError
 from spotline.metrics_names import FunctionMetric
 from spotline.queue import JobQueue, QueueError
 from spotline.settings import Settings
+from spotline.tiers import tier_for
 from spotline.tracing import function_tracer
 
 settings = Settings.from_env()
@@ -43,6 +44,12 @@ def job_store() -> JobStore:
 @functools.cache
 def job_queue() -> JobQueue:
     return JobQueue(boto3.client("sqs"), settings.jobs_queue_url)
+
+
+@functools.cache
+def tier_queue(url: str) -> JobQueue:
+    """The queue of a tier a job starts on (stacks with tiers: JOB_TIERS)."""
+    return job_queue() if url == settings.jobs_queue_url else JobQueue(boto3.client("sqs"), url)
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -92,10 +99,13 @@ def submit_job() -> Response:
     caller = _caller()
     request = parse_request(_request_body(), policy)
     key = app.current_event.headers.get("idempotency-key")
+    # An analyzer that declares its memory starts on the smallest tier that has it.
+    tier = tier_for(settings.tiers, policy.analyzers().memory_need_bytes(request["analyzer"]))
     job = submission.submit(
         request,
         store=job_store(),
-        queue=job_queue(),
+        queue=tier_queue(tier.queue_url) if tier else job_queue(),
+        tier=tier.name if tier else None,
         max_message_bytes=settings.max_message_bytes,
         idempotency_key=key,
         input_bucket=settings.data_bucket,

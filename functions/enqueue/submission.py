@@ -12,6 +12,7 @@ from spotline.contract import (
 )
 from spotline.jobstore import JobRecord, JobStore
 from spotline.queue import JobQueue
+from spotline.tiers import TIER
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
@@ -37,6 +38,7 @@ def submit(
     idempotency_key: str | None = None,
     input_bucket: str | None = None,
     submitter: str | None = None,
+    tier: str | None = None,
 ) -> JobRecord:
     """Store the job as QUEUED, then send its message; return the job record.
 
@@ -68,7 +70,10 @@ def submit(
             f"job message is {size} bytes; the queue accepts at most {max_message_bytes}"
             " (put large inputs in the input bucket and pass input_uri)"
         )
-    record, created = store.create(job_id, request, submitter=submitter)
+    # ``queue`` is the tier's the job starts on (its analyzer's declared memory), if any.
+    record, created = store.create(
+        job_id, request, submitter=submitter, fields={TIER: tier} if tier else None
+    )
     if not created:
         if record.request != request:
             raise IdempotencyConflict("Idempotency-Key was already used with a different request")

@@ -44,6 +44,11 @@ def controller() -> standby.StandbyController:
         workload=Workload(
             JobQueue(boto3.client("sqs"), settings.jobs_queue_url),
             JobStore(boto3.client("dynamodb"), settings.jobs_table),
+            lane_queue=(
+                JobQueue(boto3.client("sqs"), config.on_demand_queue_url)
+                if config.on_demand_queue_url
+                else None
+            ),
         ),
         logger=logger,
         alerts=AlertSender(channels) if channels else None,

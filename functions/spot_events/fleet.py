@@ -156,14 +156,30 @@ class StopScheduler:
 class Workload:
     """The queue's backlog and a worker's jobs in flight, from SQS and the job table."""
 
-    def __init__(self, queue: Any, store: JobStore, *, page_size: int | None = None) -> None:
+    def __init__(
+        self,
+        queue: Any,
+        store: JobStore,
+        *,
+        page_size: int | None = None,
+        lane_queue: Any = None,
+    ) -> None:
         self.queue = queue
         self.store = store
         self.page_size = page_size  # None: DynamoDB's own pages (1 MB); tests make them small
+        # The on-demand lane's queue (OnDemandLane): the standby's worker takes it.
+        self.lane_queue = lane_queue
 
     def backlog(self) -> int:
         visible, _ = self.queue.approximate_counts()
         return visible
+
+    def lane_depth(self) -> int:
+        """Jobs on the on-demand lane, waiting or being run (0 without a lane)."""
+        if self.lane_queue is None:
+            return 0
+        visible, in_flight = self.lane_queue.approximate_counts()
+        return visible + in_flight
 
     def in_flight(self, instance_id: str) -> int:
         """RUNNING jobs held by the worker on this instance (``JobStore.count_running_on``).

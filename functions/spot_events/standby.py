@@ -17,7 +17,11 @@ jobs), it costs no extra read (every decision already describes the instances), 
 with the instances, and the IAM policy can confine the write to this one tag key on this
 stack's instances.
 
-Length note: about 410 lines, one decision per EC2 event kind plus the reconcile that
+With the on-demand lane (OnDemandLane), the standby's worker takes the lane's queue, where the
+worker re-sends a job preempted too often (gpu_worker/escalation.py): reconcile starts the
+standby while that queue holds jobs, and no stop happens until it is empty.
+
+Length note: about 440 lines, one decision per EC2 event kind plus the reconcile that
 converges them; they re-read the same instance view and must agree, so they stay side by side.
 """
 
@@ -84,6 +88,7 @@ class StandbyConfig:
     start_on_rebalance: bool = True
     start_wait_s: int = 20
     poll_s: float = 2.0
+    on_demand_queue_url: str = ""  # the lane's queue (OnDemandLane); empty: no lane
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> StandbyConfig:
@@ -100,6 +105,7 @@ class StandbyConfig:
             min_spot_workers=env_int("STANDBY_MIN_SPOT_WORKERS", 1),
             start_on_rebalance=rebalance == "true",
             start_wait_s=env_int("STANDBY_START_WAIT_S", 20),
+            on_demand_queue_url=env.get("ON_DEMAND_QUEUE_URL", "").strip(),
         )
 
     @property
@@ -282,6 +288,13 @@ class StandbyController:
 
     def _reconcile(self) -> StandbyOutcome:
         now = self.clock()
+        lane = self.workload.lane_depth()
+        if lane > 0:
+            # Jobs preempted too often wait for the standby, whatever the spot fleet does.
+            started = self._ensure_running(wait=False)
+            if started:
+                self.logger.info("reconcile started the standby for the lane", extra={"lane": lane})
+                return StandbyOutcome("started", (f"{lane} job(s) on the lane",), tuple(started))
         healthy = self.fleet.healthy_workers(now)
         standbys = self._standbys()
         if len(healthy) < self.config.min_spot_workers:
@@ -370,6 +383,8 @@ class StandbyController:
         self, standbys: list[Instance], *, since: datetime, now: datetime
     ) -> list[str]:
         blockers = []
+        if (lane := self.workload.lane_depth()) > 0:
+            blockers.append(f"{lane} job(s) on the on-demand lane")
         healthy = len(self.fleet.healthy_workers(now))
         if healthy < self.config.min_spot_workers:
             blockers.append(f"{healthy} healthy spot worker(s) < {self.config.min_spot_workers}")

@@ -122,6 +122,12 @@ class Catalog:
         body = json.dumps(self.to_json()["analyzers"], sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(body.encode()).hexdigest()
 
+    def memory_need_bytes(self, name: str) -> int | None:
+        """The memory one job of ``name`` declares it needs (``AnalyzerLimits.memory_mib``)."""
+        entry = self.get(name)
+        mib = entry.limit("memory_mib") if entry is not None else None
+        return int(mib) * 1024 * 1024 if isinstance(mib, int) and mib > 0 else None
+
     def input_limit(self, name: str, default: int) -> int:
         """The largest input a job of ``name`` may have: ``default`` (the worker's), lowered
         by the analyzer's declared ``max_input_bytes``."""

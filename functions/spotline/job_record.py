@@ -67,12 +67,19 @@ class TransitionRefused(RuntimeError):
         self.current = current
 
 
+# Capacity tiers (functions/spotline/tiers.py): the tier a job was last sent to, and one entry
+# per move between tiers (the attempt that moved it, its error kind and peak memory).
+TIER = "tier"
+TIER_HISTORY = "tier_history"
+
+
 @dataclass(frozen=True)
 class JobError:
     kind: ErrorKind
     message: str
     peak_memory_bytes: int | None = None
     limit_bytes: int | None = None
+    tier: str | None = None  # the capacity tier the attempt ran on (stacks with tiers)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": str(self.kind), "message": self.message[:2000]}
@@ -80,6 +87,8 @@ class JobError:
             data["peak_memory_bytes"] = int(self.peak_memory_bytes)
         if self.limit_bytes is not None:
             data["limit_bytes"] = int(self.limit_bytes)
+        if self.tier:
+            data["tier"] = self.tier
         return data
 
     @classmethod
@@ -90,6 +99,7 @@ class JobError:
             message=str(data.get("message", "")),
             peak_memory_bytes=_opt_int(data.get("peak_memory_bytes")),
             limit_bytes=_opt_int(data.get("limit_bytes")),
+            tier=str(data["tier"]) if data.get("tier") else None,
         )
 
 
@@ -148,6 +158,8 @@ class JobRecord:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "submitter": self.submitter,
+            # Capacity tiers (functions/spotline/tiers.py): where it was sent, and every move.
+            **{key: self.extra[key] for key in (TIER, TIER_HISTORY) if key in self.extra},
         }
 
 

@@ -39,12 +39,19 @@ class JobWrites(JobReads):
     # -- creation ------------------------------------------------------------------------------
 
     def create(
-        self, job_id: str, request: dict[str, Any], *, submitter: str | None = None
+        self,
+        job_id: str,
+        request: dict[str, Any],
+        *,
+        submitter: str | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> tuple[JobRecord, bool]:
         """Store a new QUEUED job (with who submitted it, when known); if the id exists
-        already, return it and ``False``."""
+        already, return it and ``False``. ``fields``: more of the record from the start (the
+        tier a job starts on)."""
         now = utc_now()
         item: dict[str, Any] = {
+            **(fields or {}),
             "job_id": job_id,
             "status": str(JobStatus.QUEUED),
             "request": json.dumps(request, separators=(",", ":"), sort_keys=True),

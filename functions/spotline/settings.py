@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from spotline.catalog import load_catalog
 from spotline.contract import DEFAULT_MAX_RUNTIME_S, RequestPolicy
+from spotline.tiers import InvalidTiers, Tier, parse_tiers
 
 
 class MissingSetting(RuntimeError):
@@ -72,6 +73,9 @@ class Settings:
     drills_enabled: bool = False
     # WorkerMaxRuntimeS: every attempt's runtime limit; a request may lower it, never raise it.
     max_runtime_s: int = DEFAULT_MAX_RUNTIME_S
+    # JOB_TIERS (stacks with WorkerTiers): a job starts on the smallest tier that fits its
+    # analyzer's declared memory (spotline/tiers.py); empty: every job on JOBS_QUEUE_URL.
+    tiers: tuple[Tier, ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -88,6 +92,7 @@ class Settings:
             max_message_bytes=env_int("MAX_MESSAGE_BYTES", 262144),
             drills_enabled=env_bool("ENABLE_DRILL_ANALYZERS", False),
             max_runtime_s=max_runtime_s,
+            tiers=_tiers(os.environ.get("JOB_TIERS", "")),
         )
 
     def request_policy(self) -> RequestPolicy:
@@ -99,3 +104,11 @@ class Settings:
             # Read at cold start, once: a request only looks its analyzer up.
             catalog=load_catalog(),
         )
+
+
+def _tiers(text: str) -> tuple[Tier, ...]:
+    """JOB_TIERS, checked at cold start: a wrong value fails with its name, never a request."""
+    try:
+        return parse_tiers(text)
+    except InvalidTiers as exc:
+        raise MissingSetting(str(exc)) from exc

@@ -13,7 +13,22 @@ from spotline.metrics_names import NAMESPACE, SERVICE_DIMENSION, WORKER_SERVICE,
 
 TEMPLATE = load_template()
 RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
-ALARMS = {k: r for k, r in RESOURCES.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+
+
+def _scaling_only(alarm: dict[str, Any]) -> bool:
+    """An alarm that only drives a scaling policy (the larger tier's start from zero)."""
+    actions = alarm["Properties"].get("AlarmActions", [])
+    return bool(actions) and all(
+        RESOURCES[a["Ref"]]["Type"] == "AWS::AutoScaling::ScalingPolicy" for a in actions
+    )
+
+
+# Alarms that page (scaling signals are not pages: they have no topic and no runbook).
+ALARMS = {
+    k: r
+    for k, r in RESOURCES.items()
+    if r["Type"] == "AWS::CloudWatch::Alarm" and not _scaling_only(r)
+}
 FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")
 TOPIC = {"Ref": "AlarmTopic"}
 
@@ -91,7 +106,13 @@ def test_worker_alarms_use_the_workers_metric_names_and_dimension() -> None:
 
 
 def test_fleet_alarms_watch_the_worker_group_and_exist_only_with_workers() -> None:
-    groups = [k for k, r in RESOURCES.items() if r["Type"] == "AWS::AutoScaling::AutoScalingGroup"]
+    # The default tier's group (the larger tier's has its own alarms on its own queue).
+    groups = [
+        k
+        for k, r in RESOURCES.items()
+        if r["Type"] == "AWS::AutoScaling::AutoScalingGroup"
+        and r.get("Condition") == "DeployWorkers"
+    ]
     for metric in ("StatusCheckFailed_Instance", "GroupInServiceInstances"):
         namespace = "AWS/EC2" if metric.startswith("Status") else "AWS/AutoScaling"
         for alarm in alarms_on(namespace, metric).values():

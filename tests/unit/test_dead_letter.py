@@ -25,6 +25,7 @@ from spotline.contract import ErrorKind, JobStatus
 from spotline.jobstore import JobError, JobStore
 from spotline.notified import CALLBACK, delivered_for
 from spotline.standard_webhooks import generate_key_pair, verify
+from spotline.tiers import largest_tier_message
 from spotline.webhooks import WebhookClient
 from tests.unit.deadline_fixtures import CountdownContext, HostileServer, slow_headers
 from tests.unit.ed25519_reference import receiver_accepts
@@ -155,6 +156,26 @@ def test_worker_dead_letter_alerts_each_channel_once_and_sends_a_signed_notice(
     assert verify(PUBLIC_KEY, notice.headers, notice.body)
     assert receiver_accepts(PUBLIC_KEY, notice.headers, notice.body, now=int(time.time()))
     assert set(delivered_for(record)) == {"slack", "discord", CALLBACK}
+
+
+def test_a_job_beyond_the_largest_tier_says_so_in_the_alert_and_the_notice(
+    dead_letter: ModuleType, job_store: JobStore, sink: WebhookSink
+) -> None:
+    message = largest_tier_message(50 * 1024**3, 46 * 1024**3) + ": child exceeded its limit"
+    worker_dead_lettered(
+        job_store,
+        WORKER_JOB,
+        callback=callback_url(sink),
+        error=JobError(ErrorKind.OOM, message, peak_memory_bytes=50 * 1024**3, tier="large"),
+    )
+
+    assert invoke(dead_letter, load_event("dead_letter_worker")) == []
+
+    (slack,) = sink.on("/slack")
+    (notice,) = sink.on("/callback")
+    needs = "needs more memory than the largest tier (peak 50.0 GiB of 46.0)"
+    assert needs in json.dumps(slack.json())
+    assert notice.json()["reason"].startswith(needs)
 
 
 def test_a_redelivered_record_sends_nothing_twice(

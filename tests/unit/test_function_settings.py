@@ -81,14 +81,17 @@ def function_variables(logical_id: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def fleet_stack() -> Iterator[Stack]:
-    """The whole template with the fleet (the spot events function's references resolve) and
-    every alert channel listed (each channel's secret variable is read only when it is)."""
+    """The whole template with the fleet (the spot events function's references resolve),
+    its tiers and lane (their variables too), and every alert channel listed (each channel's
+    secret variable is read only when it is)."""
     with mock_aws():
         yield provision(
             boto3.Session(region_name="us-east-1"),
             stack_name="settings",
             parameters={
                 "DeployWorkers": "true",
+                "WorkerTiers": "default,large",
+                "OnDemandLane": "true",
                 "SpotAlertChannels": "slack,discord,webhook",
                 "AlarmChannels": "slack,discord,webhook",
                 "DeadLetterAlertChannels": "slack,discord",

@@ -46,7 +46,9 @@ def stack(**parameters: Any) -> Stack:
 def user_data() -> tuple[str, dict[str, Any]]:
     data = RESOURCES["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
     script, variables = data["Fn::Base64"]["Fn::Sub"]
-    return script, variables
+    # Without the tiers' variables (tests/unit/test_tiers_template.py's: they name queues).
+    tiers = {"WorkerQueueUrl", "WorkerDlqUrl", "WorkerAsgName", "TierSelect", "TierEnv"}
+    return script, {name: value for name, value in variables.items() if name not in tiers}
 
 
 def worker_statements() -> dict[str, dict[str, Any]]:

@@ -30,7 +30,11 @@ def _functions() -> dict[str, dict[str, Any]]:
 
 
 def _from_the_stack(expression: Any) -> bool:
-    """Set from a resource or the stack's name: what `sam local` cannot know."""
+    """Set from a resource or the stack's name: what `sam local` cannot know. A tier's
+    variable (behind UseLargeTier / UseOnDemandLane, off by default) is not set locally."""
+    tiers = ("UseLargeTier", "UseOnDemandLane")
+    if isinstance(expression, dict) and expression.get("Fn::If", [None])[0] in tiers:
+        return False
     refs = _references(expression)
     return any(r in TEMPLATE["Resources"] or r == "AWS::StackName" for r in refs)
 

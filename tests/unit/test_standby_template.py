@@ -159,7 +159,7 @@ def test_spot_group_mixes_instance_types_with_capacity_rebalance_and_a_drain_hoo
     (hook,) = group["LifecycleHookSpecificationList"]
     assert hook["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
     assert hook["LifecycleHookName"] == "drain"
-    tags = {t["Key"]: t for t in group["Tags"]}
+    tags = {t["Key"]: t for t in group["Tags"] if "Key" in t}  # a tier tag sits behind Fn::If
     assert tags["spotline:role"]["Value"] == "worker" and tags["spotline:role"]["PropagateAtLaunch"]
     assert tags["spotline:stack"]["Value"] == {"Ref": "AWS::StackName"}
 
@@ -180,7 +180,7 @@ def test_scaling_tracks_backlog_per_in_service_instance(resources: dict[str, Any
 def test_standby_is_an_on_demand_twin_tagged_standby(resources: dict[str, Any]) -> None:
     standby = resources["StandbyInstance"]["Properties"]
     assert standby["LaunchTemplate"]["LaunchTemplateId"] == {"Ref": "WorkerLaunchTemplate"}
-    tags = {t["Key"]: t["Value"] for t in standby["Tags"]}
+    tags = {t["Key"]: t["Value"] for t in standby["Tags"] if "Key" in t}
     assert tags["spotline:role"] == "standby"
     assert tags["spotline:stack"] == {"Ref": "AWS::StackName"}
     data = resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]
@@ -243,8 +243,11 @@ def test_worker_profile_can_complete_only_its_groups_lifecycle_action(
     }
     complete = statements["CompleteLifecycleAction"]
     assert complete["Action"] == "autoscaling:CompleteLifecycleAction"
-    assert complete["Resource"]["Fn::Sub"].endswith(
-        "autoScalingGroupName/${AWS::StackName}-workers"
+    own, large = complete["Resource"]  # the larger tier's group behind UseLargeTier
+    assert own["Fn::Sub"].endswith("autoScalingGroupName/${AWS::StackName}-workers")
+    assert large["Fn::If"][0] == "UseLargeTier"
+    assert large["Fn::If"][1]["Fn::Sub"].endswith(
+        "autoScalingGroupName/${AWS::StackName}-workers-large"
     )
     assert resources["WorkerGroup"]["Properties"]["AutoScalingGroupName"] == {
         "Fn::Sub": "${AWS::StackName}-workers"

@@ -33,6 +33,7 @@ import yaml
 from spotline.catalog import Catalog
 from spotline.metrics_names import FUNCTION_METRICS, NAMESPACE, WORKER_METRICS
 from spotline_ops.doctor_catalog import check_catalog
+from spotline_ops.doctor_tiers import check_tiers, tiers_deployed
 
 CATALOG_IN_TREE = "functions/spotline/catalog.json"
 
@@ -125,12 +126,17 @@ class View:
         live: Live | None = None,
     ) -> None:
         self.template = template
-        self.resources: dict[str, dict[str, Any]] = template.get("Resources", {})
         specs = template.get("Parameters", {}) or {}
         self.parameter_specs: dict[str, dict[str, Any]] = specs
         self.parameters = {name: spec.get("Default") for name, spec in specs.items()}
         self.parameters.update(parameters or {})
         self.live = live or Live()
+        # Resources behind a tier condition that is off are not deployed: not checked either.
+        self.resources: dict[str, dict[str, Any]] = {
+            logical_id: resource
+            for logical_id, resource in (template.get("Resources", {}) or {}).items()
+            if tiers_deployed(template, self.parameters, resource.get("Condition"))
+        }
 
     def of_type(self, *types: str) -> Iterator[tuple[str, dict[str, Any]]]:
         for logical_id, resource in self.resources.items():
@@ -453,7 +459,7 @@ def check_alarm_actions(view: View) -> list[Finding]:
                     "add AlarmActions: [!Ref AlarmTopic] (and OKActions)",
                 )
             )
-        elif not ok_actions:
+        elif not ok_actions and not _scaling_only(view, alarm_actions):
             findings.append(
                 Finding(
                     "alarm-actions",
@@ -464,6 +470,16 @@ def check_alarm_actions(view: View) -> list[Finding]:
                 )
             )
     return findings
+
+
+def _scaling_only(view: View, actions: list[Any]) -> bool:
+    """An alarm that only drives a scaling policy is a scaling signal, not a page."""
+    targets = [view.target(action) for action in actions]
+    return bool(targets) and all(
+        target is not None
+        and view.resources.get(target, {}).get("Type") == "AWS::AutoScaling::ScalingPolicy"
+        for target in targets
+    )
 
 
 def _floating(image: str) -> bool:
@@ -829,6 +845,7 @@ CHECKS = (
     check_function_alarms,
     check_stranded_sweep,
     check_dashboards,
+    check_tiers,
 )
 
 
