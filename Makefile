@@ -19,7 +19,7 @@ export PYENV_VERSION ?= 3.11.7:3.13.0
 endif
 
 .PHONY: checkov chaos help demo test test-unit test-e2e lint format validate build cfn-lint doctor clean
-.PHONY: model test-model catalog run-local image push bench lock
+.PHONY: model test-model catalog run-local image push bench lock sync-compose
 
 help:
 	@echo "make demo      run the whole pipeline locally (moto server, real worker, real handlers)"
@@ -122,6 +122,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint gpu_worker/Dockerfile examples/kmeans/Dockerfile
+	$(BIN)/python tools/sync_compose.py --check
+	@if command -v docker-compose >/dev/null; then \
+		WORKER_QUEUE_URL=q WORKER_DLQ_URL=d WORKER_TABLE_NAME=t WORKER_BUCKET=b WORKER_ID=i \
+		WORKER_LOG_GROUP=g docker-compose -f gpu_worker/docker-compose.yml config -q \
+		&& echo "docker-compose config: gpu_worker/docker-compose.yml is valid"; \
+	else echo "docker-compose config: skipped, no docker-compose (apt install docker-compose)"; fi
 	$(BIN)/cfn-lint template.yaml
 	$(MAKE) --no-print-directory checkov
 
@@ -144,6 +150,10 @@ build: $(SAM_STAMP)
 # empty: the base alone), the push to the stack's ECR repository (STACK_NAME, AWS_REGION, TAG)
 # and the catalog from the pushed image. tools/worker_image.sh holds the recipe and its settings.
 ANALYZER_DIR ?= examples/kmeans
+
+# The worker's compose file into template.yaml's user data (the one definition, copied verbatim).
+sync-compose: $(STAMP)
+	$(BIN)/python tools/sync_compose.py
 
 image:
 	ANALYZER_DIR='$(ANALYZER_DIR)' tools/worker_image.sh build

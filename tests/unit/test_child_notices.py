@@ -605,14 +605,19 @@ def _user_data() -> str:
 
 def test_the_worker_container_logs_to_its_group_without_ever_blocking() -> None:
     script = _user_data()
-    compose_text = script.split("<<'COMPOSE'\n", 1)[1].split("\nCOMPOSE\n", 1)[0]
-    compose = yaml.safe_load(compose_text)
+    variables = RESOURCES["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"][
+        "Fn::Base64"
+    ]["Fn::Sub"][1]
+    compose = yaml.safe_load(variables["ComposeFile"])  # the repository's compose file
     logging = compose["services"]["worker"]["logging"]
     assert logging["driver"] == "awslogs"
     options = logging["options"]
-    assert options["awslogs-group"] == "${WorkerLogGroup}"
-    assert options["awslogs-region"] == "${AWS::Region}"
-    assert options["awslogs-stream"] == "${!WORKER_ID}"  # compose reads it from .env
+    # compose reads them from the .env the user data writes from the stack
+    assert options["awslogs-group"] == "${WORKER_LOG_GROUP:?set WORKER_LOG_GROUP}"
+    assert "WORKER_LOG_GROUP=${WorkerLogGroup}" in script
+    assert options["awslogs-region"] == "${AWS_REGION:-us-east-1}"
+    assert "AWS_REGION=${AWS::Region}" in script
+    assert options["awslogs-stream"] == "${WORKER_ID:?set WORKER_ID}"
     assert "WORKER_ID=$INSTANCE_ID" in script
     assert options["mode"] == "non-blocking"
     size = re.fullmatch(r"(\d+)([kmg])", options["max-buffer-size"])

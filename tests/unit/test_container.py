@@ -58,14 +58,19 @@ def test_gpu_device_reservation(worker: dict[str, Any]) -> None:
     assert device["count"] == "all"
 
 
-def test_healthcheck_asks_the_supervisors_healthz(worker: dict[str, Any]) -> None:
-    check = worker["healthcheck"]
-    command = " ".join(check["test"])
-    assert check["test"][0] == "CMD"  # exec form: no shell needed in the image
-    port = worker["environment"]["WORKER_HEALTH_PORT"]
-    assert f"http://127.0.0.1:{port}/healthz" in command
+def test_the_health_check_is_the_images_own(worker: dict[str, Any]) -> None:
+    # compose and the fleet inherit the image's HEALTHCHECK (test_the_image_checks_its_own_health):
+    # one definition, which asks the port the supervisor serves on every address of the container.
+    assert "healthcheck" not in worker
+    assert worker["environment"]["WORKER_HEALTH_PORT"] == "8080"
     assert worker["environment"]["WORKER_HEALTH_HOST"] == "0.0.0.0"
-    assert check["retries"] >= 2 and check["start_period"]
+    assert worker["ports"] == ["127.0.0.1:8080:8080"]  # the host's loopback only
+
+
+def test_the_worker_holds_no_capability_and_gains_none(worker: dict[str, Any]) -> None:
+    assert worker["cap_drop"] == ["ALL"]
+    assert "cap_add" not in worker and "privileged" not in worker
+    assert "no-new-privileges:true" in worker["security_opt"]
 
 
 def test_logs_rotate(worker: dict[str, Any]) -> None:
