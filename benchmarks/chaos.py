@@ -24,10 +24,24 @@ from devstack.chaos import Chaos, ChaosConfig, new_seed, render
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--duration-s", type=float, default=120.0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="replay this fault schedule (default: a new one, printed)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=200, help="jobs submitted (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=3, help="worker processes, at least 2 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        default=120.0,
+        help="how long faults are injected, in seconds (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else new_seed()
     config = ChaosConfig(

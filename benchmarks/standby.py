@@ -55,6 +55,23 @@ class Params:
     seed: int = 7
 
 
+# What each of Params' fields means, for --help.
+PARAM_HELP = {
+    "days": "simulated days",
+    "workers": "spot workers in the fleet",
+    "interruptions_per_day": "spot interruptions per worker and day",
+    "arrivals_per_hour": "jobs arriving per hour",
+    "job_minutes": "mean job length in minutes (exponential)",
+    "boot_minutes": "minutes until a fresh spot replacement serves",
+    "standby_start_minutes": "minutes until the stopped standby serves",
+    "cooldown_minutes": "minutes the standby stays after the replacement serves",
+    "on_demand_hourly": "on-demand price per hour, USD",
+    "spot_price_ratio": "spot price as a fraction of on-demand",
+    "standby_disk_monthly": "the stopped standby's disk per month, USD",
+    "seed": "random seed (the same arrivals and interruptions for every strategy)",
+}
+
+
 @dataclass
 class Worker:
     name: str
@@ -384,7 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = Params()
     for name, value in vars(defaults).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=type(value),
+            default=value,
+            help=f"{PARAM_HELP[name]} (default: %(default)s)",
+        )
     parser.add_argument(
         "--plot", metavar="FILE.png", help="draw one simulated week (needs matplotlib: make bench)"
     )
