@@ -23,7 +23,7 @@ endif
 
 help:
 	@echo "make demo      run the whole pipeline locally (moto server, real worker, real handlers)"
-	@echo "make chaos     chaos drill: 200 jobs, workers killed at random; SEED=N replays"
+	@echo "make chaos     chaos drill: 200 jobs, workers killed at random; SEED=N replays, PLOT=t.png draws"
 	@echo "make test      run the test suite (unit + end-to-end) and cfn-lint"
 	@echo "make lint      ruff check, ruff format --check, hadolint, cfn-lint, checkov"
 	@echo "make validate  sam validate --lint"
@@ -95,7 +95,7 @@ run-local: $(STAMP)
 		$(if $(PARAMS),--params '$(PARAMS)')
 
 chaos: $(STAMP)
-	$(BIN)/python -m devstack chaos $(if $(SEED),--seed $(SEED))
+	$(BIN)/python -m devstack chaos $(if $(SEED),--seed $(SEED)) $(if $(PLOT),--plot $(PLOT))
 
 test: $(STAMP) cfn-lint doctor
 	$(BIN)/python -m pytest

@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "functions"))
 
 from devstack.chaos import Chaos, ChaosConfig, new_seed, render
+from devstack.chaos_timeline import Timeline, plot
+from devstack.plotting import pyplot
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,13 +44,23 @@ def main(argv: list[str] | None = None) -> int:
         default=120.0,
         help="how long faults are injected, in seconds (default: %(default)s)",
     )
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the timeline: jobs per worker over time, faults marked (needs: make bench)",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else new_seed()
     config = ChaosConfig(
         seed=seed, jobs=args.jobs, workers=max(2, args.workers), duration_s=args.duration_s
     )
-    report = Chaos(config, quiet_handlers=True).run()
+    if args.plot:
+        pyplot()  # without matplotlib, say so before the drill, not after it
+    timeline = Timeline()
+    report = Chaos(config, quiet_handlers=True, watch=timeline).run()
     render(report)
+    if args.plot:
+        plot(timeline, args.plot, title=f"spotline chaos drill, seed {seed}")
     figures = report.figures()
     print(json.dumps(figures, separators=(",", ":")))
     return 0 if report.ok else 1
