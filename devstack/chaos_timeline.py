@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -88,14 +87,18 @@ def plot(timeline: Timeline, path: str, *, title: str = "spotline chaos drill") 
     """Jobs settled per worker over time, a dashed line at every fault (labelled by kind)."""
     plt = plotting.pyplot()
     figure, axis = plt.subplots(figsize=(11, 4.5))
-    for worker, (seconds, settled) in timeline.series().items():
-        axis.step(seconds, settled, where="post", label=worker)
-    colours: dict[str, Any] = {}
-    for seconds, kind in timeline.fault_marks():
-        line = axis.axvline(seconds, color=colours.get(kind), linestyle="--", linewidth=0.8)
-        if kind not in colours:  # one legend entry per kind, in its first line's colour
-            colours[kind] = line.get_color()
-            line.set_label(f"fault: {kind}")
+    series = timeline.series()
+    for index, (worker, (seconds, settled)) in enumerate(series.items()):
+        axis.step(seconds, settled, where="post", label=worker, color=f"C{index % 10}")
+    marks = timeline.fault_marks()
+    # One colour per fault kind, after the workers' in matplotlib's cycle; one legend entry each.
+    kinds = sorted({kind for _, kind in marks})
+    colours = {kind: f"C{(len(series) + i) % 10}" for i, kind in enumerate(kinds)}
+    labelled: set[str] = set()
+    for seconds, kind in marks:
+        label = None if kind in labelled else f"fault: {kind}"
+        labelled.add(kind)
+        axis.axvline(seconds, color=colours[kind], linestyle="--", linewidth=0.8, label=label)
     axis.set_xlabel("seconds since the drill began")
     axis.set_ylabel("jobs settled by the worker")
     axis.set_title(title)

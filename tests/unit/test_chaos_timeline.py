@@ -44,37 +44,23 @@ def test_the_timeline_marks_each_fault_at_the_tick_that_first_counted_it() -> No
     }
 
 
-class FakeLine:
-    def __init__(self, colour: str) -> None:
-        self.colour = colour
-        self.label: str | None = None
-
-    def get_color(self) -> str:
-        return self.colour
-
-    def set_label(self, label: str) -> None:
-        self.label = label
-
-
 class FakePyplot:
     """Records what plot() draws, so the plot is tested without matplotlib."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
-        self.lines: list[FakeLine] = []
         self.saved: list[str] = []
 
     def subplots(self, figsize: tuple[int, float]) -> tuple[FakePyplot, FakePyplot]:
         return self, self
 
-    def step(self, x: list[float], y: list[int], where: str, label: str) -> None:
-        self.calls.append(("step", (label, x, y)))
+    def step(self, x: list[float], y: list[int], where: str, label: str, color: str) -> None:
+        self.calls.append(("step", (label, x, y, color)))
 
-    def axvline(self, x: float, color: str | None, linestyle: str, linewidth: float) -> FakeLine:
-        line = FakeLine(color or f"C{len(self.lines)}")
-        self.lines.append(line)
-        self.calls.append(("axvline", (x, color)))
-        return line
+    def axvline(
+        self, x: float, color: str, linestyle: str, linewidth: float, label: str | None
+    ) -> None:
+        self.calls.append(("axvline", (x, color, label)))
 
     def savefig(self, path: str, dpi: int) -> None:
         self.saved.append(path)
@@ -95,14 +81,16 @@ def test_plot_draws_jobs_per_worker_and_marks_each_fault(
     chaos_timeline.plot(timeline, "out.png", title="drill")
     steps = [args for name, args in fake.calls if name == "step"]
     assert steps == [
-        ("worker-1", [1.0, 2.0, 3.0], [1, 1, 2]),
-        ("worker-2", [1.0, 2.0, 3.0], [0, 1, 1]),
+        ("worker-1", [1.0, 2.0, 3.0], [1, 1, 2], "C0"),
+        ("worker-2", [1.0, 2.0, 3.0], [0, 1, 1], "C1"),
     ]
+    # A dashed line per fault, one colour per kind after the workers', one legend entry per kind.
     faults = [args for name, args in fake.calls if name == "axvline"]
-    assert [x for x, _ in faults] == [2.0, 2.0, 3.0]
-    # one legend entry per kind; later lines of a kind take its colour
-    assert [line.label for line in fake.lines] == ["fault: sigkill", None, "fault: rebalance"]
-    assert faults[1][1] == fake.lines[0].colour
+    assert faults == [
+        (2.0, "C3", "fault: sigkill"),
+        (2.0, "C3", None),
+        (3.0, "C2", "fault: rebalance"),
+    ]
     assert ("set_title", ("drill",)) in fake.calls
     assert fake.saved == ["out.png"]
 
