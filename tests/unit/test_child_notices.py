@@ -561,13 +561,12 @@ def test_log_group_subscription_and_permission_agree() -> None:
     assert {r["Condition"] for r in (group, subscription, permission)} == {"DeployWorkers"}
     assert group["Properties"]["RetentionInDays"] == {"Ref": "WorkerLogRetentionDays"}
     assert subscription["Properties"]["LogGroupName"] == {"Ref": "WorkerLogGroup"}
-    assert subscription["Properties"]["DestinationArn"] == {
-        "Fn::GetAtt": ["AlarmFanoutFunction", "Arn"]
-    }
+    # The function's alias (AutoPublishAlias), as every invocation path: SnapStart serves it.
+    assert subscription["Properties"]["DestinationArn"] == {"Ref": "AlarmFanoutFunction.Alias"}
     assert subscription["DependsOn"] == "WorkerChildFellOverPermission"
     assert permission["Properties"] == {
         "Action": "lambda:InvokeFunction",
-        "FunctionName": {"Ref": "AlarmFanoutFunction"},
+        "FunctionName": {"Ref": "AlarmFanoutFunction.Alias"},
         "Principal": "logs.amazonaws.com",
         "SourceAccount": {"Ref": "AWS::AccountId"},
         "SourceArn": {"Fn::GetAtt": ["WorkerLogGroup", "Arn"]},
