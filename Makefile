@@ -121,6 +121,7 @@ catalog: $(STAMP)
 	WORKER_IMAGE=spotline-worker:latest $(BIN)/python -m gpu_worker --catalog \
 		--distribution spotline > functions/spotline/catalog.json
 
+# .cfnlintrc appends the doctor's checks as rules (tools/cfn_lint_rules): E9001, I9001.
 cfn-lint: $(STAMP)
 	$(BIN)/cfn-lint template.yaml
 
