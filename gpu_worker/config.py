@@ -41,6 +41,8 @@ class WorkerConfig:
     asg_name: str = ""
     instance_id: str = ""
     rebalance_action: str = "drain"
+    # Under a notice with a deadline, keep taking the jobs that end before it (stop_policy.py).
+    work_through_notice: bool = True
     checkpoint_dir: str = ""
     # -- poison jobs: memory guard, health, metrics (README "worker configuration") --
     job_memory_limit: str = ""  # bytes, "256Mi", "2G" or "70%"; empty: 85 % of the container
@@ -112,8 +114,8 @@ class WorkerConfig:
             raise MissingSetting("WORKER_IMDS_POLL_S must be above 0")
         if not 1 <= self.imds_token_ttl_s <= 21600:
             raise MissingSetting("WORKER_IMDS_TOKEN_TTL_S must be between 1 and 21600")
-        if self.rebalance_action not in {"drain", "checkpoint"}:
-            raise MissingSetting("WORKER_REBALANCE_ACTION must be drain or checkpoint")
+        if self.rebalance_action not in {"drain", "checkpoint", "keep"}:
+            raise MissingSetting("WORKER_REBALANCE_ACTION must be drain, checkpoint or keep")
         if self.checkpoint_grace_s < 0:
             raise MissingSetting("WORKER_CHECKPOINT_GRACE_S must not be negative")
         try:

@@ -11,6 +11,7 @@ while one message is handled ends as an outcome of its job, never as an exit of 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any
 
@@ -34,7 +35,7 @@ from gpu_worker.stop_policy import EXIT_RESERVE_S, ShutdownRequested, StopContro
 from gpu_worker.supervisor import AttemptOutcome, Supervisor
 from gpu_worker.worker_state import WorkerState, capture
 from spotline.catalog import Catalog
-from spotline.contract import ErrorKind, job_id_from_body
+from spotline.contract import ErrorKind, InvalidJob, JobMessage, job_id_from_body
 from spotline.jobstore import JobError, JobRecord, JobStore
 from spotline.log_lines import JOB_STARTED
 from spotline.queue import JobQueue, QueueError, ReceivedMessage
@@ -109,6 +110,7 @@ class Worker:
         )
         self.stops.emit = self.watch.emit
         self.jobs_handled = 0
+        self._declined: set[str] = set()  # message ids given back under a notice
         # Memory guard, health and metrics: threads that read the worker as one value.
         self.started_at: float | None = None
         self.last_poll_at: float | None = None
@@ -175,6 +177,7 @@ class Worker:
                     self._loop_fault(exc)
         finally:
             self.watch.stop()
+            self.stops.close()
             self.close_intake()
             self.supervisor.close()
             self.watch.after_release()  # e.g. complete the ASG lifecycle action
@@ -197,10 +200,7 @@ class Worker:
         taken = self.intake.take()
         if taken is not None:
             message, extended_at = taken
-            if not self.stops.taking_jobs():
-                self.intake.release_unstarted(message)
-                return
-            self.handle(message, extended_at=extended_at)
+            self._start(message, extended_at=extended_at)
             return
         self.stops.receiving = True
         try:
@@ -212,10 +212,42 @@ class Worker:
         finally:
             self.stops.receiving = False
         for message in messages:
-            if not self.stops.taking_jobs():
-                self.intake.release_unstarted(message)
-                continue
+            self._start(message)
+
+    def _start(self, message: ReceivedMessage, *, extended_at: float | None = None) -> None:
+        """Handle a message, or give it back unstarted: stopping or draining, or (under a
+        notice worked through) a job that would not end before the cutoff."""
+        if not self.stops.taking_jobs():
+            self.intake.release_unstarted(message)
+            return
+        if not self.stops.admits(self._runtime_limit_s(message)):
+            self._decline(message)
+            return
+        if extended_at is None:
             self.handle(message)
+        else:
+            self.handle(message, extended_at=extended_at)
+
+    def _runtime_limit_s(self, message: ReceivedMessage) -> float:
+        """The limit an attempt of this message would run under (0 for a message the claim
+        settles without running anything: unreadable, or a request it will refuse)."""
+        try:
+            return float(self.policy.runtime_limit_s(JobMessage.from_json(message.body).request))
+        except (InvalidJob, TypeError, ValueError):
+            return 0.0
+
+    def _decline(self, message: ReceivedMessage) -> None:
+        """Released at once; a message this worker declined before comes back hidden until
+        the deadline, so a lone noticed worker does not receive it over and over."""
+        notice = self.stops.notice
+        again = message.message_id in self._declined
+        self._declined.add(message.message_id)
+        hide_s = math.ceil(notice.deadline - time.time()) if again and notice is not None else 0
+        logger.info(
+            "job does not fit the notice's time left; given back unstarted",
+            extra={"job_id": job_id_from_body(message.body), "visible_in_s": hide_s},
+        )
+        self.intake.decline(message, hide_s=hide_s, max_receive_count=self.config.max_receive_count)
 
     def _loop_fault(self, exc: Exception) -> None:
         """A failure between jobs (the long poll, a batched ack): back off and poll again. The

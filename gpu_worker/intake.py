@@ -99,6 +99,23 @@ class Intake:
         except QueueError:
             logger.warning("could not release unstarted message", exc_info=True)
 
+    def decline(self, message: ReceivedMessage, *, hide_s: int, max_receive_count: int) -> None:
+        """Give back a message this worker will not start (it does not fit a notice's time
+        left): visible again after ``hide_s``. Never an attempt; a message whose next receive
+        would reach the queue's redrive is re-sent fresh instead, so declines never
+        dead-letter a job."""
+        if message.receive_count >= max_receive_count - 1:
+            try:
+                self.queue.send_body(message.body)
+                self.queue.delete(message.receipt_handle)
+                return
+            except QueueError:  # fall back to releasing this copy
+                logger.warning("could not re-send the declined message fresh", exc_info=True)
+        try:
+            self.queue.change_visibility(message.receipt_handle, max(0, min(hide_s, 43200)))
+        except QueueError:
+            logger.warning("could not give back the declined message", exc_info=True)
+
     def acknowledge(self, message: ReceivedMessage, *, now: bool) -> None:
         """Delete a succeeded job's message (its SUCCEEDED is durable: the delete may wait)."""
         acker = self.acker

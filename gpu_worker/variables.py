@@ -153,7 +153,13 @@ VARIABLES: tuple[Variable, ...] = (
         "WORKER_REBALANCE_ACTION",
         "rebalance_action",
         lambda n, d: read_switch(n, d).lower(),
-        "on a rebalance recommendation: drain or checkpoint",
+        "on a rebalance recommendation: drain, checkpoint or keep",
+    ),
+    Variable(
+        "WORKER_WORK_THROUGH_NOTICE",
+        "work_through_notice",
+        read_flag,
+        "under a notice with a deadline, keep taking jobs that end before it",
     ),
     Variable(
         "WORKER_CHECKPOINT_DIR",
