@@ -9,6 +9,9 @@ SAM_STAMP := $(SAM_VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 MODEL_STAMP := $(VENV)/.model-installed
+BENCH_STAMP := $(VENV)/.bench-installed
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' requirements-model.in)
+TORCH_CPU_WHEELS ?= https://download.pytorch.org/whl/cpu/torch/
 
 # sam build targets python3.13 (arm64, no Docker) and runs the python3.13 on PATH. One that runs
 # as is wins; else pyenv's newest installed 3.13 beside the current version (no particular layout
@@ -21,12 +24,14 @@ endif
 endif
 
 .PHONY: checkov chaos help demo test test-unit test-e2e lint format validate build cfn-lint doctor clean
-.PHONY: model test-model catalog run-local image push sam-python
+.PHONY: model test-model catalog run-local image push sam-python bench lock sync-compose
+.PHONY: test-pythons
 
 help:
 	@echo "make demo      run the whole pipeline locally (moto server, real worker, real handlers)"
-	@echo "make chaos     chaos drill: 200 jobs, workers killed at random; SEED=N replays"
+	@echo "make chaos     chaos drill: 200 jobs, workers killed at random; SEED=N replays, PLOT=t.png draws"
 	@echo "make test      run the test suite (unit + end-to-end) and cfn-lint"
+	@echo "make test-pythons  the unit tests on python3.12 (worker image) and 3.13 (Lambda runtime)"
 	@echo "make lint      ruff check, ruff format --check, hadolint, cfn-lint, checkov"
 	@echo "make validate  sam validate --lint"
 	@echo "make doctor    check template.yaml for misconfigurations (python -m spotline_ops.doctor)"
@@ -35,12 +40,15 @@ help:
 	@echo "make push      log in to the stack's ECR repository, build, push TAG, write the analyzer catalog"
 	@echo "make model     add the optional real model (torch CPU + all-MiniLM-L6-v2, ~1.5 GB) to .venv"
 	@echo "make test-model  the text_embed tests, failing (not skipping) without the model"
+	@echo "make bench     add what the benchmarks' plots need (matplotlib) to .venv"
+	@echo "make lock      rewrite the locks (requirements*.txt, with hashes) from their .in files"
 
+# Every environment installs from a lock with hashes (`make lock` writes them from the .in files).
 $(STAMP): requirements-dev.txt pyproject.toml plugins/spotline-drills/pyproject.toml \
 		examples/kmeans/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e plugins/spotline-drills
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e examples/kmeans
@@ -58,12 +66,26 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
 
-# The optional model extra. torch first and alone: its CPU build lies on local disk, and a
-# resolver left to choose a torch downloads gigabytes of CUDA wheels.
+# The optional model extra. torch first and alone, by its pin and without a hash: its CPU build
+# lies on local disk (PyPI's Linux torch is the CUDA build, gigabytes). The rest from the lock,
+# which holds everything but torch, with --no-deps so nothing outside it is fetched.
 $(MODEL_STAMP): $(STAMP) requirements-model.txt
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -r requirements-model.txt
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements-model.txt
 	touch $(MODEL_STAMP)
+
+# What only the benchmarks' plots need (matplotlib: pyproject's `bench` extra).
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+
+# The locks, from the .in files, with hashes (uv, in .venv). TORCH_CPU_WHEELS: where torch's CPU
+# build lies (a find-links page, or a folder where the wheel is on disk) for the development
+# model lock.
+lock: $(STAMP)
+	TORCH_VERSION='$(TORCH_VERSION)' TORCH_CPU_WHEELS='$(TORCH_CPU_WHEELS)' UV='$(BIN)/uv' tools/lock.sh
 
 model: $(MODEL_STAMP)
 
@@ -80,7 +102,7 @@ run-local: $(STAMP)
 		$(if $(PARAMS),--params '$(PARAMS)')
 
 chaos: $(STAMP)
-	$(BIN)/python -m devstack chaos $(if $(SEED),--seed $(SEED))
+	$(BIN)/python -m devstack chaos $(if $(SEED),--seed $(SEED)) $(if $(PLOT),--plot $(PLOT))
 
 test: $(STAMP) cfn-lint doctor
 	$(BIN)/python -m pytest
@@ -91,12 +113,21 @@ test-unit: $(STAMP)
 test-e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e
 
+# The unit tests on the other Pythons spotline runs on: 3.12 (the worker image) and 3.13 (the
+# Lambda runtime), each in a venv of its own (.venv-py3.12, .venv-py3.13) from the same lock.
+# A Python this machine lacks is skipped with how to get it (REQUIRE_PYTHONS=1: a failure).
+EXTRA_PYTHONS ?= 3.12 3.13
+
+test-pythons:
+	@for version in $(EXTRA_PYTHONS); do tools/test_python.sh $$version || exit 1; done
+
 # The analyzers the base image installs, as the API checks jobs against them (the Lambda
 # bundle's copy). `make push` regenerates it from the pushed image instead.
 catalog: $(STAMP)
 	WORKER_IMAGE=spotline-worker:latest $(BIN)/python -m gpu_worker --catalog \
 		--distribution spotline > functions/spotline/catalog.json
 
+# .cfnlintrc appends the doctor's checks as rules (tools/cfn_lint_rules): E9001, I9001.
 cfn-lint: $(STAMP)
 	$(BIN)/cfn-lint template.yaml
 
@@ -107,6 +138,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint gpu_worker/Dockerfile examples/kmeans/Dockerfile
+	$(BIN)/python tools/sync_compose.py --check
+	@if command -v docker-compose >/dev/null; then \
+		WORKER_QUEUE_URL=q WORKER_DLQ_URL=d WORKER_TABLE_NAME=t WORKER_BUCKET=b WORKER_ID=i \
+		WORKER_LOG_GROUP=g docker-compose -f gpu_worker/docker-compose.yml config -q \
+		&& echo "docker-compose config: gpu_worker/docker-compose.yml is valid"; \
+	else echo "docker-compose config: skipped, no docker-compose (apt install docker-compose)"; fi
 	$(BIN)/cfn-lint template.yaml
 	$(MAKE) --no-print-directory checkov
 
@@ -136,6 +173,10 @@ build: sam-python $(SAM_STAMP)
 # and the catalog from the pushed image. tools/worker_image.sh holds the recipe and its settings.
 ANALYZER_DIR ?= examples/kmeans
 
+# The worker's compose file into template.yaml's user data (the one definition, copied verbatim).
+sync-compose: $(STAMP)
+	$(BIN)/python tools/sync_compose.py
+
 image:
 	ANALYZER_DIR='$(ANALYZER_DIR)' tools/worker_image.sh build
 
@@ -143,4 +184,4 @@ push:
 	ANALYZER_DIR='$(ANALYZER_DIR)' tools/worker_image.sh push
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .venv-py3.* .aws-sam .pytest_cache .ruff_cache .mypy_cache

@@ -20,21 +20,47 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "functions"))
 
 from devstack.chaos import Chaos, ChaosConfig, new_seed, render
+from devstack.chaos_timeline import Timeline, plot
+from devstack.plotting import pyplot
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--duration-s", type=float, default=120.0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="replay this fault schedule (default: a new one, printed)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=200, help="jobs submitted (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=3, help="worker processes, at least 2 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        default=120.0,
+        help="how long faults are injected, in seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the timeline: jobs per worker over time, faults marked (needs: make bench)",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else new_seed()
     config = ChaosConfig(
         seed=seed, jobs=args.jobs, workers=max(2, args.workers), duration_s=args.duration_s
     )
-    report = Chaos(config, quiet_handlers=True).run()
+    if args.plot:
+        pyplot()  # without matplotlib, say so before the drill, not after it
+    timeline = Timeline()
+    report = Chaos(config, quiet_handlers=True, watch=timeline).run()
     render(report)
+    if args.plot:
+        plot(timeline, args.plot, title=f"spotline chaos drill, seed {seed}")
     figures = report.figures()
     print(json.dumps(figures, separators=(",", ":")))
     return 0 if report.ok else 1

@@ -150,7 +150,12 @@ QUIET = {"ALERT_CHANNELS": "", "POWERTOOLS_LOG_LEVEL": "WARNING"}
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=5,
+        help="cold starts measured per function (default: %(default)s)",
+    )
     args = parser.parse_args()
 
     rows: list[dict[str, Any]] = []

@@ -53,6 +53,7 @@ from throughput import SETTABLE as QUEUE_SETTINGS  # noqa: E402
 
 from devstack.faults import FaultProxy  # noqa: E402
 from devstack.motoserver import MotoServer, free_port, wait_until  # noqa: E402
+from devstack.plotting import pyplot  # noqa: E402
 from devstack.stack import Devstack  # noqa: E402
 from enqueue.submission import submit  # noqa: E402
 from gpu_worker.analyzers import Job  # noqa: E402
@@ -465,16 +466,7 @@ def print_table(cells: list[Cell]) -> None:
 
 
 def plot(cells: list[Cell], path: str) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        print(
-            "--plot needs matplotlib (pip install matplotlib; requirements-dev.txt has it)",
-            file=sys.stderr,
-        )
-        return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for latency in sorted({c.latency_ms for c in cells}):
@@ -554,7 +546,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep the device logs (device-SIDE-dD-lL.jsonl) and worker logs in DIR",
     )
     parser.add_argument(
-        "--plot", metavar="FILE.png", help="draw the busy fraction against D (needs matplotlib)"
+        "--plot",
+        metavar="FILE.png",
+        help="draw the busy fraction against D (needs matplotlib: make bench)",
     )
     args = parser.parse_args(argv)
     if args.quick:

@@ -24,16 +24,21 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+# Run as a script from anywhere (its usage line): the checkout's packages first.
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "functions"), str(REPO)]
 
-from devstack.demo import QUIET_HANDLERS
-from devstack.imds import ImdsMock
-from devstack.motoserver import wait_until
-from devstack.stack import Devstack
-from devstack.workers import WorkerProcess
-from spotline.contract import JobStatus
+from botocore.exceptions import ClientError  # noqa: E402
+
+from devstack.demo import QUIET_HANDLERS  # noqa: E402
+from devstack.imds import ImdsMock  # noqa: E402
+from devstack.motoserver import wait_until  # noqa: E402
+from devstack.stack import Devstack  # noqa: E402
+from devstack.workers import WorkerProcess  # noqa: E402
+from spotline.contract import JobStatus  # noqa: E402
 
 STEP_S = 0.1
 CHECKPOINT_EVERY_S = 1.0
@@ -174,8 +179,15 @@ def mean(trials: list[Trial], attribute: str) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--baseline-trials", type=int, default=3)
+    parser.add_argument(
+        "--trials", type=int, default=5, help="interrupted jobs measured (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--baseline-trials",
+        type=int,
+        default=3,
+        help="uninterrupted jobs measured for comparison (default: %(default)s)",
+    )
     args = parser.parse_args()
     random.seed(5)
     started = time.monotonic()

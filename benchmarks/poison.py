@@ -247,7 +247,12 @@ def main() -> int:
     parser.add_argument("--visibility-s", type=int, default=30, help="queue VisibilityTimeout")
     parser.add_argument("--step-mib", type=int, default=16, help="hog allocation per step")
     parser.add_argument("--step-s", type=float, default=0.05, help="hog pause per step")
-    parser.add_argument("--naive-consumer", nargs=2, metavar=("QUEUE_URL", "RECEIVE_LOG"))
+    parser.add_argument(
+        "--naive-consumer",
+        nargs=2,
+        metavar=("QUEUE_URL", "RECEIVE_LOG"),
+        help="internal: run as the naive consumer the benchmark starts (not for direct use)",
+    )
     args = parser.parse_args()
     if args.naive_consumer:
         naive_consumer(*args.naive_consumer)

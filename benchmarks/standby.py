@@ -49,7 +49,12 @@ import random
 import sys
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from devstack.plotting import pyplot
 
 MINUTES_PER_DAY = 24 * 60
 NOTICE_MIN = 2.0  # a spot warning comes two minutes before the instance is reclaimed
@@ -79,6 +84,29 @@ class Params:
     rebalance_lead_minutes: float = 10.0  # mean lead of those (exponential)
     false_rebalances_per_day: float = 0.5  # per spot worker, never followed by an interruption
     seed: int = 7
+
+
+# What each of Params' fields means, for --help.
+PARAM_HELP = {
+    "days": "simulated days",
+    "workers": "spot workers in the fleet",
+    "interruptions_per_day": "spot interruptions per worker and day",
+    "arrivals_per_hour": "jobs arriving per hour",
+    "job_minutes": "mean job length in minutes (exponential)",
+    "boot_minutes": "minutes until a fresh spot replacement serves",
+    "standby_start_minutes": "minutes until the stopped standby serves",
+    "cooldown_minutes": "minutes the standby stays after the replacement serves",
+    "on_demand_hourly": "on-demand price per hour, USD",
+    "spot_price_ratio": "spot price as a fraction of on-demand",
+    "standby_disk_monthly": "the stopped standby's disk per month, USD",
+    "checkpoint_grace_s": "seconds a stopping job gets to checkpoint (WORKER_CHECKPOINT_GRACE_S)",
+    "limit_headroom": "a job's runtime limit as a multiple of its own work",
+    "unlimited_share": "share of jobs that name no limit (the stack's cap: never fit a notice)",
+    "rebalance_early_share": "share of interruptions whose rebalance recommendation comes first",
+    "rebalance_lead_minutes": "mean lead of those recommendations, minutes (exponential)",
+    "false_rebalances_per_day": "recommendations per worker and day never followed by a notice",
+    "seed": "random seed (the same arrivals and interruptions for every strategy)",
+}
 
 
 @dataclass
@@ -468,11 +496,7 @@ def share_for_goal(ratios: dict[float, float | None]) -> float | None:
 
 
 def plot(results: dict[str, Result], path: str, days: float = 7.0) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     end = days * MINUTES_PER_DAY
     figure, axes = plt.subplots(len(results), 1, figsize=(14, 3.2 * len(results)), sharex=True)
     for axis, (name, result) in zip(axes, results.items(), strict=True):
@@ -557,8 +581,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = Params()
     for name, value in vars(defaults).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    parser.add_argument("--plot", metavar="FILE.png", help="draw one simulated week")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=type(value),
+            default=value,
+            help=f"{PARAM_HELP[name]} (default: %(default)s)",
+        )
+    parser.add_argument(
+        "--plot", metavar="FILE.png", help="draw one simulated week (needs matplotlib: make bench)"
+    )
     args = parser.parse_args(argv)
     params = Params(**{k: getattr(args, k) for k in vars(defaults)})
     trace = make_trace(params)

@@ -171,7 +171,13 @@ def measure(jobs: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, nargs="+", default=[1_000, 10_000, 25_000])
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        nargs="+",
+        default=[1_000, 10_000, 25_000],
+        help="table sizes to measure, in jobs (default: %(default)s)",
+    )
     args = parser.parse_args()
     rows = [measure(jobs) for jobs in args.jobs]
     header = (

@@ -87,8 +87,12 @@ def child_texts_per_s(batch: list[str], batch_size: int, jobs: int, output: str)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=4, help="timed jobs per side and round")
-    parser.add_argument("--texts-per-job", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--texts-per-job", type=int, default=64, help="texts in each job (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="texts per model call (default: %(default)s)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians")
     args = parser.parse_args()
 

@@ -429,8 +429,12 @@ def call_costs(dev: Devstack, meter: CpuMeter, depth: int, calls: int = 40) -> d
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--jobs", type=int, default=300, help="jobs per round (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds per side; medians (default: %(default)s)"
+    )
     args = parser.parse_args()
 
     series: dict[str, list[float]] = collections.defaultdict(list)

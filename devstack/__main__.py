@@ -16,6 +16,11 @@ def main(argv: list[str] | None = None) -> int:
     chaos.add_argument("--jobs", type=int, default=200, help="jobs to submit")
     chaos.add_argument("--workers", type=int, default=3, help="worker processes (>= 2)")
     chaos.add_argument("--duration-s", type=float, default=120.0, help="seconds of faults")
+    chaos.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the timeline: jobs per worker over time, faults marked (needs: make bench)",
+    )
     local = commands.add_parser("run", help="run one job of your installed analyzer end to end")
     local.add_argument("--analyzer", required=True, help="an installed analyzer's name")
     local.add_argument("--input", default="null", help="the job's input, as JSON")
@@ -41,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=seed, jobs=args.jobs, workers=max(2, args.workers), duration_s=args.duration_s
         )
         try:
-            return chaos_module.run(config)
+            return chaos_module.run(config, plot_path=args.plot)
         except KeyboardInterrupt:
             print(f"interrupted (seed {seed}); everything chaos started was stopped")
             return 130

@@ -23,6 +23,7 @@ import statistics
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +32,8 @@ from typing import Any
 import psutil
 from botocore.exceptions import ClientError
 
+from devstack import plotting
+from devstack.chaos_timeline import ChaosProgress, Tick, Timeline, plot, tick_from_table
 from devstack.deadletters import DeadLetterRouter, configure_notifications
 from devstack.faults import FaultProxy
 from devstack.imds import ImdsMock
@@ -238,9 +241,16 @@ def job_request(kind: str, n: int, rng: random.Random, callback_url: str) -> dic
 
 class Chaos:
     def __init__(
-        self, config: ChaosConfig, *, log: Any = print, quiet_handlers: bool = False
+        self,
+        config: ChaosConfig,
+        *,
+        log: Any = print,
+        quiet_handlers: bool = False,
+        watch: Callable[[Tick], None] | None = None,
     ) -> None:
         self.config = config
+        # Told once a second how the drill stands (devstack/chaos_timeline.py: bar, timeline).
+        self.watch = watch
         self.quiet_handlers = quiet_handlers
         self.rng = random.Random(config.seed)
         self.log = log
@@ -531,6 +541,10 @@ class Chaos:
             return False
         return self._told_everyone()
 
+    def tick(self) -> Tick:
+        """How the drill stands now: jobs settled, faults so far, jobs settled per worker."""
+        return tick_from_table(self._t(), self._table(), set(self.planned), self.report.faults)
+
     def _told_everyone(self) -> bool:
         assert self.dev is not None
         for job_id, plan in self.planned.items():
@@ -616,6 +630,8 @@ class Chaos:
             self.housekeeping()
             if now - last_check >= 1.0:
                 last_check = now
+                if self.watch is not None:
+                    self.watch(self.tick())
                 if self.finished():
                     self.log(f"  t+{self._t():5.1f}s  every job settled, queues empty")
                     break
@@ -630,6 +646,8 @@ class Chaos:
         while time.monotonic() < settle and self.dev.dlq.approximate_counts() != (0, 0):
             time.sleep(0.2)
         self._aws_faults_off()
+        if self.watch is not None:
+            self.watch(self.tick())  # the last state, whatever ended the loop
         self._follow_hits()
 
     # -- checks --------------------------------------------------------------------------------
@@ -903,7 +921,20 @@ def new_seed() -> int:
     return secrets.randbelow(1_000_000)
 
 
-def run(config: ChaosConfig) -> int:
-    report = Chaos(config, quiet_handlers=True).run()
+def run(config: ChaosConfig, *, plot_path: str | None = None) -> int:
+    """The drill with a live progress bar; the verdict table; the timeline plot if asked."""
+    if plot_path:
+        plotting.pyplot()  # without matplotlib, say so before the drill, not after it
+    timeline = Timeline()
+    with ChaosProgress() as progress:
+
+        def watch(tick: Tick) -> None:
+            progress(tick)
+            timeline(tick)
+
+        report = Chaos(config, quiet_handlers=True, log=progress.log, watch=watch).run()
     render(report)
+    if plot_path:
+        plot(timeline, plot_path, title=f"spotline chaos drill, seed {config.seed}")
+        print(f"timeline: {plot_path}")
     return 0 if report.ok else 1

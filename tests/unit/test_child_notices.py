@@ -561,13 +561,12 @@ def test_log_group_subscription_and_permission_agree() -> None:
     assert {r["Condition"] for r in (group, subscription, permission)} == {"DeployWorkers"}
     assert group["Properties"]["RetentionInDays"] == {"Ref": "WorkerLogRetentionDays"}
     assert subscription["Properties"]["LogGroupName"] == {"Ref": "WorkerLogGroup"}
-    assert subscription["Properties"]["DestinationArn"] == {
-        "Fn::GetAtt": ["AlarmFanoutFunction", "Arn"]
-    }
+    # The function's alias (AutoPublishAlias), as every invocation path: SnapStart serves it.
+    assert subscription["Properties"]["DestinationArn"] == {"Ref": "AlarmFanoutFunction.Alias"}
     assert subscription["DependsOn"] == "WorkerChildFellOverPermission"
     assert permission["Properties"] == {
         "Action": "lambda:InvokeFunction",
-        "FunctionName": {"Ref": "AlarmFanoutFunction"},
+        "FunctionName": {"Ref": "AlarmFanoutFunction.Alias"},
         "Principal": "logs.amazonaws.com",
         "SourceAccount": {"Ref": "AWS::AccountId"},
         "SourceArn": {"Fn::GetAtt": ["WorkerLogGroup", "Arn"]},
@@ -605,14 +604,19 @@ def _user_data() -> str:
 
 def test_the_worker_container_logs_to_its_group_without_ever_blocking() -> None:
     script = _user_data()
-    compose_text = script.split("<<'COMPOSE'\n", 1)[1].split("\nCOMPOSE\n", 1)[0]
-    compose = yaml.safe_load(compose_text)
+    variables = RESOURCES["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"][
+        "Fn::Base64"
+    ]["Fn::Sub"][1]
+    compose = yaml.safe_load(variables["ComposeFile"])  # the repository's compose file
     logging = compose["services"]["worker"]["logging"]
     assert logging["driver"] == "awslogs"
     options = logging["options"]
-    assert options["awslogs-group"] == "${WorkerLogGroup}"
-    assert options["awslogs-region"] == "${AWS::Region}"
-    assert options["awslogs-stream"] == "${!WORKER_ID}"  # compose reads it from .env
+    # compose reads them from the .env the user data writes from the stack
+    assert options["awslogs-group"] == "${WORKER_LOG_GROUP:?set WORKER_LOG_GROUP}"
+    assert "WORKER_LOG_GROUP=${WorkerLogGroup}" in script
+    assert options["awslogs-region"] == "${AWS_REGION:-us-east-1}"
+    assert "AWS_REGION=${AWS::Region}" in script
+    assert options["awslogs-stream"] == "${WORKER_ID:?set WORKER_ID}"
     assert "WORKER_ID=$INSTANCE_ID" in script
     assert options["mode"] == "non-blocking"
     size = re.fullmatch(r"(\d+)([kmg])", options["max-buffer-size"])

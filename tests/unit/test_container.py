@@ -58,14 +58,19 @@ def test_gpu_device_reservation(worker: dict[str, Any]) -> None:
     assert device["count"] == "all"
 
 
-def test_healthcheck_asks_the_supervisors_healthz(worker: dict[str, Any]) -> None:
-    check = worker["healthcheck"]
-    command = " ".join(check["test"])
-    assert check["test"][0] == "CMD"  # exec form: no shell needed in the image
-    port = worker["environment"]["WORKER_HEALTH_PORT"]
-    assert f"http://127.0.0.1:{port}/healthz" in command
+def test_the_health_check_is_the_images_own(worker: dict[str, Any]) -> None:
+    # compose and the fleet inherit the image's HEALTHCHECK (test_the_image_checks_its_own_health):
+    # one definition, which asks the port the supervisor serves on every address of the container.
+    assert "healthcheck" not in worker
+    assert worker["environment"]["WORKER_HEALTH_PORT"] == "8080"
     assert worker["environment"]["WORKER_HEALTH_HOST"] == "0.0.0.0"
-    assert check["retries"] >= 2 and check["start_period"]
+    assert worker["ports"] == ["127.0.0.1:8080:8080"]  # the host's loopback only
+
+
+def test_the_worker_holds_no_capability_and_gains_none(worker: dict[str, Any]) -> None:
+    assert worker["cap_drop"] == ["ALL"]
+    assert "cap_add" not in worker and "privileged" not in worker
+    assert "no-new-privileges:true" in worker["security_opt"]
 
 
 def test_logs_rotate(worker: dict[str, Any]) -> None:
@@ -81,7 +86,7 @@ def test_dockerfile_runs_the_supervisor_directly_as_non_root() -> None:
     text = DOCKERFILE.read_text(encoding="utf-8")
     instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
     (base_arg,) = [line for line in instructions if line.startswith("ARG BASE_IMAGE=")]
-    assert "nvidia/cuda" in base_arg and "runtime" in base_arg
+    assert "nvidia/cuda" in base_arg
     assert "FROM ${BASE_IMAGE}" in instructions
     (user,) = [line for line in instructions if line.startswith("USER ")]
     assert user.split()[1].split(":")[0] not in {"root", "0"}
@@ -96,21 +101,31 @@ def _dockerfile_args() -> dict[str, str]:
     return dict(re.findall(r"^ARG (\w+)=(\S+)$", text, flags=re.MULTILINE))
 
 
-def test_image_carries_the_model_with_a_cuda_torch_at_the_pinned_version() -> None:
+def test_image_carries_the_model_with_the_locked_cuda_torch_on_the_smallest_base() -> None:
     args = _dockerfile_args()
     assert args["WITH_MODEL"] == "1", "a GPU worker image exists to run the real model"
-    pins = (REPO_ROOT / "requirements-model.txt").read_text(encoding="utf-8").splitlines()
-    (torch_pin,) = [line for line in pins if line.startswith("torch==")]
-    assert torch_pin == f"torch=={args['TORCH_VERSION']}", "image and extra pin one torch"
-    assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", args["TORCH_INDEX_URL"])
-    cuda = re.search(r"nvidia/cuda:(\d+)\.(\d+)", args["BASE_IMAGE"])
-    assert cuda is not None
-    assert args["TORCH_INDEX_URL"].endswith(f"cu{cuda[1]}{cuda[2]}"), "torch built for the base"
+    # The base by digest; -base, since the locked torch brings its CUDA libraries as wheels.
+    base = re.fullmatch(
+        r"nvidia/cuda:(\d+)\.(\d+)\.\d+-base-ubuntu24\.04@sha256:[0-9a-f]{64}", args["BASE_IMAGE"]
+    )
+    assert base is not None, args["BASE_IMAGE"]
+    lock = (REPO_ROOT / "gpu_worker" / "requirements-model.txt").read_text(encoding="utf-8")
+    model_pins = (REPO_ROOT / "requirements-model.in").read_text(encoding="utf-8")
+    (torch_pin,) = re.findall(r"^torch==(\S+)$", model_pins, flags=re.MULTILINE)
+    assert re.search(rf"^torch=={re.escape(torch_pin)} ", lock, flags=re.MULTILINE)
+    # torch's CUDA libraries are of the base's CUDA major version (a cuXX suffix or cuda-toolkit).
+    toolkit = re.search(r"^cuda-toolkit==(\d+)\.(\d+)", lock, flags=re.MULTILINE)
+    assert toolkit is not None and (toolkit[1], toolkit[2]) == (base[1], base[2])
+    assert f"nvidia-cudnn-cu{base[1]}==" in lock
+
+
+def test_the_image_checks_its_own_health() -> None:
     text = DOCKERFILE.read_text(encoding="utf-8")
-    # torch alone and first, from its index; the rest of the extra without it.
-    torch_at = text.index('--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"')
-    rest_at = text.index("-r /tmp/requirements-rest.txt")
-    assert torch_at < rest_at and "grep -vE '^torch=='" in text[torch_at:rest_at]
+    joined = text.replace("\\\n", " ")  # continuation lines as one
+    (line,) = [line for line in joined.splitlines() if line.startswith("HEALTHCHECK ")]
+    assert "--start-period=180s" in line and "--retries=3" in line
+    argv = json.loads(line.split("CMD", 1)[1].strip())  # exec form: no shell in the check
+    assert argv == ["python3", "-m", "gpu_worker.healthcheck"]
 
 
 def test_build_context_leaves_out_virtualenvs_and_build_output() -> None:

@@ -28,7 +28,7 @@ SDK_TESTING = SHARED / "sdk" / "testing.py"
 FUNCTION_PACKAGES = sorted(
     p.name for p in FUNCTIONS.iterdir() if (p / "__init__.py").exists() and p != SHARED
 )
-# What the Lambda runtime provides (boto3, botocore) and what functions/requirements.txt installs,
+# What the Lambda runtime provides (boto3, botocore) and what functions/requirements.in asks for,
 # by import name.
 BUNDLE_THIRD_PARTY = {
     "boto3",
@@ -58,7 +58,8 @@ def modules(folder: Path) -> list[Path]:
 
 
 def test_the_requirements_list_what_the_bundle_imports() -> None:
-    pins = (FUNCTIONS / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    # The direct requirements (the lock, requirements.txt, adds their dependencies: test_locks).
+    pins = (FUNCTIONS / "requirements.in").read_text(encoding="utf-8").splitlines()
     pins = [line for line in pins if line.strip() and not line.lstrip().startswith("#")]
     names = {re.split(r"[=<>\[]", line)[0].replace("-", "_") for line in pins}
     assert names <= BUNDLE_THIRD_PARTY

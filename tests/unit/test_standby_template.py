@@ -140,9 +140,11 @@ def test_user_data_starts_compose_with_the_worker_image_and_instance_id(
     assert "WORKER_ID=$INSTANCE_ID" in script  # the standby's in-flight check relies on it
     assert "WORKER_LIFECYCLE_HOOK=drain" in script
     assert "docker compose up -d" in script
-    assert "stop_grace_period: 110s" in script and "init: true" in script
-    # Compose's own variables are escaped (${!X}) so that Sub leaves them to compose.
-    assert "image: ${!WORKER_IMAGE}" in script
+    # The compose file is the repository's, passed whole as a Sub variable: Sub substitutes a
+    # variable's value without reading it, so compose's own ${X} reach compose untouched.
+    assert "cat > docker-compose.yml <<'COMPOSE'\n${ComposeFile}\nCOMPOSE\n" in script
+    compose = (REPO_ROOT / "gpu_worker" / "docker-compose.yml").read_text(encoding="utf-8")
+    assert variables["ComposeFile"] == compose
 
 
 def test_spot_group_mixes_instance_types_with_capacity_rebalance_and_a_drain_hook(
@@ -256,35 +258,29 @@ def test_worker_profile_can_complete_only_its_groups_lifecycle_action(
     assert metrics["Condition"]["StringEquals"]["cloudwatch:namespace"] == "spotline"
 
 
-# What the fleet's compose file (written by the user data) must share with
-# gpu_worker/docker-compose.yml, the one users run and test: the settings behind F1, F2 and F5.
-SHARED_WORKER_SETTINGS = (
-    "init",
-    "restart",
-    "mem_limit",
-    "memswap_limit",
-    "stop_signal",
-    "stop_grace_period",
-    "healthcheck",
-    "deploy",
-)
-
-
-def test_fleet_compose_keeps_the_settings_of_the_worker_compose_file(
+def test_every_variable_the_compose_file_requires_is_in_the_fleets_env(
     resources: dict[str, Any],
 ) -> None:
     user_data = resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
-    script = user_data["Fn::Base64"]["Fn::Sub"][0]
-    fleet_text = script.split("cat > docker-compose.yml <<'COMPOSE'\n", 1)[1].split("COMPOSE\n")[0]
-    # Sub turns ${!X} into ${X} for compose; the stack's own references do not matter here.
-    fleet = yaml.safe_load(fleet_text.replace("${!", "${"))["services"]["worker"]
-    local_text = (REPO_ROOT / "gpu_worker" / "docker-compose.yml").read_text(encoding="utf-8")
-    local = yaml.safe_load(local_text)["services"]["worker"]
-    for key in SHARED_WORKER_SETTINGS:
-        if key in ("mem_limit", "memswap_limit"):  # the fleet sizes them to the host's RAM
-            assert fleet[key] == "${WORKER_MEM_LIMIT}", key
-            continue
-        assert fleet[key] == local[key], f"{key}: fleet {fleet[key]!r} != local {local[key]!r}"
+    script, variables = user_data["Fn::Base64"]["Fn::Sub"]
+    env_text = script.split("cat > .env <<ENV\n", 1)[1].split("\nENV\n", 1)[0]
+    # With capacity tiers on, ${TierEnv} adds the tier's lines (empty on a one-pool stack).
+    tier_env = variables["TierEnv"]["Fn::If"][1]["Fn::Sub"][0]
+    env_text = env_text.replace("${TierEnv}", tier_env)
+    written = {line.split("=", 1)[0] for line in env_text.splitlines() if line}
+    required = set(re.findall(r"\$\{(\w+):\?", variables["ComposeFile"]))
+    assert required == {
+        "WORKER_QUEUE_URL",
+        "WORKER_DLQ_URL",
+        "WORKER_TABLE_NAME",
+        "WORKER_BUCKET",
+        "WORKER_ID",
+        "WORKER_LOG_GROUP",
+    }
+    assert required <= written, required - written
+    # Every setting the fleet writes reaches the compose file (none is written for nothing).
+    used = set(re.findall(r"\$\{(\w+)", variables["ComposeFile"]))
+    assert written <= used, written - used
 
 
 # -- a job's boundaries (DESIGN.md): the stack's policy reaches the fleet, IAM confines S3 ------

@@ -88,7 +88,7 @@ def test_a_one_pool_stack_renders_its_worker_script_as_before() -> None:
         "WORKER_DLQ_URL=${JobsDeadLetterQueue}\n",
         "WORKER_ASG_NAME=${AWS::StackName}-workers\n",
         "\nMEM_KB=$(awk",
-        "WORKER_REBALANCE_ACTION=${RebalanceAction}\nAWS_REGION=${AWS::Region}\n",
+        "WORKER_LOG_GROUP=${WorkerLogGroup}\nAWS_REGION=${AWS::Region}\n",
     ):
         assert line in rendered
     assert "TIER" not in rendered

@@ -4,7 +4,8 @@ bite in practice, each with its fix.
 Offline it reads a template (parameter defaults, or ``--parameter Name=Value`` overrides); with
 ``--stack-name`` it reads the deployed stack with read-only calls (the processed template, the
 stack's parameter values, and the live attributes of its queues, alarms and launch templates).
-Exit status 1 when any finding is an error.
+Exit status 1 when any finding is an error; 2, with one line on stderr, when an input cannot be used
+(a missing file, bad YAML, an unknown ``--parameter``, a stack AWS cannot be asked about).
 
 Checks: DLQ retention not longer than the source's; ``maxReceiveCount`` not above the worker's
 ``MaxAttempts``; a visibility window shorter than 3x the heartbeat period; IMDSv2 not required or a
@@ -33,6 +34,13 @@ import yaml
 from spotline.catalog import Catalog
 from spotline.metrics_names import FUNCTION_METRICS, NAMESPACE, WORKER_METRICS
 from spotline_ops.doctor_catalog import check_catalog
+from spotline_ops.doctor_inputs import (
+    AWS_ERRORS,
+    InputError,
+    aws_failure,
+    parameter_overrides,
+    read_template,
+)
 from spotline_ops.doctor_tiers import check_tiers, tiers_deployed
 
 CATALOG_IN_TREE = "functions/spotline/catalog.json"
@@ -963,19 +971,11 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
         "functions/spotline/catalog.json beside the template)",
     )
     args = parser.parse_args(argv)
-    if args.stack_name:
-        if session is None:
-            import boto3
-
-            session = boto3.Session(region_name=args.region)
-        if args.endpoint_url:
-            session = _EndpointSession(session, args.endpoint_url)
-        view = stack_view(args.stack_name, session)
-        source = f"stack {args.stack_name}"
-    else:
-        overrides = dict(p.split("=", 1) for p in args.parameter)
-        view = View(load_template(Path(args.template).read_text(encoding="utf-8")), overrides)
-        source = args.template
+    try:
+        view, source = _read_view(args, session)
+    except InputError as exc:
+        print(f"doctor: {exc}", file=sys.stderr)
+        return 2
     findings = diagnose(view)
     catalog_path = Path(args.catalog or Path(args.template).parent / CATALOG_IN_TREE)
     if catalog_path.exists():
@@ -985,6 +985,24 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
     else:
         print(render(findings, source))
     return 1 if any(f.is_error for f in findings) else 0
+
+
+def _read_view(args: argparse.Namespace, session: Any) -> tuple[View, str]:
+    """The view to check and its name; InputError (one line) when the input cannot be used."""
+    if args.stack_name:
+        if session is None:
+            import boto3
+
+            session = boto3.Session(region_name=args.region)
+        if args.endpoint_url:
+            session = _EndpointSession(session, args.endpoint_url)
+        try:
+            return stack_view(args.stack_name, session), f"stack {args.stack_name}"
+        except AWS_ERRORS as exc:
+            raise aws_failure(args.stack_name, exc) from exc
+    template = read_template(Path(args.template), load_template)
+    overrides = parameter_overrides(args.parameter, template.get("Parameters") or {})
+    return View(template, overrides), args.template
 
 
 class _EndpointSession:
