@@ -4,7 +4,7 @@
 # every Python from 3.11 up). A Python this machine lacks is skipped with how to get it, and
 # REQUIRE_PYTHONS=1 (CI's setting where it provides them) makes that a failure.
 #
-#   tools/test_python.sh 3.12 [pytest arguments]   default arguments: tests/unit -q
+#   tools/test_python.sh 3.12 [pytest arguments]   default arguments: tests/unit -q -n auto
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${1:?usage: $0 MAJOR.MINOR [pytest arguments]}
@@ -31,6 +31,6 @@ if [[ ! -f $stamp || requirements-dev.txt -nt $stamp || pyproject.toml -nt $stam
 fi
 echo "test_python: $("$venv/bin/python" --version) in $venv"
 if [[ $# == 0 ]]; then
-    set -- tests/unit -q
+    set -- tests/unit -q -n auto
 fi
 exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
