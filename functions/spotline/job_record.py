@@ -31,6 +31,10 @@ LEASE_FIELDS = (LEASE_EXPIRES_AT, HOLDER_MESSAGE_ID)
 # whoever records the outcome knows which other attempts may have left one behind (a holder
 # killed between its result write and its completion) and removes them.
 ATTEMPT_IDS = "attempt_ids"
+# Set by a claim made ahead of its start (the worker prepares the next job while one runs) and
+# removed when the job starts or leaves RUNNING: a RUNNING record that has it is claimed but not
+# yet started, and no attempt of it is counted (its attempt id is added only at the start).
+PREPARED_AT = "prepared_at"
 
 
 def attempt_id(token: str) -> str:
@@ -119,12 +123,18 @@ class JobRecord:
     sent: bool = False
     lease_expires_at: float | None = None
     holder_message_id: str | None = None
+    prepared_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def attempt_ids(self) -> frozenset[str]:
         found = self.extra.get(ATTEMPT_IDS)
         return frozenset(str(x) for x in found) if isinstance(found, set | list) else frozenset()
+
+    @property
+    def prepared(self) -> bool:
+        """Claimed ahead by a worker that has not started it yet (it may still give it back)."""
+        return self.status == JobStatus.RUNNING and self.prepared_at is not None
 
     def lease_live(self, now: float) -> bool:
         """A RUNNING job whose holder's lease has not run out (no lease: none to respect)."""
@@ -146,6 +156,8 @@ class JobRecord:
             "result_uri": self.result_uri,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "started_at": self.started_at,
+            "prepared_at": self.prepared_at,
         }
 
 
@@ -181,6 +193,7 @@ _KNOWN = {
     "started_at",
     "finished_at",
     "sent",
+    PREPARED_AT,
     RUNNING_ON,
     UNSENT_SINCE,
     UNSENT_SHARD,
@@ -234,5 +247,6 @@ def record_from_item(item: dict[str, Any]) -> JobRecord:
         sent=bool(data.get("sent", False)),
         lease_expires_at=_opt_float(data.get(LEASE_EXPIRES_AT)),
         holder_message_id=data.get(HOLDER_MESSAGE_ID),
+        prepared_at=data.get(PREPARED_AT),
         extra={k: v for k, v in data.items() if k not in _KNOWN and k not in LEASE_FIELDS},
     )
