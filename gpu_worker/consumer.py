@@ -16,6 +16,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from gpu_worker.analyzers import Job
 from gpu_worker.attempt import Attempt, prepare
 from gpu_worker.checkpoint import CheckpointStore, FileCheckpointStore, InputError, ResultStore
 from gpu_worker.claim import Claimer
@@ -26,6 +27,7 @@ from gpu_worker.health import HealthServer
 from gpu_worker.heartbeat import Heartbeat
 from gpu_worker.intake import Intake
 from gpu_worker.interruption import Interruption, InterruptionWatch, monitors_for
+from gpu_worker.preparer import Prepared
 from gpu_worker.registry import load_plugins
 from gpu_worker.report import job_finished
 from gpu_worker.services import WorkerServices
@@ -119,12 +121,20 @@ class Worker:
         # A job's boundaries, the same rules as enqueue's, against this worker's own analyzers.
         self.policy = dataclasses.replace(config.policy, catalog=self.catalog)
         self.faults = FaultTracker(config.degraded_after_faults)
-        self.intake = Intake(self.queue, config, may_receive=self.stops.taking_jobs)
         self.claimer = Claimer(
             self.store,
             self.policy,
             worker_id=config.worker_id,
             lease_s=config.visibility_window_s,
+        )
+        self.intake = Intake(
+            self.queue,
+            config,
+            may_receive=self.stops.taking_jobs,
+            claimer=self.claimer,
+            store=self.store,
+            prepare_job=self._prepare_job,
+            job_in_hand_is_short=self._job_in_hand_is_short,
         )
         self.settle = Settler(
             queue=self.queue,
@@ -194,13 +204,12 @@ class Worker:
         self.intake.close()
 
     def poll_once(self) -> None:
-        taken = self.intake.take()
-        if taken is not None:
-            message, extended_at = taken
+        prepared = self.intake.take()
+        if prepared is not None:
             if not self.stops.taking_jobs():
-                self.intake.release_unstarted(message)
+                self.intake.give_back(prepared)
                 return
-            self.handle(message, extended_at=extended_at)
+            self.handle(prepared.attempt.message, prepared=prepared)
             return
         self.stops.receiving = True
         try:
@@ -256,15 +265,24 @@ class Worker:
 
     # -- one message: claim -> supervise -> decide -> settle ----------------------------------
 
-    def handle(self, message: ReceivedMessage, *, extended_at: float | None = None) -> None:
+    def handle(
+        self,
+        message: ReceivedMessage,
+        *,
+        extended_at: float | None = None,
+        prepared: Prepared | None = None,
+    ) -> None:
         """One message, whatever it holds: everything that happens here ends as an outcome
-        of its job (gpu_worker/faults.py), never as an exit of the worker."""
+        of its job (gpu_worker/faults.py), never as an exit of the worker. ``prepared``: the
+        message was claimed and its job prepared ahead (gpu_worker/preparer.py)."""
         logger.append_keys(job_id=job_id_from_body(message.body), message_id=message.message_id)
-        attempt = Attempt(message, extended_at=extended_at)
+        attempt = (
+            prepared.attempt if prepared is not None else Attempt(message, extended_at=extended_at)
+        )
         try:
-            claim = self.claimer.claim(attempt)
+            claim = prepared.verdict() if prepared is not None else self.claimer.claim(attempt)
             if claim.verdict is ClaimVerdict.RUN:
-                self._attempt(attempt)
+                self._attempt(attempt, prepared)
             else:
                 self.settle.claimed(claim, attempt)
         except Exception as exc:  # noqa: BLE001 - the per-job boundary
@@ -293,19 +311,30 @@ class Worker:
         except Exception as again:  # noqa: BLE001 - settling failed too: release, never die
             self.settle.release_for_fault(attempt, again)
 
-    def _attempt(self, attempt: Attempt) -> None:
+    def _prepare_job(self, attempt: Attempt) -> tuple[Job, Any]:
+        """The job as the analyzer sees it (its input loaded) and its restored state."""
+        assert attempt.request is not None
+        analyzer = attempt.request["analyzer"]
+        limit = self.catalog.input_limit(analyzer, self.config.max_input_bytes)
+        return prepare(attempt, self.results, self.checkpoints, limit)
+
+    def _job_in_hand_is_short(self) -> bool:
+        """No job in the child, or one not yet past WORKER_PREFETCH_MAX_JOB_S."""
+        running = self.supervisor.running()
+        runtime_s = running.runtime_s if running is not None else None
+        return runtime_s is None or runtime_s <= self.config.prefetch_max_job_s
+
+    def _attempt(self, attempt: Attempt, prepared: Prepared | None = None) -> None:
         assert attempt.record is not None and attempt.request is not None
         assert attempt.token is not None
         record, request, message = attempt.record, attempt.request, attempt.message
         logger.append_keys(attempt=record.attempts + 1, analyzer=request["analyzer"])
-        logger.info(JOB_STARTED, extra={"receive_count": message.receive_count})
+        logger.info(
+            JOB_STARTED,
+            extra={"receive_count": message.receive_count, "prepared": prepared is not None},
+        )
         try:
-            job, restored = prepare(
-                attempt,
-                self.results,
-                self.checkpoints,
-                self.catalog.input_limit(request["analyzer"], self.config.max_input_bytes),
-            )
+            job, restored = prepared.ready() if prepared is not None else self._prepare_job(attempt)
         except InputError as exc:
             error = JobError(ErrorKind.INVALID_INPUT, str(exc))
             self.settle.dead_letter(message, record, error, attempt.token)
@@ -325,6 +354,8 @@ class Worker:
             # Every attempt has a limit: the stack's cap, which a request may only lower.
             max_runtime_s=self.policy.runtime_limit_s(request),
             on_tick=heartbeat.tick,
+            # A job claimed ahead counts from now: its start mark, off the critical path.
+            on_start=(lambda: self.intake.mark_started(prepared)) if prepared else None,
         )
         peak_bytes = self.memory_guard.peak_bytes
         if outcome.error is not None and outcome.error.peak_memory_bytes is None and peak_bytes:
