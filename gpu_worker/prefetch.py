@@ -103,6 +103,12 @@ class Prefetcher:
             return len(self._held)
 
     @property
+    def refilling(self) -> bool:
+        """Nothing may be held now, but a short poll is due or in flight: more is coming."""
+        with self._changed:
+            return not self._closed and self._wants_receive()
+
+    @property
     def backlog(self) -> bool:
         """The last receive brought all it asked for: more messages are likely waiting."""
         with self._changed:

@@ -150,7 +150,10 @@ class Preparer:
             while self._ready is None and not self._closed:
                 # Read in this order: the source marks us preparing under its own lock as it
                 # hands a message over, so "none held and not preparing" means none in flight.
-                if self._source.held == 0 and not self._preparing:
+                # A refill on its way is waited for: a long poll of our own would race it, and
+                # its first message would be claimed on the critical path.
+                idle = self._source.held == 0 and not self._preparing
+                if idle and not self._source.refilling:
                     return None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

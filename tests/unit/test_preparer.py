@@ -39,8 +39,14 @@ def plain_job(attempt: Attempt) -> tuple[Job, Any]:
 class Parts:
     """A prefetcher holding the queue's messages and a preparer on top of it."""
 
-    def __init__(self, jobs_queue: JobQueue, store: JobStore, **preparer: Any) -> None:
-        self.queue = CountingQueue(jobs_queue)
+    def __init__(
+        self,
+        jobs_queue: JobQueue,
+        store: JobStore,
+        counting: CountingQueue | None = None,
+        **preparer: Any,
+    ) -> None:
+        self.queue = counting or CountingQueue(jobs_queue)
         self.store = store
         self.taking = threading.Event()
         self.taking.set()
@@ -209,3 +215,44 @@ def test_a_failed_start_mark_is_written_again_before_an_outcome(
     attempt.start_mark = failed_again
     with pytest.raises(TransitionRefused):
         attempt.wait_started(job_store)
+
+
+class GatedQueue(CountingQueue):
+    """Short polls after the first receive (the prefetcher's refills) wait for ``gate``."""
+
+    def __init__(self, jobs_queue: JobQueue) -> None:
+        super().__init__(jobs_queue)
+        self.gate = threading.Event()
+        self.waiting = threading.Event()
+
+    def receive(self, **kwargs: Any) -> list[Any]:
+        if kwargs.get("wait_s") == 0 and self.receives:
+            self.waiting.set()
+            assert self.gate.wait(10), "the test never opened the gate"
+        return super().receive(**kwargs)
+
+
+def test_the_loop_waits_for_a_refill_in_flight_instead_of_polling_itself(
+    queue: JobQueue,  # noqa: F811
+    job_store: JobStore,  # noqa: F811
+) -> None:
+    gated = GatedQueue(queue)
+    parts = Parts(queue, job_store, counting=gated)
+    try:
+        send_jobs(queue, job_store, 3)
+        parts.prefetch.offer(gated.receive(max_messages=1, wait_s=1), backlog=True)
+        first = parts.preparer.take()
+        assert first is not None, "the held message, prepared"
+        wait_until(gated.waiting.is_set, timeout=5, what="a refill in flight")
+        taken: list[Prepared | None] = []
+        waiter = threading.Thread(target=lambda: taken.append(parts.preparer.take(wait_s=5)))
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive(), "no long poll of its own while a refill is on its way"
+        gated.gate.set()
+        waiter.join(5)
+        assert taken and taken[0] is not None and taken[0].verdict().verdict is ClaimVerdict.RUN
+        parts.preparer.give_back(first)
+    finally:
+        gated.gate.set()
+        parts.close()
