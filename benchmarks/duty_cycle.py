@@ -65,6 +65,7 @@ from spotline_drills import DEVICE_LOG_ENV, Device  # noqa: E402
 DEVICE_MS = (20, 100, 1000)
 LATENCY_MS = (0, 10, 30)
 QUICK_CELLS = ((20, 10), (100, 10))
+QUICK_MAX_JOBS = 160
 QUIET = {"POWERTOOLS_LOG_LEVEL": "WARNING", "WORKER_METRICS": "off", "WORKER_IMDS_ENDPOINT": "off"}
 VISIBILITY_S = 120  # the template's default window: both sides receive with it
 SIDES = ("spotline", "naive")
@@ -526,14 +527,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="only the L=10 ms cells for D=20 and D=100 ms (under three minutes); overrides "
-        "--device-ms and --latency-ms",
+        help="only the L=10 ms cells for D=20 and D=100 ms, at most --quick-max-jobs jobs per "
+        "side (under three minutes); overrides --device-ms and --latency-ms",
     )
     parser.add_argument(
         "--seconds",
         type=float,
         default=8.0,
         help="device time per side and cell: jobs = seconds / D, within --min-jobs/--max-jobs",
+    )
+    parser.add_argument(
+        "--quick-max-jobs",
+        type=int,
+        default=QUICK_MAX_JOBS,
+        help="with --quick, most jobs per side and cell (the naive side's D=20 ms cell is the "
+        "longest: a few round trips per job)",
     )
     parser.add_argument("--min-jobs", type=int, default=20, help="fewest jobs per side and cell")
     parser.add_argument("--max-jobs", type=int, default=300, help="most jobs per side and cell")
@@ -559,6 +567,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.cells = list(QUICK_CELLS)
+        args.max_jobs = min(args.max_jobs, args.quick_max_jobs)
     else:
         args.cells = [(d, lat) for lat in args.latency_ms for d in args.device_ms]
     return args
