@@ -10,13 +10,18 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 MODEL_STAMP := $(VENV)/.model-installed
 
-# sam build targets python3.13 (arm64, no Docker): pyenv must expose python3.13 beside 3.11.
-ifneq ($(shell command -v pyenv 2>/dev/null),)
-export PYENV_VERSION ?= 3.11.7:3.13.0
+# sam build targets python3.13 (arm64, no Docker) and runs the python3.13 on PATH. One that runs
+# as is wins; else pyenv's newest installed 3.13 beside the current version (no particular layout
+# needed); else `make build` stops and says how to get one (make sam-python checks alone).
+ifeq ($(shell python3.13 -c pass 2>/dev/null && echo found),)
+PYENV_PYTHON313 := $(shell pyenv versions --bare 2>/dev/null | grep -E '^3\.13(\.[0-9]+)?$$' | tail -n 1)
+ifneq ($(PYENV_PYTHON313),)
+export PYENV_VERSION ?= $(shell pyenv version-name 2>/dev/null):$(PYENV_PYTHON313)
+endif
 endif
 
 .PHONY: checkov chaos help demo test test-unit test-e2e lint format validate build cfn-lint doctor clean
-.PHONY: model test-model catalog run-local image push
+.PHONY: model test-model catalog run-local image push sam-python
 
 help:
 	@echo "make demo      run the whole pipeline locally (moto server, real worker, real handlers)"
@@ -117,7 +122,13 @@ format: $(STAMP)
 validate: $(SAM_STAMP)
 	$(SAM_VENV)/bin/sam validate --lint --region us-east-1
 
-build: $(SAM_STAMP)
+sam-python:
+	@python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null || { \
+		echo "sam build needs python3.13 on PATH (the functions' runtime). Get one:" \
+		"pyenv install 3.13 (make finds it), uv python install 3.13, or your OS's python3.13;" \
+		"or build in Docker: sam build --use-container" >&2; exit 2; }
+
+build: sam-python $(SAM_STAMP)
 	$(SAM_VENV)/bin/sam build --region us-east-1
 
 # The worker image, yours FROM it (ANALYZER_DIR: your package's directory with its Dockerfile;

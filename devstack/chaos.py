@@ -42,6 +42,7 @@ from gpu_worker.checkpoint import CHECKPOINT_PREFIX, SAVED_AT_METADATA
 from spotline.contract import ErrorKind, JobMessage, JobStatus
 from spotline.jobstore import JobRecord
 from spotline.notified import CALLBACK, delivered_for
+from spotline.standard_webhooks import generate_key_pair
 
 MIB = 1024 * 1024
 STEP_S = 0.1
@@ -245,7 +246,7 @@ class Chaos:
         self.log = log
         self.report = ChaosReport(seed=config.seed)
         self.sink = WebhookSink()
-        self.signing_key = secrets.token_hex(32)
+        self.signing_key, _ = generate_key_pair()
         self.slots: list[Slot] = []
         self.planned: dict[str, Planned] = {}
         self.pending: list[Hit] = []

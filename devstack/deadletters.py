@@ -23,6 +23,7 @@ from aws_lambda_powertools.utilities import parameters
 from dead_letter.callbacks import TEST_MODE_ENV
 from devstack.lambdas import LambdaContext, load_handler_module
 from devstack.stack import Devstack
+from spotline.standard_webhooks import NoticeSigner
 
 FUNCTION = "DeadLetterFunction"
 QUEUE = "JobsDeadLetterQueue"
@@ -201,12 +202,14 @@ def store_secret(client_for: Callable[[str], Any], reference: str, value: str) -
 def configure_notifications(
     dev: Devstack, sink_url: str, signing_key: str, client_for: Callable[[str], Any] | None = None
 ) -> dict[str, str]:
-    """Put the sink's URLs and the signing key where the template's parameters say the function
-    reads them (SSM SecureString / Secrets Manager), and return the handler environment that
-    lets callbacks reach the local sink."""
+    """Put the sink's URLs and the notice signing key (a ``whsk_`` secret key) where the
+    template's parameters say the function reads them (SSM SecureString / Secrets Manager), and
+    return the handler environment that lets callbacks reach the local sink, with the key's
+    public half as the stack's NoticePublicKey (a deploy requires one)."""
     parameters_ = dev.require_stack.parameters
     client_for = client_for or dev.client
     store_secret(client_for, parameters_["DeadLetterSlackWebhookSecret"], sink_url + "/slack")
     store_secret(client_for, parameters_["DeadLetterDiscordWebhookSecret"], sink_url + "/discord")
-    store_secret(client_for, parameters_["CallbackSigningSecret"], signing_key)
-    return {TEST_MODE_ENV: "true"}
+    store_secret(client_for, parameters_["NoticeSigningKeySecret"], signing_key)
+    public_key = NoticeSigner.from_secret(signing_key).public_key
+    return {TEST_MODE_ENV: "true", "NOTICE_PUBLIC_KEY": public_key}

@@ -13,12 +13,16 @@ expired one. Paths served:
   (the default), else the target state set with ``set_lifecycle_state`` (``InService``,
   ``Terminated``, ``Warmed:Stopped``, ...)
 - ``/latest/meta-data/tags/instance/aws:autoscaling:groupName``: the group, when one is given
+- ``/latest/meta-data/tags/instance/<key>``: any tag set with ``set_tag`` (as EC2 serves them
+  with ``InstanceMetadataTags: enabled``), e.g. the spot-events function's
+  ``spotline:terminates-at``
 - ``/computeMetadata/v1/instance/preempted`` (GCP shape; needs ``Metadata-Flavor: Google``)
 
 Control, from Python (``mock.schedule_notice(...)``) or over HTTP for other processes:
 ``POST /_control/notice`` ``{"action", "in_s", "deadline_s"}``, ``POST /_control/rebalance``,
 ``POST /_control/preempt`` (GCP), ``POST /_control/lifecycle`` ``{"state"}``,
 ``POST /_control/garbage`` ``{"path", "status", "body"}``,
+``POST /_control/tag`` ``{"key", "value"}``,
 ``POST /_control/expire-tokens``, ``POST /_control/reset``, ``GET /_control/stats``.
 """
 
@@ -38,7 +42,8 @@ SPOT_PATH = "/latest/meta-data/spot/instance-action"
 REBALANCE_PATH = "/latest/meta-data/events/recommendations/rebalance"
 INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
 LIFECYCLE_PATH = "/latest/meta-data/autoscaling/target-lifecycle-state"
-GROUP_TAG_PATH = "/latest/meta-data/tags/instance/aws:autoscaling:groupName"
+TAGS_PATH = "/latest/meta-data/tags/instance/"
+GROUP_TAG_PATH = f"{TAGS_PATH}aws:autoscaling:groupName"
 TOKEN_PATH = "/latest/api/token"
 GCP_PREEMPTED_PATH = "/computeMetadata/v1/instance/preempted"
 MAX_TTL_S = 21600
@@ -80,6 +85,7 @@ class ImdsMock:
         self._rebalance_at: float | None = None
         self._preempted = False
         self._garbage: dict[str, _Garbage] = {}
+        self._tags: dict[str, str] = {}
         self.counts: Counter[str] = Counter()
         self.first_notice_served_at: float | None = None
         mock = self
@@ -131,6 +137,14 @@ class ImdsMock:
         with self._lock:
             self._lifecycle_state = state
 
+    def set_tag(self, key: str, value: str | None) -> None:
+        """An instance tag as IMDS serves it (None removes it)."""
+        with self._lock:
+            if value is None:
+                self._tags.pop(key, None)
+            else:
+                self._tags[key] = value
+
     def serve_garbage(self, path: str, *, status: int = 200, body: bytes = b"{not json") -> None:
         """Answer ``path`` (e.g. SPOT_PATH) with ``status``/``body`` regardless of tokens."""
         with self._lock:
@@ -146,6 +160,7 @@ class ImdsMock:
             self._notice, self._rebalance_at, self._preempted = None, None, False
             self._lifecycle_state = self._initial_lifecycle_state
             self._garbage.clear()
+            self._tags.clear()
             self._tokens.clear()
             self.counts.clear()
             self.first_notice_served_at = None
@@ -232,6 +247,9 @@ class ImdsMock:
             return 200, self._lifecycle_state.encode()
         if path == GROUP_TAG_PATH and self.group_name is not None:
             return 200, self.group_name.encode()
+        tag = self._tags.get(path.removeprefix(TAGS_PATH)) if path.startswith(TAGS_PATH) else None
+        if tag is not None:
+            return 200, tag.encode()
         return 404, b"Not Found"
 
     def _control(self, method: str, command: str, body: bytes) -> tuple[int, bytes]:
@@ -257,6 +275,9 @@ class ImdsMock:
         elif command == "lifecycle":
             state = args.get("state")
             self.set_lifecycle_state(None if state is None else str(state))
+        elif command == "tag":
+            value = args.get("value")
+            self.set_tag(str(args.get("key", "")), None if value is None else str(value))
         elif command == "garbage":
             self.serve_garbage(
                 str(args.get("path", SPOT_PATH)),

@@ -16,8 +16,10 @@ from devstack.faults import FaultProxy
 from devstack.lambdas import LambdaContext, http_event, load_event, load_handler_module
 from devstack.motoserver import MotoServer
 from devstack.workers import WorkerProcess, worker_env
+from enqueue.callers import AccessPolicy, AuthMode
 from gpu_worker.registry import build_catalog
 from spotline.catalog import CATALOG_FILE_ENV
+from spotline.contract import job_id_for_idempotency_key
 from spotline.jobstore import JobRecord, JobStore
 from spotline.queue import JobQueue
 
@@ -167,6 +169,14 @@ class Devstack:
         )
         response = self.enqueue.handler(event, LambdaContext(function_name="EnqueueFunction"))
         return int(response["statusCode"]), json.loads(response.get("body") or "{}")
+
+    @staticmethod
+    def job_id_for(idempotency_key: str) -> str:
+        """The job an Idempotency-Key names for devstack's caller (the sample events' IAM signer:
+        keys are scoped to the caller)."""
+        context = load_event("enqueue_submit")["requestContext"]
+        caller = AccessPolicy(AuthMode.IAM).caller(context)
+        return job_id_for_idempotency_key(idempotency_key, caller.principal)
 
     def submit(
         self, request: Any, *, idempotency_key: str | None = None

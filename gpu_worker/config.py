@@ -86,6 +86,8 @@ class WorkerConfig:
     asg_name: str = ""
     instance_id: str = ""
     rebalance_action: str = "drain"
+    # Under a notice with a deadline, keep taking the jobs that end before it (stop_policy.py).
+    work_through_notice: bool = True
     checkpoint_dir: str = ""
     # -- poison jobs: memory guard, health, metrics (README "worker configuration") --
     job_memory_limit: str = ""  # bytes, "256Mi", "2G" or "70%"; empty: 85 % of the container
@@ -159,6 +161,7 @@ class WorkerConfig:
             asg_name=os.environ.get("WORKER_ASG_NAME", "").strip(),
             instance_id=os.environ.get("WORKER_INSTANCE_ID", "").strip(),
             rebalance_action=_text("WORKER_REBALANCE_ACTION", "drain").lower(),
+            work_through_notice=_flag("WORKER_WORK_THROUGH_NOTICE", True),
             checkpoint_dir=_text("WORKER_CHECKPOINT_DIR", ""),
             job_memory_limit=os.environ.get("WORKER_JOB_MEMORY_LIMIT", "").strip(),
             memory_sample_s=_float("WORKER_MEMORY_SAMPLE_S", 0.01),
@@ -197,8 +200,8 @@ class WorkerConfig:
             raise MissingSetting("WORKER_IMDS_POLL_S must be above 0")
         if not 1 <= self.imds_token_ttl_s <= 21600:
             raise MissingSetting("WORKER_IMDS_TOKEN_TTL_S must be between 1 and 21600")
-        if self.rebalance_action not in {"drain", "checkpoint"}:
-            raise MissingSetting("WORKER_REBALANCE_ACTION must be drain or checkpoint")
+        if self.rebalance_action not in {"drain", "checkpoint", "keep"}:
+            raise MissingSetting("WORKER_REBALANCE_ACTION must be drain, checkpoint or keep")
         if self.checkpoint_grace_s < 0:
             raise MissingSetting("WORKER_CHECKPOINT_GRACE_S must not be negative")
         try:

@@ -117,13 +117,14 @@ class Intake:
             unwritten.set_exception(JobStoreError("start mark not written: the intake closed"))
             prepared.attempt.start_mark = unwritten
 
-    def give_back(self, prepared: Prepared) -> None:
-        """A job claimed ahead that will not start here (the worker stopped taking jobs)."""
+    def give_back(self, prepared: Prepared, *, release: bool = True) -> None:
+        """A job claimed ahead that will not start here; ``release``: its message too, at once
+        (False: the caller lets the message go its own way, e.g. ``decline``)."""
         preparer = self.preparer
         if preparer is not None:
-            preparer.give_back(prepared)
+            preparer.give_back(prepared, release=release)
         else:
-            give_back(prepared, self._store, self.queue)
+            give_back(prepared, self._store, self.queue, release=release)
 
     def receive(self) -> list[ReceivedMessage]:
         """The idle long poll. With prefetch it asks for more: if it gets all it asked for,
@@ -149,6 +150,23 @@ class Intake:
             self.queue.change_visibility(message.receipt_handle, 0)
         except QueueError:
             logger.warning("could not release unstarted message", exc_info=True)
+
+    def decline(self, message: ReceivedMessage, *, hide_s: int, max_receive_count: int) -> None:
+        """Give back a message this worker will not start (it does not fit a notice's time
+        left): visible again after ``hide_s``. Never an attempt; a message whose next receive
+        would reach the queue's redrive is re-sent fresh instead, so declines never
+        dead-letter a job."""
+        if message.receive_count >= max_receive_count - 1:
+            try:
+                self.queue.send_body(message.body)
+                self.queue.delete(message.receipt_handle)
+                return
+            except QueueError:  # fall back to releasing this copy
+                logger.warning("could not re-send the declined message fresh", exc_info=True)
+        try:
+            self.queue.change_visibility(message.receipt_handle, max(0, min(hide_s, 43200)))
+        except QueueError:
+            logger.warning("could not give back the declined message", exc_info=True)
 
     def acknowledge(self, message: ReceivedMessage, *, now: bool) -> None:
         """Delete a succeeded job's message (its SUCCEEDED is durable: the delete may wait)."""

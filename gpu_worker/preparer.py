@@ -83,8 +83,11 @@ class Prepared:
 PrepareJob = Callable[[Attempt], tuple[Job, Any]]
 
 
-def give_back(prepared: Prepared, store: JobStore, queue: JobQueue) -> None:
-    """Never started: the job goes back QUEUED (nothing counted), then its message at once."""
+def give_back(
+    prepared: Prepared, store: JobStore, queue: JobQueue, *, release: bool = True
+) -> None:
+    """Never started: the job goes back QUEUED (nothing counted), then (``release``) its
+    message at once."""
     attempt = prepared.attempt
     if attempt.claimed and attempt.record is not None and attempt.token is not None:
         try:
@@ -95,10 +98,11 @@ def give_back(prepared: Prepared, store: JobStore, queue: JobQueue) -> None:
                 extra={"job_id": attempt.record.job_id},
                 exc_info=True,
             )
-    try:
-        queue.change_visibility(attempt.message.receipt_handle, 0)
-    except QueueError:
-        logger.warning("could not release a prepared job's message", exc_info=True)
+    if release:
+        try:
+            queue.change_visibility(attempt.message.receipt_handle, 0)
+        except QueueError:
+            logger.warning("could not release a prepared job's message", exc_info=True)
     logger.info("prepared job given back, never started", extra={"job_id": attempt.job_id})
 
 
@@ -189,8 +193,8 @@ class Preparer:
         self._marks.shutdown(wait=True)
         return self.given_back
 
-    def give_back(self, prepared: Prepared) -> None:
-        give_back(prepared, self._store, self._queue)
+    def give_back(self, prepared: Prepared, *, release: bool = True) -> None:
+        give_back(prepared, self._store, self._queue, release=release)
         self.given_back += 1
 
     # -- the preparer's thread -----------------------------------------------------------------

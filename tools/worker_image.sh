@@ -14,7 +14,7 @@
 #   TAG           the image tag; default the git short sha (your analyzer's repository's in
 #                 front when it has its own), with -dirty-UTCSTAMP while a tree has changes:
 #                 the repository's tags are immutable, so every build needs a tag of its own
-#   STACK_NAME    the stack whose output WorkerRepositoryUri names the repository (spotline-dev)
+#   STACK_NAME    the stack whose output WorkerRepositoryUri names the repository (spotline)
 #   AWS_REGION    its region (default AWS_DEFAULT_REGION, else us-east-1)
 #   PLATFORM      docker's --platform (default linux/amd64: the fleet's GPU types are x86_64)
 #   WITH_MODEL    passed to the base image (1, its default: text_embed's model; 0: light image)
@@ -43,7 +43,7 @@ fi
 cd "$(dirname "$0")/.."
 
 PLATFORM=${PLATFORM:-linux/amd64}
-STACK_NAME=${STACK_NAME:-spotline-dev}
+STACK_NAME=${STACK_NAME:-spotline}
 REGION=${AWS_REGION:-${AWS_DEFAULT_REGION:-us-east-1}}
 CATALOG=${CATALOG:-functions/spotline/catalog.json}
 BASE=spotline-worker

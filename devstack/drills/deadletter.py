@@ -8,9 +8,6 @@ event source.
 
 from __future__ import annotations
 
-import secrets
-
-from dead_letter.callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from devstack.deadletters import DeadLetterRouter, configure_notifications
 from devstack.drills.base import Check, Drill, Expectation
 from devstack.sink import Received, WebhookSink
@@ -18,6 +15,7 @@ from devstack.stack import Devstack
 from spotline.contract import JobStatus
 from spotline.jobstore import JobRecord, JobStore
 from spotline.notified import CALLBACK, delivered_for
+from spotline.standard_webhooks import generate_key_pair, verify
 
 GARBAGE = "\x00not a job {{{ <!channel> "
 
@@ -31,7 +29,7 @@ class DeadLetterDrill(Drill):
 
     def __init__(self) -> None:
         self.sink = WebhookSink()
-        self.signing_key = secrets.token_hex(32)
+        self.signing_key, self.public_key = generate_key_pair()
         self.router: DeadLetterRouter | None = None
         self.channels: list[str] = []
         self._checks: list[Check] = []
@@ -94,15 +92,7 @@ class DeadLetterDrill(Drill):
             url = (record.request.get("notify") or {}).get("callback_url", "")
             if url.endswith("/callback"):
                 mine = [n for n in notices if n.json().get("job_id") == record.job_id]
-                signed = all(
-                    verify(
-                        self.signing_key,
-                        n.headers.get(TIMESTAMP_HEADER, ""),
-                        n.body,
-                        n.headers.get(SIGNATURE_HEADER, ""),
-                    )
-                    for n in mine
-                )
+                signed = all(verify(self.public_key, n.headers, n.body) for n in mine)
                 reason = mine[0].json().get("reason", "") if mine else ""
                 checks.append(
                     Check(

@@ -50,7 +50,10 @@ def service() -> DeadLetterService:
         ledger=MessageLedger(dynamodb, settings.jobs_table),
         alerts=AlertSender(config.channels),
         callbacks=CallbackSender(
-            signing_secret_ref=config.callback_secret_ref, test_mode=config.callback_test_mode
+            signing_key_ref=config.notice_key_ref,
+            public_key=config.notice_public_key,
+            legacy_secret_ref=config.legacy_secret_ref,
+            test_mode=config.callback_test_mode,
         ),
         stack_name=config.stack_name,
         logger=logger,

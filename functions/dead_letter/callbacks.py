@@ -6,9 +6,13 @@ answers change), redirects are never followed, and the connection goes to the ve
 that was checked, so a DNS answer that changes between the check and the connect (rebinding)
 cannot reach an internal host. TLS still verifies the certificate against the URL's host name.
 
-Signature: ``X-Spotline-Signature: sha256=HEX`` where HEX is HMAC-SHA256 with the signing key
-over ``TIMESTAMP + "." + BODY`` (the raw body bytes) and TIMESTAMP is ``X-Spotline-Timestamp``
-(Unix seconds). The README shows how a receiver verifies it.
+Signature: the Standard Webhooks headers (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature: v1a,...``), Ed25519 with the stack's secret key
+(spotline/standard_webhooks.py); users verify with the public key, the stack output
+``NoticePublicKey``. Deprecated, for one release and only when ``LegacyNoticeSignature=true``:
+also ``X-Spotline-Signature: sha256=HEX``, HMAC-SHA256 with a shared key over
+``TIMESTAMP + "." + BODY`` and ``X-Spotline-Timestamp``. The README shows how a receiver
+verifies either.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ import requests
 from spotline.alerts import resolve_secret
 from spotline.contract import ErrorKind, JobStatus
 from spotline.deadlines import Deadline, DeadlineExceeded, run_within
+from spotline.standard_webhooks import NoticeKeyError, NoticeSigner
 from spotline.webhooks import DEADLINE_EXCEEDED, DeadlineAdapter, Delivery, WebhookClient
 
+# Deprecated (LegacyNoticeSignature): the shared-key HMAC headers of the release before.
 SIGNATURE_HEADER = "X-Spotline-Signature"
 TIMESTAMP_HEADER = "X-Spotline-Timestamp"
 # Test mode (off by default, never set by the template): callbacks to 127.0.0.1 are allowed and
@@ -79,8 +85,15 @@ def encode_notice(notice: dict[str, Any]) -> bytes:
     return json.dumps(notice, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
+def notice_id(notice: dict[str, Any]) -> str:
+    """``webhook-id``: one per dead-lettering of a job, the same on every retry of its notice (so
+    a receiver can drop a duplicate), a new one when a redriven job is dead-lettered again."""
+    occurrence = f"{notice.get('job_id')}\n{notice.get('dead_lettered_at')}".encode()
+    return "msg_" + hashlib.sha256(occurrence).hexdigest()[:32]
+
+
 def sign(key: str | bytes, timestamp: str, body: bytes) -> str:
-    """``sha256=`` + hex HMAC-SHA256 over ``timestamp + "." + body``."""
+    """Deprecated: ``sha256=`` + hex HMAC-SHA256 over ``timestamp + "." + body``."""
     secret = key.encode("utf-8") if isinstance(key, str) else key
     digest = hmac.new(secret, timestamp.encode("ascii") + b"." + body, hashlib.sha256)
     return "sha256=" + digest.hexdigest()
@@ -220,14 +233,18 @@ class CallbackSender:
     def __init__(
         self,
         *,
-        signing_secret_ref: str | None,
+        signing_key_ref: str | None,
+        public_key: str | None,
+        legacy_secret_ref: str | None = None,
         client: WebhookClient | None = None,
         resolver: Resolver = socket.getaddrinfo,
         resolve: Callable[[str], str] = resolve_secret,
         test_mode: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.signing_secret_ref = signing_secret_ref
+        self.signing_key_ref = signing_key_ref
+        self.public_key = public_key
+        self.legacy_secret_ref = legacy_secret_ref
         # Short timeouts: a user's slow endpoint must not hold the dead-letter batch.
         self.client = client or WebhookClient(
             session=pinned_session(),
@@ -258,19 +275,49 @@ class CallbackSender:
             target = run_within(deadline, lambda: self.check(url))
         except DeadlineExceeded:
             return Delivery(False, None, 0, f"{DEADLINE_EXCEEDED} (resolving the callback host)")
-        if not self.signing_secret_ref:
-            return Delivery(False, None, 0, "no signing key configured (CALLBACK_SIGNING_SECRET)")
-        try:
-            key = run_within(deadline, lambda: self._resolve(str(self.signing_secret_ref)))
-        except Exception as exc:  # noqa: BLE001 - reported as a failed (retryable) delivery
-            return Delivery(False, None, 0, f"signing key unavailable: {type(exc).__name__}")
+        signer = self._signer(deadline)
+        if isinstance(signer, Delivery):
+            return signer
         body = encode_notice(notice)
-        timestamp = str(int(self._clock()))
+        timestamp = int(self._clock())
         headers = {
             "Content-Type": "application/json",
             "Host": target.host_header,
             "User-Agent": "spotline-callbacks/1",
-            TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(key, timestamp, body),
+            **signer.headers(notice_id(notice), timestamp, body),
         }
+        if self.legacy_secret_ref:
+            try:
+                legacy_key = run_within(
+                    deadline, lambda: self._resolve(str(self.legacy_secret_ref))
+                )
+            except Exception as exc:  # noqa: BLE001 - reported as a failed (retryable) delivery
+                return Delivery(
+                    False, None, 0, f"legacy signing key unavailable: {type(exc).__name__}"
+                )
+            headers[TIMESTAMP_HEADER] = str(timestamp)
+            headers[SIGNATURE_HEADER] = sign(legacy_key, str(timestamp), body)
         return self.client.post(target.url, body, headers=headers, deadline=deadline)
+
+    def _signer(self, deadline: Deadline) -> NoticeSigner | Delivery:
+        """The signer from the stack's secret key, or the failed (retryable) delivery that says
+        why not. Never an unsigned notice, and never a word of the key in the reason."""
+        if not self.signing_key_ref:
+            return Delivery(False, None, 0, "no signing key configured (NOTICE_SIGNING_KEY_SECRET)")
+        if not self.public_key:
+            return Delivery(False, None, 0, "no public key configured (NOTICE_PUBLIC_KEY)")
+        try:
+            secret = run_within(deadline, lambda: self._resolve(str(self.signing_key_ref)))
+        except Exception as exc:  # noqa: BLE001 - reported as a failed (retryable) delivery
+            return Delivery(False, None, 0, f"signing key unavailable: {type(exc).__name__}")
+        try:
+            signer = NoticeSigner.from_secret(secret)
+        except NoticeKeyError as exc:
+            return Delivery(False, None, 0, f"signing key unreadable: {exc}")
+        # A notice signed by a key other than the published one would fail every receiver's
+        # check: refuse it here, where the operator alert says why.
+        if signer.public_key != self.public_key.strip():
+            return Delivery(
+                False, None, 0, "signing key does not match the stack's NoticePublicKey"
+            )
+        return signer

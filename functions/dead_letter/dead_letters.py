@@ -59,7 +59,9 @@ class NotDelivered(RuntimeError):
 @dataclass(frozen=True)
 class DeadLetterConfig:
     channels: tuple[Channel, ...]
-    callback_secret_ref: str | None
+    notice_key_ref: str | None
+    notice_public_key: str | None
+    legacy_secret_ref: str | None = None  # deprecated: LegacyNoticeSignature
     callback_test_mode: bool = False
     stack_name: str = "spotline"
 
@@ -68,7 +70,9 @@ class DeadLetterConfig:
         env = os.environ if environ is None else environ
         return cls(
             channels=tuple(channels_from_env(env)),
-            callback_secret_ref=env.get("CALLBACK_SIGNING_SECRET", "").strip() or None,
+            notice_key_ref=env.get("NOTICE_SIGNING_KEY_SECRET", "").strip() or None,
+            notice_public_key=env.get("NOTICE_PUBLIC_KEY", "").strip() or None,
+            legacy_secret_ref=env.get("CALLBACK_SIGNING_SECRET", "").strip() or None,
             callback_test_mode=env.get(TEST_MODE_ENV, "").strip().lower() in ("1", "true"),
             stack_name=env.get("STACK_NAME", "").strip() or "spotline",
         )

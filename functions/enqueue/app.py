@@ -16,6 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError
 
 from enqueue import submission
+from enqueue.callers import AccessPolicy, Caller, Unidentified
 from spotline.contract import InvalidJob, SchemaViolation, is_job_id, parse_request
 from spotline.jobstore import JobStore, JobStoreError
 from spotline.metrics_names import FunctionMetric
@@ -26,6 +27,8 @@ from spotline.tracing import function_tracer
 settings = Settings.from_env()
 # The stack's rules beyond the schema (bucket, drill analyzers, runtime cap), built once.
 policy = settings.request_policy()
+# Who may see which job (callers.py): the submitter only under JWT, the account under IAM.
+access = AccessPolicy.from_env()
 logger = Logger()
 tracer = function_tracer()
 metrics = Metrics()
@@ -80,8 +83,13 @@ def _status_url(job_id: str) -> str:
     return f"https://{domain}/jobs/{job_id}" if domain else f"/jobs/{job_id}"
 
 
+def _caller() -> Caller:
+    return access.caller(app.current_event.raw_event.get("requestContext"))
+
+
 @app.post("/jobs")
 def submit_job() -> Response:
+    caller = _caller()
     request = parse_request(_request_body(), policy)
     key = app.current_event.headers.get("idempotency-key")
     job = submission.submit(
@@ -91,6 +99,7 @@ def submit_job() -> Response:
         max_message_bytes=settings.max_message_bytes,
         idempotency_key=key,
         input_bucket=settings.data_bucket,
+        submitter=caller.principal,
     )
     logger.info("job queued", extra={"job_id": job.job_id, "analyzer": request["analyzer"]})
     metrics.add_metric(name=FunctionMetric.JOBS_SUBMITTED, unit=MetricUnit.Count, value=1)
@@ -102,8 +111,10 @@ def submit_job() -> Response:
 
 @app.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
+    caller = _caller()
     record = job_store().get(job_id) if is_job_id(job_id) else None
-    if record is None:
+    # Another caller's job is answered exactly as a missing one: ids reveal nothing.
+    if record is None or not access.may_read(caller, record):
         return _json(404, {"message": f"no job {job_id[:64]!r}"})
     return _json(200, record.to_public())
 
@@ -111,6 +122,11 @@ def get_job(job_id: str) -> Response:
 @app.exception_handler(InvalidJob)
 def invalid_job(error: InvalidJob) -> Response:
     return _json(400, {"message": str(error), "errors": [v.to_dict() for v in error.violations]})
+
+
+@app.exception_handler(Unidentified)
+def unidentified(error: Unidentified) -> Response:
+    return _json(401, {"message": str(error)})
 
 
 @app.exception_handler(submission.InvalidIdempotencyKey)

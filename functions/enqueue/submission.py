@@ -36,8 +36,12 @@ def submit(
     max_message_bytes: int,
     idempotency_key: str | None = None,
     input_bucket: str | None = None,
+    submitter: str | None = None,
 ) -> JobRecord:
     """Store the job as QUEUED, then send its message; return the job record.
+
+    ``submitter`` (the caller, see callers.py) is kept on the record and scopes the
+    Idempotency-Key: the same key from two callers names two jobs.
 
     The record is written before the message is sent, so a worker never receives a job it
     cannot find. If the send fails after the record was written, the record stays unsent and
@@ -54,7 +58,7 @@ def submit(
             raise InvalidIdempotencyKey(
                 f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
             )
-        job_id = job_id_for_idempotency_key(key)
+        job_id = job_id_for_idempotency_key(key, submitter or "")
     else:
         job_id = new_job_id()
     message = JobMessage(job_id=job_id, request=request)
@@ -64,7 +68,7 @@ def submit(
             f"job message is {size} bytes; the queue accepts at most {max_message_bytes}"
             " (put large inputs in the input bucket and pass input_uri)"
         )
-    record, created = store.create(job_id, request)
+    record, created = store.create(job_id, request, submitter=submitter)
     if not created:
         if record.request != request:
             raise IdempotencyConflict("Idempotency-Key was already used with a different request")

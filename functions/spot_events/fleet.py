@@ -12,11 +12,10 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from spot_events.events import STOP_ACTION, iso, parse_time
+from spotline.instance_tags import INTERRUPTED_TAG, ROLE_TAG, STACK_TAG, TERMINATES_AT_TAG
 from spotline.jobstore import JobStore
 
-STACK_TAG = "spotline:stack"
-ROLE_TAG = "spotline:role"
-INTERRUPTED_TAG = "spotline:interrupted-at"
+__all__ = ["INTERRUPTED_TAG", "ROLE_TAG", "STACK_TAG", "TERMINATES_AT_TAG"]
 WORKER = "worker"
 STANDBY = "standby"
 STOP_SCHEDULE_NAME = "stop-standby"
@@ -106,6 +105,14 @@ class Fleet:
         ids = sorted(set(instance_ids))
         if ids:
             self.ec2.create_tags(Resources=ids, Tags=[{"Key": INTERRUPTED_TAG, "Value": iso(at)}])
+
+    def mark_terminating(self, instance_id: str, at: datetime) -> None:
+        """Tell the worker on ``instance_id`` when it goes away: it reads the tag through IMDS
+        (gpu_worker/interruption/reclaim.py). The one way a warning that EC2 sends only to
+        EventBridge (an interruptible Capacity Reservation's) reaches the instance."""
+        self.ec2.create_tags(
+            Resources=[instance_id], Tags=[{"Key": TERMINATES_AT_TAG, "Value": iso(at)}]
+        )
 
     def start(self, instance_ids: list[str]) -> None:
         self.ec2.start_instances(InstanceIds=instance_ids)

@@ -170,6 +170,10 @@ class StandbyController:
         # A redelivered event carries the same time: it alerts once. A later notice alerts again.
         first_notice = _before(worker.interrupted_at, event.time)
         standbys = self._standbys()
+        if first_notice and event.terminates_at is not None:
+            # The worker learns of a warning IMDS does not carry (a Capacity Reservation's)
+            # from this tag; written before the record below, so a retry writes it again.
+            self.fleet.mark_terminating(worker.instance_id, event.terminates_at)
         # Record before starting: a stop-standby racing with this warning then sees it. Tags
         # only move forward, so a stale event delivered late cannot hide a newer interruption.
         self.fleet.mark_interrupted(
@@ -380,8 +384,10 @@ class StandbyController:
 
     def _alert_interruption(self, event: SpotEvent, worker: Instance, started: list[str]) -> None:
         warned = event.kind is EventKind.INTERRUPTION
-        action_at = event.time + timedelta(minutes=2) if warned else None
+        action_at = event.terminates_at if warned else None
         title = "Spot interruption warning" if warned else "Spot rebalance recommendation"
+        if event.capacity_reservation:
+            title = "Capacity Reservation interruption warning"
         self._send(
             Alert(
                 title=title,

@@ -314,9 +314,10 @@ def new_job_id() -> str:
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("8a1f6a2e-4f7b-4c53-9d57-2f0b7d0c6d11")
 
 
-def job_id_for_idempotency_key(key: str) -> str:
-    """Same key, same job id: the store's conditional create then makes the submit idempotent."""
-    return str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, key))
+def job_id_for_idempotency_key(key: str, caller: str = "") -> str:
+    """Same caller and key, same job id: the store's conditional create then makes the submit
+    idempotent. Keys are scoped to the caller: two callers' equal keys are two jobs."""
+    return str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{caller}\n{key}" if caller else key))
 
 
 def is_job_id(value: str) -> bool:

@@ -123,6 +123,7 @@ class JobRecord:
     sent: bool = False
     lease_expires_at: float | None = None
     holder_message_id: str | None = None
+    submitter: str | None = None  # the API caller who submitted it ("jwt:SUB", "iam:ARN")
     prepared_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -156,6 +157,7 @@ class JobRecord:
             "result_uri": self.result_uri,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "submitter": self.submitter,
             "started_at": self.started_at,
             "prepared_at": self.prepared_at,
         }
@@ -180,6 +182,7 @@ _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 _KNOWN = {
     "job_id",
+    "submitter",
     "status",
     "request",
     "attempts",
@@ -247,6 +250,7 @@ def record_from_item(item: dict[str, Any]) -> JobRecord:
         sent=bool(data.get("sent", False)),
         lease_expires_at=_opt_float(data.get(LEASE_EXPIRES_AT)),
         holder_message_id=data.get(HOLDER_MESSAGE_ID),
+        submitter=data.get("submitter"),
         prepared_at=data.get(PREPARED_AT),
         extra={k: v for k, v in data.items() if k not in _KNOWN and k not in LEASE_FIELDS},
     )

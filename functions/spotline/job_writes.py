@@ -39,10 +39,13 @@ class JobWrites(JobReads):
 
     # -- creation ------------------------------------------------------------------------------
 
-    def create(self, job_id: str, request: dict[str, Any]) -> tuple[JobRecord, bool]:
-        """Store a new QUEUED job; if the id exists already, return it and ``False``."""
+    def create(
+        self, job_id: str, request: dict[str, Any], *, submitter: str | None = None
+    ) -> tuple[JobRecord, bool]:
+        """Store a new QUEUED job (with who submitted it, when known); if the id exists
+        already, return it and ``False``."""
         now = utc_now()
-        item = {
+        item: dict[str, Any] = {
             "job_id": job_id,
             "status": str(JobStatus.QUEUED),
             "request": json.dumps(request, separators=(",", ":"), sort_keys=True),
@@ -54,6 +57,8 @@ class JobWrites(JobReads):
             UNSENT_SINCE: now,
             UNSENT_SHARD: unsent_shard(job_id),
         }
+        if submitter:
+            item["submitter"] = submitter
         try:
             self._client.put_item(
                 TableName=self._table,

@@ -8,6 +8,8 @@ its own module behind one interface (``event.Monitor``), and all of them feed on
                   interface
     spot.py       IMDS ``spot/instance-action``: the two-minute spot notice
     rebalance.py  IMDS ``events/recommendations/rebalance``: at risk, not leaving yet
+    termination_tag.py  IMDS ``tags/instance/spotline:terminates-at``: a warning EC2 sends
+                  only to EventBridge (interruptible Capacity Reservations), passed on as a tag
     lifecycle.py  IMDS ``autoscaling/target-lifecycle-state``: the ASG termination hook, whose
                   event completes the lifecycle action after the job is released
     gcp.py        GCP metadata ``instance/preempted`` (optional)
@@ -41,6 +43,7 @@ from gpu_worker.interruption.rebalance import RebalanceMonitor
 from gpu_worker.interruption.signals import signal_interruption
 from gpu_worker.interruption.sources import monitors_for
 from gpu_worker.interruption.spot import SPOT_NOTICE_S, SpotNoticeMonitor
+from gpu_worker.interruption.termination_tag import TerminationTagMonitor
 from gpu_worker.interruption.watch import InterruptionWatch
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "RebalanceMonitor",
     "Source",
     "SpotNoticeMonitor",
+    "TerminationTagMonitor",
     "TokenRefused",
     "monitors_for",
     "parse_time",

@@ -16,6 +16,8 @@ class Source(enum.StrEnum):
     SIGNAL = "signal"
     GCP_PREEMPTED = "gcp-preempted"
     ASG_LIFECYCLE = "asg-lifecycle"
+    # The spot-events function's tag: warnings EC2 sends only to EventBridge (termination_tag)
+    IMDS_TERMINATION_TAG = "imds-termination-tag"
 
 
 class InterruptionAction(enum.StrEnum):

@@ -13,6 +13,7 @@ from gpu_worker.interruption.imds import ImdsClient
 from gpu_worker.interruption.lifecycle import LifecycleAction, LifecycleMonitor
 from gpu_worker.interruption.rebalance import RebalanceMonitor
 from gpu_worker.interruption.spot import SpotNoticeMonitor
+from gpu_worker.interruption.termination_tag import TerminationTagMonitor
 
 if TYPE_CHECKING:
     from gpu_worker.config import WorkerConfig
@@ -21,14 +22,16 @@ logger = Logger(service="spotline-worker", child=True)
 
 
 def monitors_for(config: WorkerConfig, *, autoscaling: Any = None) -> list[Monitor]:
-    """Spot notice and rebalance (IMDS on), the ASG hook (IMDS on and WORKER_LIFECYCLE_HOOK
-    set; ``autoscaling`` completes its action), GCP preemption (its endpoint set)."""
+    """Spot notice, rebalance and the termination tag (IMDS on), the ASG hook (IMDS on and
+    WORKER_LIFECYCLE_HOOK set; ``autoscaling`` completes its action), GCP preemption (its
+    endpoint set)."""
     monitors: list[Monitor] = []
     if config.imds_endpoint:
         # One client, one token, one availability, shared by every IMDS source.
         client = ImdsClient(config.imds_endpoint, token_ttl_s=config.imds_token_ttl_s)
         monitors.append(SpotNoticeMonitor(client, poll_s=config.imds_poll_s))
         monitors.append(RebalanceMonitor(client, poll_s=config.imds_poll_s))
+        monitors.append(TerminationTagMonitor(client, poll_s=config.imds_poll_s))
         if config.lifecycle_hook:
             if autoscaling is None:
                 raise ValueError("WORKER_LIFECYCLE_HOOK needs an autoscaling client")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from dead_letter.callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from devstack.cfn import REPO_ROOT
 from devstack.deadletters import DeadLetterRouter, configure_notifications
 from devstack.motoserver import MotoServer, wait_until
@@ -20,11 +19,12 @@ from devstack.stack import Devstack
 from spotline.contract import ErrorKind, JobStatus
 from spotline.notified import CALLBACK, delivered_for
 from spotline.queue import JobQueue
+from spotline.standard_webhooks import generate_key_pair, verify
 from tests.e2e.conftest import operator_redrive
 
 pytestmark = pytest.mark.e2e
 
-KEY = "e2e-signing-key"
+KEY, PUBLIC_KEY = generate_key_pair()
 
 
 @pytest.fixture
@@ -75,9 +75,7 @@ def test_worker_dead_letter_is_alerted_notified_and_redriven_by_the_cli(
         assert len(sink.on("/slack")) == 1 and len(sink.on("/discord")) == 1
         (notice,) = sink.on("/callback")
         assert notice.json()["status"] == "DEAD_LETTERED"
-        assert verify(
-            KEY, notice.headers[TIMESTAMP_HEADER], notice.body, notice.headers[SIGNATURE_HEADER]
-        )
+        assert verify(PUBLIC_KEY, notice.headers, notice.body)
         wait_until(lambda: devstack.dlq.approximate_counts() == (0, 0), timeout=10, what="DLQ")
 
         listed = spotline_cli(devstack, "dlq", "list", "--json")

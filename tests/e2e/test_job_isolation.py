@@ -18,8 +18,9 @@ from devstack.motoserver import wait_until
 from devstack.sink import WebhookSink
 from devstack.stack import Devstack
 from devstack.workers import WorkerProcess
-from spotline.contract import ErrorKind, JobMessage, JobStatus, job_id_for_idempotency_key
+from spotline.contract import ErrorKind, JobMessage, JobStatus
 from spotline.jobstore import JobRecord
+from spotline.standard_webhooks import generate_key_pair
 from tests.e2e.conftest import operator_redrive
 
 pytestmark = pytest.mark.e2e
@@ -180,7 +181,7 @@ def test_a_redriven_job_that_fails_again_is_dead_lettered_and_alerted_again(
     devstack: Devstack,
 ) -> None:
     with WebhookSink() as sink:
-        env = configure_notifications(devstack, sink.url, "e2e-signing-key")
+        env = configure_notifications(devstack, sink.url, generate_key_pair()[0])
         worker = devstack.start_worker(**DRILLS)
         pid = worker.pid
         request = {"analyzer": "fail", "input": None, "params": {"error": "permanent"}}
@@ -208,7 +209,7 @@ def test_a_checkpoint_store_that_fails_costs_checkpoints_not_the_job_or_the_work
     directory = tmp_path / "checkpoints"
     directory.mkdir()
     key = f"ckpt-{uuid.uuid4()}"
-    job_id = job_id_for_idempotency_key(key)
+    job_id = devstack.job_id_for(key)
     # Where the job's checkpoint must go stands a directory: every rename onto it fails (EISDIR),
     # as a full or read-only disk fails a write.
     (directory / f"{job_id}.ckpt").mkdir()

@@ -219,7 +219,10 @@ def test_idle_worker_leaves_at_once_on_sigterm_or_notice_not_after_its_long_poll
     devstack: Devstack, imds: ImdsMock
 ) -> None:
     by_signal = plain_worker(devstack, "idle-signal", WORKER_WAIT_S="20")
-    by_notice = spot_worker(devstack, "idle-notice", imds, WORKER_WAIT_S="20")
+    # Working through the notice would keep it polling until the cutoff (below).
+    by_notice = spot_worker(
+        devstack, "idle-notice", imds, WORKER_WAIT_S="20", WORKER_WORK_THROUGH_NOTICE="off"
+    )
     for worker in (by_signal, by_notice):
         wait_until(lambda w=worker: events(w, "worker starting"), timeout=20)
     wait_until(lambda: imds.stats()["counts"], timeout=10, what="IMDS polled")
@@ -229,6 +232,20 @@ def test_idle_worker_leaves_at_once_on_sigterm_or_notice_not_after_its_long_poll
     assert by_signal.process.wait(timeout=10) == 0
     assert by_notice.process.wait(timeout=10) == 0
     assert time.monotonic() - started < 5, "a 20 s long poll must not delay the exit"
+
+
+def test_a_notice_worked_through_ends_at_its_cutoff_not_after_the_long_poll(
+    devstack: Devstack, imds: ImdsMock
+) -> None:
+    worker = spot_worker(
+        devstack, "idle-cutoff", imds, WORKER_WAIT_S="20", WORKER_CHECKPOINT_GRACE_S="1"
+    )
+    wait_until(lambda: events(worker, "worker starting"), timeout=20)
+    wait_until(lambda: imds.stats()["counts"], timeout=10, what="IMDS polled")
+    noticed_at = imds.schedule_notice(deadline_s=9)  # cutoff: 9 - 1 grace - 5 reserve = 3 s
+    wait_until(lambda: events(worker, "stopping"), timeout=10, what="the cutoff")
+    assert worker.process.wait(timeout=10) == 0
+    assert 2 < time.time() - noticed_at < 8, "left at the cutoff, inside the notice"
 
 
 def test_sigkill_mid_job_redelivers_within_one_window_and_resumes_from_the_checkpoint(

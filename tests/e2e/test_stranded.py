@@ -16,7 +16,6 @@ from spotline.contract import (
     JobStatus,
     analyzer_names,
     drill_analyzers,
-    job_id_for_idempotency_key,
 )
 from spotline.queue import JobQueue
 
@@ -48,7 +47,7 @@ def test_a_job_stored_but_never_sent_is_swept_and_run_by_a_live_worker(
     )
     assert status == 503, body
     monkeypatch.undo()  # the client never retries; SQS is reachable again for the sweep
-    job_id = job_id_for_idempotency_key("k")
+    job_id = devstack.job_id_for("k")
     record = devstack.job(job_id)
     assert record is not None and record.status == JobStatus.QUEUED and not record.sent
     assert devstack.queue_depths()["jobs"] == (0, 0)  # nothing would ever run it

@@ -1,18 +1,24 @@
-"""User notices: SSRF guard, address pinning, signatures (verified with the README's recipe)."""
+"""User notices: SSRF guard, address pinning, Standard Webhooks signatures (verified by an
+independent Ed25519 implementation and by the README's recipe), the deprecated HMAC header."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
+import re
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import requests
+from standardwebhooks import Webhook
 
 from dead_letter.callbacks import (
     SIGNATURE_HEADER,
@@ -23,15 +29,23 @@ from dead_letter.callbacks import (
     address_refusal,
     build_notice,
     check_callback_url,
+    encode_notice,
+    notice_id,
     pinned_session,
     sign,
     verify,
 )
-from devstack.sink import WebhookSink
+from devstack.cfn import REPO_ROOT
+from devstack.sink import Received, WebhookSink
+from spotline import standard_webhooks
 from spotline.contract import ErrorKind
+from spotline.standard_webhooks import NoticeSigner, generate_key_pair
 from spotline.webhooks import WebhookClient
+from tests.unit.ed25519_reference import ed25519_verify, receiver_accepts
 
-KEY = "whsec-test-key"
+SIGNING_KEY, PUBLIC_KEY = generate_key_pair()
+KEY = "legacy-shared-hmac-key"  # the deprecated X-Spotline-Signature's
+SECRETS = {"secretsmanager:k": SIGNING_KEY, "secretsmanager:legacy": KEY}
 
 
 def resolver_for(*addresses: str) -> Any:
@@ -179,10 +193,11 @@ def test_dns_rebinding_cannot_redirect_the_connection() -> None:
 
     session = RecordingSession()
     sender = CallbackSender(
-        signing_secret_ref="secretsmanager:k",
+        signing_key_ref="secretsmanager:k",
+        public_key=PUBLIC_KEY,
         client=WebhookClient(session=session),  # type: ignore[arg-type]
         resolver=rebinding,
-        resolve=lambda ref: KEY,
+        resolve=SECRETS.__getitem__,
     )
     delivery = sender.send("https://hooks.example.com/cb", {"job_id": "j"})
     assert delivery.ok
@@ -193,24 +208,122 @@ def test_dns_rebinding_cannot_redirect_the_connection() -> None:
     assert calls == ["hooks.example.com"]  # resolved once: nothing left for a rebinding to change
 
 
-def test_notice_is_signed_and_verifiable_with_the_documented_recipe(sink: WebhookSink) -> None:
-    sender = CallbackSender(
-        signing_secret_ref="secretsmanager:k", resolve=lambda ref: KEY, test_mode=True
-    )
-    notice = build_notice("job-1", ErrorKind.OOM, attempts=3, dead_lettered_at="2026-01-01T00:00Z")
+def sender_for(**overrides: Any) -> CallbackSender:
+    settings: dict[str, Any] = {
+        "signing_key_ref": "secretsmanager:k",
+        "public_key": PUBLIC_KEY,
+        "resolve": SECRETS.__getitem__,
+        "test_mode": True,
+    }
+    return CallbackSender(**{**settings, **overrides})
+
+
+NOTICE = build_notice("job-1", ErrorKind.OOM, attempts=3, dead_lettered_at="2026-01-01T00:00Z")
+
+
+def sent(sink: WebhookSink, sender: CallbackSender, notice: dict[str, Any] = NOTICE) -> Received:
     assert sender.send(sink.url + "/cb", notice).ok
-    (received,) = sink.on("/cb")
+    return sink.on("/cb")[-1]
+
+
+def test_notice_carries_the_standard_webhooks_headers_an_independent_verifier_accepts(
+    sink: WebhookSink,
+) -> None:
+    received = sent(sink, sender_for())
+
+    headers = received.headers
+    assert headers["webhook-id"] == notice_id(NOTICE)
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+    assert re.fullmatch(r"v1a,[A-Za-z0-9+/]{86}==", headers["webhook-signature"])
+    assert receiver_accepts(PUBLIC_KEY, headers, received.body, now=int(time.time()))
+    assert standard_webhooks.verify(PUBLIC_KEY, headers, received.body)
+    assert received.json()["reason"] == "the input needed more memory than the analyzer allows"
+    assert SIGNATURE_HEADER not in headers and TIMESTAMP_HEADER not in headers  # legacy off
+
+
+def test_the_reference_verifier_is_ed25519_by_the_rfc() -> None:
+    # RFC 8032, section 7.1, TEST 2: a one-byte message.
+    public = bytes.fromhex("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")
+    signature = bytes.fromhex(
+        "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da"
+        "085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"
+    )
+    assert ed25519_verify(public, bytes([0x72]), signature)
+    assert not ed25519_verify(public, bytes([0x73]), signature)
+
+
+def test_signed_content_is_what_the_standardwebhooks_package_signs() -> None:
+    """The PyPI package signs v1 (HMAC) only; what it signs, id.timestamp.body, is what v1a
+    signs here: the same HMAC over our signed content equals the package's signature."""
+    secret = base64.b64encode(b"k" * 32).decode()
+    body = b'{"job_id":"j"}'
+    theirs = Webhook(secret).sign(
+        "msg_1", datetime.fromtimestamp(1700000000, tz=UTC), body.decode()
+    )
+    ours = hmac.new(
+        b"k" * 32, standard_webhooks.signed_content("msg_1", 1700000000, body), hashlib.sha256
+    ).digest()
+    assert theirs == "v1," + base64.b64encode(ours).decode()
+
+
+def test_a_user_who_verifies_cannot_forge_another_users_notice(sink: WebhookSink) -> None:
+    """What a user holds (the public key, their own notices) signs nothing: a notice forged with
+    any other key, the user's own pair included, fails every receiver's check."""
+    genuine = sent(sink, sender_for())
+    forger_secret, forger_public = generate_key_pair()
+    forged_notice = {**NOTICE, "job_id": "someone-elses-job"}
+    body = encode_notice(forged_notice)
+    headers = NoticeSigner.from_secret(forger_secret).headers("msg_x", int(time.time()), body)
+
+    assert not receiver_accepts(PUBLIC_KEY, headers, body, now=int(time.time()))
+    assert not standard_webhooks.verify(PUBLIC_KEY, headers, body)
+    # and a genuine signature does not carry over to another body
+    replayed = {**genuine.headers}
+    assert not receiver_accepts(PUBLIC_KEY, replayed, body, now=int(time.time()))
+    assert forger_public != PUBLIC_KEY
+
+
+def test_the_readme_recipe_verifies_a_real_notice(sink: WebhookSink) -> None:
+    received = sent(sink, sender_for())
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### The user notice") :]
+    recipe = section[
+        section.index("```python") + len("```python") : section.index(
+            "```\n", section.index("```python")
+        )
+    ]
+    scope: dict[str, Any] = {}
+    exec(compile(recipe, "README.md", "exec"), scope)
+
+    assert scope["verify"](PUBLIC_KEY, received.headers, received.body)
+    assert not scope["verify"](PUBLIC_KEY, received.headers, received.body + b" ")
+    assert not scope["verify"](generate_key_pair()[1], received.headers, received.body)
+
+
+def test_webhook_id_is_one_per_dead_lettering_and_the_same_on_a_retry(sink: WebhookSink) -> None:
+    sender = sender_for()
+    first, retry = sent(sink, sender), sent(sink, sender)
+    again = sent(sink, sender, {**NOTICE, "dead_lettered_at": "2026-02-02T00:00Z"})
+
+    assert first.headers["webhook-id"] == retry.headers["webhook-id"]
+    assert again.headers["webhook-id"] != first.headers["webhook-id"]
+
+
+def test_legacy_header_is_added_only_behind_its_parameter_and_verifies_the_old_way(
+    sink: WebhookSink,
+) -> None:
+    received = sent(sink, sender_for(legacy_secret_ref="secretsmanager:legacy"))
     timestamp = received.headers[TIMESTAMP_HEADER]
     signature = received.headers[SIGNATURE_HEADER]
-    # README, "Verifying a user notice", Python:
+    # The deprecated recipe (README, "Deprecated: X-Spotline-Signature"):
     expected = hmac.new(
         KEY.encode(), timestamp.encode() + b"." + received.body, hashlib.sha256
     ).hexdigest()
     assert hmac.compare_digest(signature, "sha256=" + expected)
     assert verify(KEY, timestamp, received.body, signature)
-    assert received.json()["reason"] == "the input needed more memory than the analyzer allows"
+    assert timestamp == received.headers["webhook-timestamp"]
+    assert standard_webhooks.verify(PUBLIC_KEY, received.headers, received.body)
     if shutil.which("openssl"):
-        # README, shell: printf '%s.%s' "$TIMESTAMP" "$BODY" | openssl dgst -sha256 -hmac "$KEY"
         digest = subprocess.run(
             ["openssl", "dgst", "-sha256", "-hmac", KEY],
             input=timestamp.encode() + b"." + received.body,
@@ -228,6 +341,16 @@ def test_verify_rejects_tampering_and_stale_timestamps() -> None:
     assert not verify("other", "1000", body, signature, now=1000)
     assert not verify(KEY, "1000", body, signature, now=1000 + 301)
     assert not verify(KEY, "soon", body, signature, now=1000)
+    headers = NoticeSigner.from_secret(SIGNING_KEY).headers("msg_1", 1000, body)
+    assert standard_webhooks.verify(PUBLIC_KEY, headers, body, now=1000)
+    assert not standard_webhooks.verify(PUBLIC_KEY, headers, body + b" ", now=1000)
+    assert not standard_webhooks.verify(PUBLIC_KEY, headers, body, now=1000 + 301)
+    assert not standard_webhooks.verify(
+        PUBLIC_KEY, {**headers, "webhook-id": "msg_2"}, body, now=1000
+    )
+    assert not standard_webhooks.verify("whpk_nonsense", headers, body, now=1000)
+    v1_only = {**headers, "webhook-signature": headers["webhook-signature"].replace("v1a,", "v1,")}
+    assert not standard_webhooks.verify(PUBLIC_KEY, v1_only, body, now=1000)
 
 
 def test_notice_never_carries_the_internal_error_message() -> None:
@@ -245,9 +368,42 @@ def test_missing_signing_key_is_a_failed_delivery_not_an_unsigned_notice(
     def missing(ref: str) -> str:
         raise KeyError(ref)
 
-    sender = CallbackSender(signing_secret_ref="secretsmanager:k", resolve=missing, test_mode=True)
-    delivery = sender.send(sink.url + "/cb", {"job_id": "j"})
+    delivery = sender_for(resolve=missing).send(sink.url + "/cb", {"job_id": "j"})
     assert not delivery.ok and "signing key unavailable" in (delivery.error or "")
+    assert sink.received == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"signing_key_ref": None}, "no signing key configured (NOTICE_SIGNING_KEY_SECRET)"),
+        ({"public_key": None}, "no public key configured (NOTICE_PUBLIC_KEY)"),
+        ({"public_key": generate_key_pair()[1]}, "does not match the stack's NoticePublicKey"),
+        (
+            {"resolve": lambda ref: "whsec_" + "A" * 43},
+            "signing key unreadable: the signing key must start with whsk_",
+        ),
+        (
+            {"resolve": lambda ref: "whsk_" + "A" * 40},
+            "signing key unreadable: the signing key must hold 32 bytes",
+        ),
+        (
+            {"resolve": lambda ref: "whsk_!!!"},
+            "signing key unreadable: the signing key is not base64",
+        ),
+        (
+            {"legacy_secret_ref": "secretsmanager:gone"},
+            "legacy signing key unavailable: KeyError",
+        ),
+    ],
+)
+def test_a_key_that_cannot_sign_is_a_failed_delivery_that_never_quotes_it(
+    sink: WebhookSink, overrides: dict[str, Any], reason: str
+) -> None:
+    delivery = sender_for(**overrides).send(sink.url + "/cb", {"job_id": "j"})
+
+    assert not delivery.ok and reason in (delivery.error or ""), delivery.error
+    assert SIGNING_KEY.removeprefix("whsk_") not in (delivery.error or "")
     assert sink.received == []
 
 

@@ -85,3 +85,7 @@ def test_message_round_trip_and_malformed_bodies() -> None:
 def test_idempotency_key_maps_to_a_stable_job_id() -> None:
     assert job_id_for_idempotency_key("k1") == job_id_for_idempotency_key("k1")
     assert job_id_for_idempotency_key("k1") != job_id_for_idempotency_key("k2")
+    # scoped to the caller: one key, two callers, two jobs
+    assert job_id_for_idempotency_key("k1", "jwt:a") == job_id_for_idempotency_key("k1", "jwt:a")
+    assert job_id_for_idempotency_key("k1", "jwt:a") != job_id_for_idempotency_key("k1", "jwt:b")
+    assert job_id_for_idempotency_key("k1", "jwt:a") != job_id_for_idempotency_key("k1")

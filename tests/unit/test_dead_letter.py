@@ -14,7 +14,7 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
-from dead_letter.callbacks import SIGNATURE_HEADER, TEST_MODE_ENV, TIMESTAMP_HEADER, verify
+from dead_letter.callbacks import TEST_MODE_ENV
 from dead_letter.dead_letters import DeadLetter, DeadLetterConfig
 from devstack.cfn import Stack, function_environment
 from devstack.deadletters import event_record, store_secret
@@ -24,10 +24,12 @@ from devstack.sink import Received, WebhookSink
 from spotline.contract import ErrorKind, JobStatus
 from spotline.jobstore import JobError, JobStore
 from spotline.notified import CALLBACK, delivered_for
+from spotline.standard_webhooks import generate_key_pair, verify
 from spotline.webhooks import WebhookClient
 from tests.unit.deadline_fixtures import CountdownContext, HostileServer, slow_headers
+from tests.unit.ed25519_reference import receiver_accepts
 
-SIGNING_KEY = "unit-test-signing-key"
+SIGNING_KEY, PUBLIC_KEY = generate_key_pair()
 WORKER_JOB = "6f0c2a8e-3b1d-4c7a-9e55-0d2b8f1a4c19"  # events/dead_letter_worker.json
 REDRIVE_JOB = "a3d5f7b9-1c2e-4f60-8a7b-9c0d1e2f3a4b"  # events/dead_letter_redrive.json
 
@@ -46,10 +48,12 @@ def dead_letter(
     names = stack.parameters
     store_secret(boto3.client, names["DeadLetterSlackWebhookSecret"], sink.url + "/slack")
     store_secret(boto3.client, names["DeadLetterDiscordWebhookSecret"], sink.url + "/discord")
-    store_secret(boto3.client, names["CallbackSigningSecret"], SIGNING_KEY)
+    store_secret(boto3.client, names["NoticeSigningKeySecret"], SIGNING_KEY)
     parameters.clear_caches()  # a fresh container: no URL cached from another test
     monkeypatch.setenv(TEST_MODE_ENV, "true")
-    module = load_handler_module("dead_letter.app", stack, "DeadLetterFunction")
+    module = load_handler_module(
+        "dead_letter.app", stack, "DeadLetterFunction", {"NOTICE_PUBLIC_KEY": PUBLIC_KEY}
+    )
     # Same retries, no backoff sleeps: the tests stay fast.
     service = module.service()
     service.alerts.client = WebhookClient(max_attempts=3, backoff_s=0)
@@ -148,9 +152,8 @@ def test_worker_dead_letter_alerts_each_channel_once_and_sends_a_signed_notice(
         "attempts": 2,
         "dead_lettered_at": record.finished_at,
     }
-    assert verify(
-        SIGNING_KEY, notice.headers[TIMESTAMP_HEADER], notice.body, notice.headers[SIGNATURE_HEADER]
-    )
+    assert verify(PUBLIC_KEY, notice.headers, notice.body)
+    assert receiver_accepts(PUBLIC_KEY, notice.headers, notice.body, now=int(time.time()))
     assert set(delivered_for(record)) == {"slack", "discord", CALLBACK}
 
 
@@ -492,12 +495,17 @@ def test_config_reads_channels_and_keeps_test_mode_off_by_default() -> None:
         "ALERT_CHANNELS": "slack,discord",
         "SLACK_WEBHOOK_SECRET": "ssm:/s",
         "DISCORD_WEBHOOK_SECRET": "ssm:/d",
-        "CALLBACK_SIGNING_SECRET": "secretsmanager:k",
+        "NOTICE_SIGNING_KEY_SECRET": "secretsmanager:k",
+        "NOTICE_PUBLIC_KEY": PUBLIC_KEY,
+        "CALLBACK_SIGNING_SECRET": "",
         "STACK_NAME": "prod",
     }
     config = DeadLetterConfig.from_env(env)
     assert [c.name for c in config.channels] == ["slack", "discord"]
-    assert config.callback_secret_ref == "secretsmanager:k" and config.stack_name == "prod"
+    assert config.notice_key_ref == "secretsmanager:k" and config.stack_name == "prod"
+    assert config.notice_public_key == PUBLIC_KEY and config.legacy_secret_ref is None
+    legacy = DeadLetterConfig.from_env({**env, "CALLBACK_SIGNING_SECRET": "secretsmanager:old"})
+    assert legacy.legacy_secret_ref == "secretsmanager:old"
     assert config.callback_test_mode is False
     assert DeadLetterConfig.from_env({**env, TEST_MODE_ENV: "true"}).callback_test_mode
     with pytest.raises(ValueError, match="DISCORD_WEBHOOK_SECRET"):
@@ -507,7 +515,8 @@ def test_config_reads_channels_and_keeps_test_mode_off_by_default() -> None:
 def test_the_template_never_enables_callback_test_mode(stack: Stack) -> None:
     env = function_environment(stack, "DeadLetterFunction")
     assert TEST_MODE_ENV not in env
-    assert env["CALLBACK_SIGNING_SECRET"].startswith("secretsmanager:spotline/dead-letters/")
+    assert env["NOTICE_SIGNING_KEY_SECRET"].startswith("secretsmanager:spotline/dead-letters/")
+    assert env["CALLBACK_SIGNING_SECRET"] == ""  # deprecated header: off unless asked for
     assert env["SLACK_WEBHOOK_SECRET"].startswith("ssm:/spotline/dead-letters/")
 
 

@@ -18,6 +18,7 @@ from botocore.exceptions import (
 
 from devstack.cfn import Stack
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
+from enqueue.callers import AccessPolicy, AuthMode
 from spotline.catalog import load_catalog
 from spotline.contract import (
     DEFAULT_MAX_RUNTIME_S,
@@ -31,6 +32,11 @@ from spotline.jobstore import JobStore
 from spotline.queue import JobQueue
 from spotline.settings import MissingSetting, Settings
 from tests.unit.conftest import FailingClient
+
+# The IAM signer of the sample events: what their Idempotency-Keys are scoped to.
+SAMPLE_CALLER = (
+    AccessPolicy(AuthMode.IAM).caller(load_event("enqueue_submit")["requestContext"]).principal
+)
 
 
 def call(enqueue: ModuleType, event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -356,7 +362,7 @@ def test_an_sqs_network_error_is_503_and_leaves_the_job_stored_unsent(
         submit_event({"analyzer": "echo", "input": 1}, {"idempotency-key": "sqs"}), LambdaContext()
     )
     assert response["statusCode"] == 503 and response["headers"]["Retry-After"] == "2"
-    job_id = job_id_for_idempotency_key("sqs")
+    job_id = job_id_for_idempotency_key("sqs", SAMPLE_CALLER)
     record = job_store.get(job_id)
     assert record is not None and record.status == JobStatus.QUEUED and not record.sent
     # Stranded unless the client retries: the sweep finds it (functions/sweep).

@@ -240,3 +240,15 @@ def test_a_failing_login_is_retried_and_ends_the_script_after_five_tries(
     failed = host.run(["bash", "-c", _login_fragment(WorkerImageTag="v1")], cwd=tmp_path)
     assert failed.returncode == 1  # compose never starts with an image it cannot pull
     assert [a[0] for a in host.argvs()].count("docker") == 5
+
+
+@pytest.mark.parametrize(("start_on_rebalance", "action"), [("true", "keep"), ("false", "drain")])
+def test_the_worker_serves_through_a_recommendation_only_when_the_standby_starts_on_it(
+    start_on_rebalance: str, action: str
+) -> None:
+    # StandbyStartOnRebalance: the standby is on its way at the recommendation, so the worker
+    # keeps taking jobs until the warning (then works through it); without it, it drains.
+    script, variables = user_data()
+    assert "WORKER_REBALANCE_ACTION=${RebalanceAction}" in script
+    resolved = stack(StandbyStartOnRebalance=start_on_rebalance).resolve(variables)
+    assert resolved["RebalanceAction"] == action

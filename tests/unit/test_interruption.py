@@ -58,6 +58,19 @@ def test_rebalance_can_be_configured_to_checkpoint(worker: Worker) -> None:
     assert worker.stopping.is_set()
 
 
+def test_rebalance_can_be_served_through_until_the_notice(worker: Worker) -> None:
+    # WORKER_REBALANCE_ACTION=keep (the template's choice when the standby starts on it).
+    worker.stops.config = WorkerConfig(**{**worker.config.describe(), "rebalance_action": "keep"})
+    worker.on_interruption(
+        Interruption("imds-rebalance", InterruptionAction.REBALANCE, time.time())
+    )
+    assert worker.stops.taking_jobs() and worker.supervisor.kill_deadline is None
+    now = time.time()
+    worker.on_interruption(Interruption("imds-spot", InterruptionAction.TERMINATE, now, now + 120))
+    worker.stops.close()
+    assert worker.stops.taking_jobs() and worker.stops.notice is not None  # worked through
+
+
 def test_spot_notice_grace_fits_inside_the_deadline(worker: Worker) -> None:
     now = time.time()
     worker.on_interruption(

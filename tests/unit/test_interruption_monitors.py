@@ -3,9 +3,18 @@ one IMDSv2 client they share (tokens, absence, garbage)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from devstack.imds import GCP_PREEMPTED_PATH, REBALANCE_PATH, SPOT_PATH, TOKEN_PATH, ImdsMock
+from devstack.imds import (
+    GCP_PREEMPTED_PATH,
+    REBALANCE_PATH,
+    SPOT_PATH,
+    TOKEN_PATH,
+    ImdsMock,
+    imds_time,
+)
 from devstack.motoserver import free_port, wait_until
 from gpu_worker.interruption import (
     ABSENT_RETRY_S,
@@ -14,7 +23,9 @@ from gpu_worker.interruption import (
     InterruptionAction,
     RebalanceMonitor,
     SpotNoticeMonitor,
+    TerminationTagMonitor,
 )
+from spotline.instance_tags import TERMINATES_AT_TAG
 from tests.unit.interruption_fixtures import RecordingLogger, imds, log, raw
 
 __all__ = ["imds", "log"]  # fixtures
@@ -176,3 +187,37 @@ def test_gcp_preempted_flag(imds: ImdsMock) -> None:
     event = monitor.check()
     assert event is not None and event.action is InterruptionAction.TERMINATE
     assert event.seconds_left() == pytest.approx(30, abs=1)
+
+
+# -- the spot-events function's tag: warnings EC2 sends only to EventBridge -----------------------
+
+
+def test_termination_tag_becomes_a_notice_with_its_deadline(imds: ImdsMock) -> None:
+    # An interruptible Capacity Reservation's warning reaches only EventBridge; the spot-events
+    # function writes its termination time as a tag, which IMDS serves (InstanceMetadataTags).
+    monitor = TerminationTagMonitor(ImdsClient(imds.url), poll_s=2)
+    assert monitor.check() is None
+    deadline = time.time() + 120
+    imds.set_tag(TERMINATES_AT_TAG, imds_time(deadline))
+    event = monitor.check()
+    assert event is not None
+    assert event.source == "imds-termination-tag"
+    assert event.action is InterruptionAction.TERMINATE and not event.advisory
+    assert event.deadline == pytest.approx(deadline, abs=1.0)
+
+
+def test_termination_tag_from_an_earlier_life_is_not_a_notice(imds: ImdsMock) -> None:
+    # A stopped-and-started instance keeps its tags: a time long past is history.
+    monitor = TerminationTagMonitor(ImdsClient(imds.url), poll_s=2)
+    imds.set_tag(TERMINATES_AT_TAG, imds_time(time.time() - 3600))
+    assert monitor.check() is None
+
+
+def test_garbage_termination_tag_is_logged_once_and_ignored(
+    imds: ImdsMock, log: RecordingLogger
+) -> None:
+    monitor = TerminationTagMonitor(ImdsClient(imds.url), poll_s=2)
+    imds.set_tag(TERMINATES_AT_TAG, "soon")
+    assert monitor.check() is None
+    assert monitor.check() is None
+    assert log.messages("warning") == ["ignoring unexpected metadata answer"]

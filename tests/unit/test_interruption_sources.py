@@ -41,7 +41,7 @@ def test_monitors_from_settings_turn_sources_on_and_off() -> None:
             )
         )
     ]
-    assert names == ["imds-spot", "imds-rebalance", "gcp-preempted"]
+    assert names == ["imds-spot", "imds-rebalance", "imds-termination-tag", "gcp-preempted"]
 
 
 def test_the_hook_is_one_more_imds_source_on_the_same_client() -> None:
@@ -50,7 +50,12 @@ def test_the_hook_is_one_more_imds_source_on_the_same_client() -> None:
         settings(imds_endpoint="http://x", lifecycle_hook="drain", asg_name="workers"),
         autoscaling=autoscaling,
     )
-    assert [m.name for m in monitors] == ["imds-spot", "imds-rebalance", "asg-lifecycle"]
+    assert [m.name for m in monitors] == [
+        "imds-spot",
+        "imds-rebalance",
+        "imds-termination-tag",
+        "asg-lifecycle",
+    ]
     clients = {id(m.client) for m in monitors}  # type: ignore[attr-defined]
     assert len(clients) == 1, "one IMDSv2 client (one token) for every IMDS source"
     (lifecycle,) = [m for m in monitors if isinstance(m, LifecycleMonitor)]

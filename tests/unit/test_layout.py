@@ -35,6 +35,7 @@ BUNDLE_THIRD_PARTY = {
     "botocore",
     "aws_lambda_powertools",
     "aws_xray_sdk",
+    "cryptography",
     "jsonschema",
     "requests",
     "urllib3",

@@ -20,6 +20,7 @@ from devstack.motoserver import wait_until
 from devstack.sink import WebhookSink
 from spotline.alerts import AlertSender, Channel
 from spotline.deadlines import Deadline, TimeBudget
+from spotline.standard_webhooks import generate_key_pair
 from spotline.webhooks import DEADLINE_EXCEEDED, MAX_RESPONSE_BYTES, SocketWatch, WebhookClient
 from tests.unit.deadline_fixtures import (
     BIG_BODY_BYTES,
@@ -39,7 +40,7 @@ from tests.unit.deadline_fixtures import (
 
 DEADLINE_S = 1.0
 SLACK_S = 1.0  # what the brief allows past a deadline: thread scheduling, the socket's teardown
-KEY = "whsec-test-key"
+KEY, PUBLIC_KEY = generate_key_pair()
 
 
 @pytest.fixture
@@ -111,7 +112,10 @@ def test_a_users_slow_loris_callback_cannot_hold_the_sender_past_its_deadline(se
     # The incident: read timeout 3 s, max_total_s 8, and one send held for more than 45 s.
     server = serve(slow_headers)
     sender = CallbackSender(
-        signing_secret_ref="secretsmanager:k", resolve=lambda ref: KEY, test_mode=True
+        signing_key_ref="secretsmanager:k",
+        public_key=PUBLIC_KEY,
+        resolve=lambda ref: KEY,
+        test_mode=True,
     )
     url = server.url.replace("http://", "https://") + "/cb"  # test mode sends it over http
     started = time.monotonic()
@@ -126,7 +130,8 @@ def test_a_users_slow_loris_callback_cannot_hold_the_sender_past_its_deadline(se
 def test_the_callback_senders_own_total_bounds_a_send_without_a_deadline(serve: Any) -> None:
     server = serve(slow_headers)
     sender = CallbackSender(
-        signing_secret_ref="secretsmanager:k",
+        signing_key_ref="secretsmanager:k",
+        public_key=PUBLIC_KEY,
         client=WebhookClient(session=pinned_session(), read_timeout_s=3.0, max_total_s=DEADLINE_S),
         resolve=lambda ref: KEY,
         test_mode=True,
@@ -249,7 +254,10 @@ def test_a_callback_hosts_slow_dns_answer_counts_toward_the_deadline() -> None:
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
 
     sender = CallbackSender(
-        signing_secret_ref="secretsmanager:k", resolver=slow_resolver, resolve=lambda ref: KEY
+        signing_key_ref="secretsmanager:k",
+        public_key=PUBLIC_KEY,
+        resolver=slow_resolver,
+        resolve=lambda ref: KEY,
     )
     started = time.monotonic()
     try:

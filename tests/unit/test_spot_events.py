@@ -21,7 +21,7 @@ from moto.ec2.models import ec2_backends
 from devstack.cfn import Stack, load_template, provision
 from devstack.lambdas import LambdaContext, load_event, load_handler_module
 from devstack.sink import WebhookSink
-from spot_events.fleet import INTERRUPTED_TAG, ROLE_TAG, STACK_TAG
+from spot_events.fleet import INTERRUPTED_TAG, ROLE_TAG, STACK_TAG, TERMINATES_AT_TAG
 from spot_events.standby import StandbyNotReady
 from spotline.contract import JobStatus
 from spotline.jobstore import JobStore
@@ -243,6 +243,66 @@ def test_interruption_warning_starts_the_standby_and_alerts(
     assert fields["action at"] == "2026-11-23T05:02:00Z"
 
 
+def test_capacity_reservation_warning_is_a_spot_warning_and_tells_the_worker(
+    alerting_app: ModuleType, fleet: Fleet, sink: WebhookSink
+) -> None:
+    # events/spot_capacity_reservation_warning.json copies the reference shape in the
+    # EC2 user guide, "Monitor interruptible Capacity Reservations with EventBridge and
+    # CloudTrail" (detail: instance-id, instance-action, instance-termination-time, azId).
+    event = ec2_event(
+        "spot_capacity_reservation_warning",
+        fleet.workers[0],
+        **{"instance-termination-time": "2026-11-23T05:01:45Z"},
+    )
+    outcome = invoke(alerting_app, event)
+    assert outcome["action"] == "started" and outcome["first_notice"] is True
+    assert fleet.state(fleet.standby) == "running"
+    assert fleet.tags(fleet.workers[0])[INTERRUPTED_TAG] == event["time"]
+    # IMDS has no path for this warning: the worker reads its deadline from this tag.
+    assert fleet.tags(fleet.workers[0])[TERMINATES_AT_TAG] == "2026-11-23T05:01:45Z"
+    assert TERMINATES_AT_TAG not in fleet.tags(fleet.standby)
+    (alert,) = sink.on("/spot")
+    assert alert.json()["title"] == "Capacity Reservation interruption warning"
+    assert alert.json()["fields"]["action at"] == "2026-11-23T05:01:45Z"
+
+
+@pytest.mark.parametrize(
+    "detail_type",
+    [
+        "EC2 Capacity Reservation Instance Interruption Warning",
+        "EC2 Interruptible Capacity Reservation Instance Interruption Warning",
+    ],
+)
+def test_both_spellings_of_the_reservation_warning_are_warnings(
+    app: ModuleType, fleet: Fleet, detail_type: str
+) -> None:
+    event = ec2_event("spot_capacity_reservation_warning", fleet.workers[1])
+    event["detail-type"] = detail_type
+    assert invoke(app, event)["action"] == "started"
+
+
+def test_a_warning_without_a_usable_termination_time_means_two_minutes(
+    app: ModuleType, fleet: Fleet
+) -> None:
+    event = ec2_event(
+        "spot_capacity_reservation_warning",
+        fleet.workers[0],
+        **{"instance-termination-time": "yyyy-mm-ddThh:mm:ssZ"},
+    )
+    invoke(app, event)
+    assert fleet.tags(fleet.workers[0])[TERMINATES_AT_TAG] == "2026-11-23T05:02:00Z"
+    # A spot warning names no time: its worker is told two minutes after it, too.
+    invoke(app, ec2_event("spot_interruption_warning", fleet.workers[1]))
+    assert fleet.tags(fleet.workers[1])[TERMINATES_AT_TAG] == "2026-11-23T05:02:00Z"
+
+
+def test_a_rebalance_recommendation_does_not_tell_the_worker_it_goes(
+    app: ModuleType, fleet: Fleet
+) -> None:
+    invoke(app, ec2_event("spot_rebalance_recommendation", fleet.workers[1]))
+    assert TERMINATES_AT_TAG not in fleet.tags(fleet.workers[1])
+
+
 def test_rebalance_recommendation_starts_the_standby(app: ModuleType, fleet: Fleet) -> None:
     outcome = invoke(app, ec2_event("spot_rebalance_recommendation", fleet.workers[1]))
     assert outcome["action"] == "started"
@@ -256,6 +316,21 @@ def test_rebalance_recommendation_is_ignored_when_disabled(
     outcome = invoke(app, ec2_event("spot_rebalance_recommendation", fleet.workers[1]))
     assert outcome["action"] == "ignored"
     assert fleet.state(fleet.standby) == "stopped"
+
+
+def test_with_rebalance_start_off_the_warning_still_starts_the_standby(
+    load_app: HandlerFactory, fleet: Fleet
+) -> None:
+    app = load_app(STANDBY_START_ON_REBALANCE="false")
+    assert (
+        invoke(app, ec2_event("spot_rebalance_recommendation", fleet.workers[0]))["action"]
+        == "ignored"
+    )
+    assert fleet.state(fleet.standby) == "stopped"
+    assert (
+        invoke(app, ec2_event("spot_interruption_warning", fleet.workers[0]))["action"] == "started"
+    )
+    assert fleet.state(fleet.standby) == "running"
 
 
 def test_warning_for_an_unrelated_instance_is_ignored(

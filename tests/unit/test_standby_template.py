@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 from devstack.cfn import REPO_ROOT, load_template, provision
+from spot_events.events import DETAIL_TYPES
+from spotline.instance_tags import INTERRUPTED_TAG, TERMINATES_AT_TAG
 from spotline.jobstore import RUNNING_ON, RUNNING_ON_INDEX
 
 FLEET_RESOURCES = {
@@ -87,22 +89,25 @@ def test_serverless_half_provisions_alone_and_fleet_with_workers_enabled(aws: No
     assert "StandbyScheduleGroup" in fleet.resources
 
 
-def test_event_rules_match_exactly_the_four_ec2_events(resources: dict[str, Any]) -> None:
+def test_event_rules_match_exactly_the_ec2_events_the_function_parses(
+    resources: dict[str, Any],
+) -> None:
     events = resources["SpotEventsFunction"]["Properties"]["Events"]
     patterns = {
         name: spec["Properties"]["Pattern"]
         for name, spec in events.items()
         if spec["Type"] == "EventBridgeRule"
     }
-    assert sorted(p["detail-type"][0] for p in patterns.values()) == [
-        "EC2 Instance Rebalance Recommendation",
-        "EC2 Instance State-change Notification",
+    routed = [t for p in patterns.values() for t in p["detail-type"]]
+    assert sorted(routed) == sorted(DETAIL_TYPES)
+    # An interruptible Capacity Reservation's warning rides the spot warning's rule.
+    assert sorted(patterns["InterruptionWarning"]["detail-type"]) == [
+        "EC2 Capacity Reservation Instance Interruption Warning",
+        "EC2 Interruptible Capacity Reservation Instance Interruption Warning",
         "EC2 Spot Instance Interruption Warning",
-        "EC2 Spot Instance Request Fulfillment",
     ]
     for pattern in patterns.values():
         assert pattern["source"] == ["aws.ec2"]
-        assert len(pattern["detail-type"]) == 1
     assert patterns["InstanceRunning"]["detail"] == {"state": ["running"]}
     assert events["Reconcile"]["Type"] == "Schedule"
 
@@ -113,6 +118,8 @@ def test_launch_template_requires_imdsv2_with_a_hop_for_containers(
     data = resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
+    # The worker reads spotline:terminates-at through IMDS (termination_tag.py).
+    assert data["MetadataOptions"]["InstanceMetadataTags"] == "enabled"
     assert data["ImageId"] == {"Ref": "WorkerAmiId"}
 
 
@@ -190,7 +197,10 @@ def test_start_stop_is_confined_to_this_stacks_standby(resources: dict[str, Any]
     assert condition["aws:ResourceTag/spotline:role"] == "standby"
     assert condition["aws:ResourceTag/spotline:stack"] == {"Ref": "AWS::StackName"}
     tagging = statements["RecordInterruptions"]["Condition"]
-    assert tagging["ForAllValues:StringEquals"]["aws:TagKeys"] == ["spotline:interrupted-at"]
+    assert tagging["ForAllValues:StringEquals"]["aws:TagKeys"] == [
+        INTERRUPTED_TAG,
+        TERMINATES_AT_TAG,
+    ]
 
 
 def test_jobs_in_flight_are_a_query_of_the_sparse_index_only(resources: dict[str, Any]) -> None:

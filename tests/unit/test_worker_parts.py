@@ -115,3 +115,7 @@ def test_a_rebalance_drains_and_a_notice_stops_inside_its_deadline() -> None:
         notice(None, InterruptionAction.TERMINATE), rebalance_action="drain", checkpoint_grace_s=20
     )
     assert signal.grace_s == 20
+    kept = react(
+        notice(None, InterruptionAction.REBALANCE), rebalance_action="keep", checkpoint_grace_s=20
+    )
+    assert kept.keep and not kept.drain and kept.notice is None
