@@ -66,6 +66,7 @@ from spotline_drills import DEVICE_LOG_ENV, Device  # noqa: E402
 DEVICE_MS = (20, 100, 1000)
 LATENCY_MS = (0, 10, 30)
 QUICK_CELLS = ((20, 10), (100, 10))
+QUICK_MAX_JOBS = 160
 QUIET = {"POWERTOOLS_LOG_LEVEL": "WARNING", "WORKER_METRICS": "off", "WORKER_IMDS_ENDPOINT": "off"}
 VISIBILITY_S = 120  # the template's default window: both sides receive with it
 SIDES = ("spotline", "naive")
@@ -91,6 +92,9 @@ class Duty:
     gap_median_ms: float
     gap_p95_ms: float
     gap_max_ms: float
+    # What a user pays for: device time idle per job, in ms (wall - busy) / jobs. Unlike the
+    # busy fraction it does not depend on D: it is what the worker adds to every job.
+    idle_ms_per_job: float
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -117,6 +121,7 @@ def duty(intervals: list[Interval]) -> Duty:
         gap_median_ms=statistics.median(gaps) if gaps else 0.0,
         gap_p95_ms=percentile(gaps, 95),
         gap_max_ms=max(gaps, default=0.0),
+        idle_ms_per_job=1000 * max(0.0, wall - busy) / len(ordered),
     )
 
 
@@ -432,6 +437,7 @@ def figures(cells: list[Cell]) -> dict[str, Any]:
             out[f"busy_fraction_{suffix}"] = round(measured.busy_fraction, 4)
             out[f"idle_gap_median_ms_{suffix}"] = round(measured.gap_median_ms, 2)
             out[f"idle_gap_p95_ms_{suffix}"] = round(measured.gap_p95_ms, 2)
+            out[f"idle_ms_per_job_{suffix}"] = round(measured.idle_ms_per_job, 2)
         out[f"busy_ratio_{key}"] = round(cell.ratio("busy_fraction"), 3)
         out[f"jobs_ratio_{key}"] = round(cell.ratio("jobs_per_s"), 3)
         out[f"round_trip_ms_{key}"] = cell.round_trip_ms
@@ -443,7 +449,7 @@ def figures(cells: list[Cell]) -> dict[str, Any]:
 def print_table(cells: list[Cell]) -> None:
     header = (
         f"{'D ms':>5} {'L ms':>5} {'call ms (sqs/ddb)':>18}  {'side':<9}{'jobs':>5} {'jobs/s':>7} "
-        f"{'busy':>6} {'gap med ms':>11} {'gap p95 ms':>11} {'gap max ms':>11}"
+        f"{'busy':>6} {'gap med ms':>11} {'gap p95 ms':>11} {'gap max ms':>11} {'idle ms/job':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -457,7 +463,8 @@ def print_table(cells: list[Cell]) -> None:
             print(
                 f"{lead}  {side:<9}{measured.jobs:>5} {measured.jobs_per_s:>7.2f} "
                 f"{measured.busy_fraction:>6.3f} {measured.gap_median_ms:>11.1f} "
-                f"{measured.gap_p95_ms:>11.1f} {measured.gap_max_ms:>11.1f}"
+                f"{measured.gap_p95_ms:>11.1f} {measured.gap_max_ms:>11.1f} "
+                f"{measured.idle_ms_per_job:>12.1f}"
             )
         print(
             f"{'':>30}  spotline / naive: jobs/s {cell.ratio('jobs_per_s'):.2f}x, "
@@ -518,14 +525,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="only the L=10 ms cells for D=20 and D=100 ms (under three minutes); overrides "
-        "--device-ms and --latency-ms",
+        help="only the L=10 ms cells for D=20 and D=100 ms, at most --quick-max-jobs jobs per "
+        "side (under three minutes); overrides --device-ms and --latency-ms",
     )
     parser.add_argument(
         "--seconds",
         type=float,
         default=8.0,
         help="device time per side and cell: jobs = seconds / D, within --min-jobs/--max-jobs",
+    )
+    parser.add_argument(
+        "--quick-max-jobs",
+        type=int,
+        default=QUICK_MAX_JOBS,
+        help="with --quick, most jobs per side and cell (the naive side's D=20 ms cell is the "
+        "longest: a few round trips per job)",
     )
     parser.add_argument("--min-jobs", type=int, default=20, help="fewest jobs per side and cell")
     parser.add_argument("--max-jobs", type=int, default=300, help="most jobs per side and cell")
@@ -553,6 +567,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.cells = list(QUICK_CELLS)
+        args.max_jobs = min(args.max_jobs, args.quick_max_jobs)
     else:
         args.cells = [(d, lat) for lat in args.latency_ms for d in args.device_ms]
     return args

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from dataclasses import dataclass
 from typing import Any
 
 from gpu_worker.analyzers import Job
 from gpu_worker.checkpoint import CheckpointStore, FileCheckpointStore, ResultStore
 from spotline.contract import JobMessage
-from spotline.jobstore import JobRecord, attempt_id
+from spotline.jobstore import JobRecord, JobStore, JobStoreError, attempt_id
 from spotline.queue import ReceivedMessage
 
 
@@ -24,10 +25,27 @@ class Attempt:
     request: dict[str, Any] | None = None
     token: str | None = None
     ran_before: bool = False  # the job started before: it may have left a checkpoint
+    # Claimed ahead of its start (gpu_worker/preparer.py): it counts from its start mark on.
+    prepared: bool = False
+    start_mark: concurrent.futures.Future[None] | None = None
 
     @property
     def claimed(self) -> bool:
         return self.record is not None and self.token is not None
+
+    def wait_started(self, store: JobStore, timeout_s: float = 60.0) -> None:
+        """Every outcome of an attempt claimed ahead is written after its start mark: a job
+        released before its mark landed would look never started (its checkpoint skipped).
+        A mark that failed for AWS's fault is written once more here; TransitionRefused (the
+        job is not ours) and a second AWS fault reach the caller."""
+        mark, self.start_mark = self.start_mark, None
+        if mark is None:
+            return
+        try:
+            mark.result(timeout=timeout_s)
+        except (JobStoreError, concurrent.futures.TimeoutError):
+            assert self.record is not None and self.token is not None
+            store.mark_started(self.record.job_id, self.token)
 
     @property
     def attempt_id(self) -> str:

@@ -48,8 +48,9 @@ class Claimer:
         self._worker_id = worker_id
         self._lease_s = lease_s
 
-    def claim(self, attempt: Attempt) -> Claim:
-        """Fill ``attempt`` with what was found and say what to do with the message."""
+    def claim(self, attempt: Attempt, *, prepared: bool = False) -> Claim:
+        """Fill ``attempt`` with what was found and say what to do with the message.
+        ``prepared``: claimed ahead of its start (gpu_worker/preparer.py)."""
         message = attempt.message
         try:
             job_message = JobMessage.from_json(message.body)
@@ -57,6 +58,7 @@ class Claimer:
             return Claim(ClaimVerdict.UNREADABLE, str(exc))
         attempt.job_message = job_message
         token = new_token(self._worker_id, message.message_id)
+        attempt.prepared = prepared
         if self._claim_if_queued(attempt, token):
             return Claim(ClaimVerdict.RUN)
         # Everything else (a takeover, a duplicate, a dead letter to finish, an invalid
@@ -83,6 +85,7 @@ class Claimer:
                 expect_owner=record.owner_token,
                 lease_s=self._lease_s,
                 message_id=message.message_id,
+                prepared=prepared,
             )
         except TransitionRefused as refused:
             current = refused.current
@@ -108,6 +111,7 @@ class Claimer:
                 self._worker_id,
                 lease_s=self._lease_s,
                 message_id=attempt.message.message_id,
+                prepared=attempt.prepared,
             )
         except (InvalidJob, TransitionRefused):
             return False

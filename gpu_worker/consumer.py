@@ -6,6 +6,11 @@
 ``settle`` (carrying a decision out, in crash-safe order), ``stop_policy`` (an interruption
 becomes a drain or a stop with a grace) and ``faults`` (whose fault it is). Whatever happens
 while one message is handled ends as an outcome of its job, never as an exit of the worker.
+
+Length note: about 450 lines, nearly all of them ``Worker`` (see its note). The next split is
+the start rule (``_start``, ``_start_prepared``, ``_decline``: stopping, draining, a notice worked
+through), which both a received and a prepared message pass; it is kept here for now so that
+the merge of the notice work and the preparer changes no behaviour.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from gpu_worker.analyzers import Job
 from gpu_worker.attempt import Attempt, prepare
 from gpu_worker.checkpoint import CheckpointStore, FileCheckpointStore, InputError, ResultStore
 from gpu_worker.claim import Claimer
@@ -28,6 +34,7 @@ from gpu_worker.health import HealthServer
 from gpu_worker.heartbeat import Heartbeat
 from gpu_worker.intake import Intake
 from gpu_worker.interruption import Interruption, InterruptionWatch, monitors_for
+from gpu_worker.preparer import Prepared
 from gpu_worker.registry import load_plugins
 from gpu_worker.report import job_finished
 from gpu_worker.services import WorkerServices
@@ -66,7 +73,7 @@ OUTCOME_LABELS = {
 class Worker:
     """The composition root and the loop.
 
-    Length note: about 300 lines, a third of them ``__init__`` wiring the parts (queue, stores,
+    Length note: about 360 lines, a third of them ``__init__`` wiring the parts (queue, stores,
     supervisor, stop control, watch, services, intake, claimer, settler) in one place, where a
     newcomer reads what the worker is made of. The rules live in the parts; what stays here is
     the order of the story, which reads best unbroken.
@@ -123,12 +130,20 @@ class Worker:
         # A job's boundaries, the same rules as enqueue's, against this worker's own analyzers.
         self.policy = dataclasses.replace(config.policy, catalog=self.catalog)
         self.faults = FaultTracker(config.degraded_after_faults)
-        self.intake = Intake(self.queue, config, may_receive=self.stops.taking_jobs)
         self.claimer = Claimer(
             self.store,
             self.policy,
             worker_id=config.worker_id,
             lease_s=config.visibility_window_s,
+        )
+        self.intake = Intake(
+            self.queue,
+            config,
+            may_receive=self.stops.taking_jobs,
+            claimer=self.claimer,
+            store=self.store,
+            prepare_job=self._prepare_job,
+            job_in_hand_is_short=self._job_in_hand_is_short,
         )
         self.settle = Settler(
             queue=self.queue,
@@ -200,10 +215,9 @@ class Worker:
         self.intake.close()
 
     def poll_once(self) -> None:
-        taken = self.intake.take()
-        if taken is not None:
-            message, extended_at = taken
-            self._start(message, extended_at=extended_at)
+        prepared = self.intake.take()
+        if prepared is not None:
+            self._start_prepared(prepared)
             return
         self.stops.receiving = True
         try:
@@ -217,7 +231,7 @@ class Worker:
         for message in messages:
             self._start(message)
 
-    def _start(self, message: ReceivedMessage, *, extended_at: float | None = None) -> None:
+    def _start(self, message: ReceivedMessage) -> None:
         """Handle a message, or give it back unstarted: stopping or draining, or (under a
         notice worked through) a job that would not end before the cutoff."""
         if not self.stops.taking_jobs():
@@ -226,10 +240,19 @@ class Worker:
         if not self.stops.admits(self._runtime_limit_s(message)):
             self._decline(message)
             return
-        if extended_at is None:
-            self.handle(message)
+        self.handle(message)
+
+    def _start_prepared(self, prepared: Prepared) -> None:
+        """A job claimed ahead starts now, or goes back uncounted as ``_start`` would give its
+        message back (gpu_worker/preparer.py)."""
+        message = prepared.attempt.message
+        if not self.stops.taking_jobs():
+            self.intake.give_back(prepared)
+        elif not self.stops.admits(self._runtime_limit_s(message)):
+            self.intake.give_back(prepared, release=False)
+            self._decline(message)
         else:
-            self.handle(message, extended_at=extended_at)
+            self.handle(message, prepared=prepared)
 
     def _runtime_limit_s(self, message: ReceivedMessage) -> float:
         """The limit an attempt of this message would run under (0 for a message the claim
@@ -291,15 +314,24 @@ class Worker:
 
     # -- one message: claim -> supervise -> decide -> settle ----------------------------------
 
-    def handle(self, message: ReceivedMessage, *, extended_at: float | None = None) -> None:
+    def handle(
+        self,
+        message: ReceivedMessage,
+        *,
+        extended_at: float | None = None,
+        prepared: Prepared | None = None,
+    ) -> None:
         """One message, whatever it holds: everything that happens here ends as an outcome
-        of its job (gpu_worker/faults.py), never as an exit of the worker."""
+        of its job (gpu_worker/faults.py), never as an exit of the worker. ``prepared``: the
+        message was claimed and its job prepared ahead (gpu_worker/preparer.py)."""
         logger.append_keys(job_id=job_id_from_body(message.body), message_id=message.message_id)
-        attempt = Attempt(message, extended_at=extended_at)
+        attempt = (
+            prepared.attempt if prepared is not None else Attempt(message, extended_at=extended_at)
+        )
         try:
-            claim = self.claimer.claim(attempt)
+            claim = prepared.verdict() if prepared is not None else self.claimer.claim(attempt)
             if claim.verdict is ClaimVerdict.RUN:
-                self._attempt(attempt)
+                self._attempt(attempt, prepared)
             else:
                 self.settle.claimed(claim, attempt)
         except Exception as exc:  # noqa: BLE001 - the per-job boundary
@@ -328,19 +360,30 @@ class Worker:
         except Exception as again:  # noqa: BLE001 - settling failed too: release, never die
             self.settle.release_for_fault(attempt, again)
 
-    def _attempt(self, attempt: Attempt) -> None:
+    def _prepare_job(self, attempt: Attempt) -> tuple[Job, Any]:
+        """The job as the analyzer sees it (its input loaded) and its restored state."""
+        assert attempt.request is not None
+        analyzer = attempt.request["analyzer"]
+        limit = self.catalog.input_limit(analyzer, self.config.max_input_bytes)
+        return prepare(attempt, self.results, self.checkpoints, limit)
+
+    def _job_in_hand_is_short(self) -> bool:
+        """No job in the child, or one not yet past WORKER_PREFETCH_MAX_JOB_S."""
+        running = self.supervisor.running()
+        runtime_s = running.runtime_s if running is not None else None
+        return runtime_s is None or runtime_s <= self.config.prefetch_max_job_s
+
+    def _attempt(self, attempt: Attempt, prepared: Prepared | None = None) -> None:
         assert attempt.record is not None and attempt.request is not None
         assert attempt.token is not None
         record, request, message = attempt.record, attempt.request, attempt.message
         logger.append_keys(attempt=record.attempts + 1, analyzer=request["analyzer"])
-        logger.info(JOB_STARTED, extra={"receive_count": message.receive_count})
+        logger.info(
+            JOB_STARTED,
+            extra={"receive_count": message.receive_count, "prepared": prepared is not None},
+        )
         try:
-            job, restored = prepare(
-                attempt,
-                self.results,
-                self.checkpoints,
-                self.catalog.input_limit(request["analyzer"], self.config.max_input_bytes),
-            )
+            job, restored = prepared.ready() if prepared is not None else self._prepare_job(attempt)
         except InputError as exc:
             error = JobError(ErrorKind.INVALID_INPUT, str(exc))
             self.settle.dead_letter(message, record, error, attempt.token)
@@ -360,6 +403,8 @@ class Worker:
             # Every attempt has a limit: the stack's cap, which a request may only lower.
             max_runtime_s=self.policy.runtime_limit_s(request),
             on_tick=heartbeat.tick,
+            # A job claimed ahead counts from now: its start mark, off the critical path.
+            on_start=(lambda: self.intake.mark_started(prepared)) if prepared else None,
         )
         peak_bytes = self.memory_guard.peak_bytes
         if outcome.error is not None and outcome.error.peak_memory_bytes is None and peak_bytes:

@@ -48,6 +48,11 @@ class Heartbeat:
         self._last = time.monotonic() if extended_at is None else extended_at
         self.extensions = 0
 
+    @property
+    def extended_at(self) -> float:
+        """Monotonic time of the last extension (or of the receive)."""
+        return self._last
+
     def tick(self) -> JobError | None:
         if extension_due_in(self._last, self._window_s) > 0:
             return None

@@ -103,6 +103,12 @@ class Prefetcher:
             return len(self._held)
 
     @property
+    def refilling(self) -> bool:
+        """Nothing may be held now, but a short poll is due or in flight: more is coming."""
+        with self._changed:
+            return not self._closed and self._wants_receive()
+
+    @property
     def backlog(self) -> bool:
         """The last receive brought all it asked for: more messages are likely waiting."""
         with self._changed:
@@ -125,13 +131,20 @@ class Prefetcher:
         for message in extra:
             self._release(message)
 
-    def take(self) -> tuple[ReceivedMessage, float] | None:
+    def take(
+        self, wait_s: float = 0.0, on_take: Callable[[], None] | None = None
+    ) -> tuple[ReceivedMessage, float] | None:
         """The oldest held message, now the caller's to run, with the monotonic time its
-        visibility was last extended; None when nothing is held."""
+        visibility was last extended; None when nothing is held (after waiting up to
+        ``wait_s`` for one). ``on_take`` runs under the lock as a message is handed over."""
         with self._changed:
+            if not self._held and wait_s > 0 and not self._closed:
+                self._changed.wait(wait_s)
             if not self._held:
                 return None
             held = self._held.popleft()
+            if on_take is not None:
+                on_take()
             self._changed.notify_all()  # room for the receiver
         return held.message, held.extended_at
 

@@ -126,6 +126,8 @@ class Settler:
         assert attempt.record is not None and attempt.token is not None
         message, record, token = attempt.message, attempt.record, attempt.token
         try:
+            if decision.action not in (Action.ABANDON, Action.ACK):  # ACK: record_success
+                attempt.wait_started(self.store)
             if decision.action is Action.ABANDON:
                 # Another holder owns the job: nothing of ours is recorded, and our message
                 # (if it is still the job's) finds the job under the new holder's lease.
@@ -185,6 +187,7 @@ class Settler:
         assert attempt.record is not None and attempt.token is not None
         record, token, message = attempt.record, attempt.token, attempt.message
         this_attempt = attempt_id(token)
+        attempt.wait_started(self.store)  # the attempt id is on the record before its output
         try:
             uri = self.results.put(record.job_id, output_json, this_attempt)
         except Exception:
@@ -345,6 +348,7 @@ class Settler:
         if attempt.claimed:
             assert attempt.record is not None and attempt.token is not None
             try:
+                attempt.wait_started(self.store)  # given back started, it keeps its checkpoint
                 self.store.give_back(attempt.record.job_id, attempt.token)
             except Exception:  # our lease runs out instead
                 logger.warning("could not give the job back; its lease runs out", exc_info=True)

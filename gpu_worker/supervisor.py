@@ -183,9 +183,10 @@ class Supervisor:
         *,
         max_runtime_s: float | None,
         on_tick: Callable[[], JobError | None],
+        on_start: Callable[[], None] | None = None,
     ) -> AttemptOutcome:
-        """Run one job in the child. ``on_tick`` does the periodic duties (visibility, lease);
-        a JobError from it means the job is no longer ours: the child is stopped at once."""
+        """Run one job in the child (``on_start`` once it is sent). ``on_tick`` does the periodic
+        duties (visibility, lease); a JobError from it means the job is no longer ours."""
         self.ensure_child(on_tick)
         conn, process = self._child.conn, self._child.process
         assert conn is not None and process is not None
@@ -200,6 +201,8 @@ class Supervisor:
         pid = process.pid
         try:
             conn.send(("run", asdict(job), restored))
+            if on_start is not None:
+                on_start()
             self._watchers_call("start", pid)
             while True:
                 try:

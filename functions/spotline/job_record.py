@@ -31,6 +31,10 @@ LEASE_FIELDS = (LEASE_EXPIRES_AT, HOLDER_MESSAGE_ID)
 # whoever records the outcome knows which other attempts may have left one behind (a holder
 # killed between its result write and its completion) and removes them.
 ATTEMPT_IDS = "attempt_ids"
+# Set by a claim made ahead of its start (the worker prepares the next job while one runs) and
+# removed when the job starts or leaves RUNNING: a RUNNING record that has it is claimed but not
+# yet started, and no attempt of it is counted (its attempt id is added only at the start).
+PREPARED_AT = "prepared_at"
 
 
 def attempt_id(token: str) -> str:
@@ -130,12 +134,18 @@ class JobRecord:
     lease_expires_at: float | None = None
     holder_message_id: str | None = None
     submitter: str | None = None  # the API caller who submitted it ("jwt:SUB", "iam:ARN")
+    prepared_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def attempt_ids(self) -> frozenset[str]:
         found = self.extra.get(ATTEMPT_IDS)
         return frozenset(str(x) for x in found) if isinstance(found, set | list) else frozenset()
+
+    @property
+    def prepared(self) -> bool:
+        """Claimed ahead by a worker that has not started it yet (it may still give it back)."""
+        return self.status == JobStatus.RUNNING and self.prepared_at is not None
 
     def lease_live(self, now: float) -> bool:
         """A RUNNING job whose holder's lease has not run out (no lease: none to respect)."""
@@ -160,6 +170,8 @@ class JobRecord:
             "submitter": self.submitter,
             # Capacity tiers (functions/spotline/tiers.py): where it was sent, and every move.
             **{key: self.extra[key] for key in (TIER, TIER_HISTORY) if key in self.extra},
+            "started_at": self.started_at,
+            "prepared_at": self.prepared_at,
         }
 
 
@@ -196,6 +208,7 @@ _KNOWN = {
     "started_at",
     "finished_at",
     "sent",
+    PREPARED_AT,
     RUNNING_ON,
     UNSENT_SINCE,
     UNSENT_SHARD,
@@ -250,5 +263,6 @@ def record_from_item(item: dict[str, Any]) -> JobRecord:
         lease_expires_at=_opt_float(data.get(LEASE_EXPIRES_AT)),
         holder_message_id=data.get(HOLDER_MESSAGE_ID),
         submitter=data.get("submitter"),
+        prepared_at=data.get(PREPARED_AT),
         extra={k: v for k, v in data.items() if k not in _KNOWN and k not in LEASE_FIELDS},
     )

@@ -14,6 +14,7 @@ from spotline.contract import TRANSITIONS, JobStatus
 from spotline.job_queries import JobReads
 from spotline.job_record import (
     LEASE_FIELDS,
+    PREPARED_AT,
     RUNNING_ON,
     UNSENT_SHARD,
     UNSENT_SINCE,
@@ -153,7 +154,7 @@ class JobWrites(JobReads):
         updates = {"status": str(target), **set_values}
         if target is not JobStatus.RUNNING:
             # Every way out of RUNNING leaves the index and ends the lease.
-            remove = (*remove, RUNNING_ON, *LEASE_FIELDS)
+            remove = (*remove, RUNNING_ON, PREPARED_AT, *LEASE_FIELDS)
         return {
             "set_values": updates,
             "remove": remove,

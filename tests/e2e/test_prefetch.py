@@ -1,5 +1,6 @@
-"""The real worker's prefetch on a backlog: held messages go back at once on shutdown, never
-as attempts, and every job of the burst still runs to SUCCEEDED exactly once."""
+"""The real worker's prefetch on a backlog: held messages and the job prepared ahead go back at
+once on shutdown, never as attempts, and every job of the burst still runs to SUCCEEDED exactly
+once."""
 
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ def test_sigterm_on_a_backlog_hands_held_messages_back_at_once(devstack: Devstac
         job_ids.append(body["job_id"])
     # One running, up to three held: more in flight than the one job that runs.
     wait_until(lambda: devstack.queue_depths()["jobs"][1] >= 3, timeout=10, what="held messages")
+    # The next job is claimed ahead: RUNNING under the lease, shown as not started.
+    wait_until(
+        lambda: any(devstack.job(j).prepared for j in job_ids), timeout=10, what="a prepared job"
+    )
 
     first.signal(signal.SIGTERM)
     assert first.process is not None and first.process.wait(timeout=20) == 0
@@ -48,6 +53,9 @@ def test_sigterm_on_a_backlog_hands_held_messages_back_at_once(devstack: Devstac
     assert waiting, "the burst was not over when the worker stopped"
     for record in waiting:
         assert record.status == JobStatus.QUEUED and record.attempts == 0 and not record.owner_token
+        assert record.prepared_at is None, "given back: no longer claimed ahead"
+    given_back = [line for line in log_lines(first.log_path) if "given back, never started" in line]
+    assert given_back, "the prepared job went back at once, not after its window"
     released = [json.loads(line) for line in log_lines(first.log_path) if "released" in line]
     assert released and released[0]["released"] >= 1
     # Visible again now: nothing waits out the window it was received with.

@@ -97,3 +97,57 @@ def test_public_view_hides_request_and_token(job_store: JobStore) -> None:
     job_store.create("j", REQUEST)
     public = job_store.claim("j", "secret-token", "w1", expect_owner=None).to_public()
     assert "secret-token" not in str(public) and "request" not in public
+
+
+def test_a_job_claimed_ahead_shows_not_started_and_counts_no_attempt(job_store: JobStore) -> None:
+    job_store.create("ahead", REQUEST)
+    record, ran_before = job_store.claim_queued(
+        "ahead", "w1/m1/aaaa", "w1", lease_s=60, message_id="m1", prepared=True
+    )
+    stored = job_store.get("ahead")
+    assert stored is not None and stored == record
+    assert stored.prepared and stored.started_at is None and not ran_before
+    assert stored.attempt_ids == frozenset() and stored.attempts == 0
+    assert stored.to_public()["prepared_at"] == stored.prepared_at is not None
+    assert stored.to_public()["started_at"] is None
+
+
+def test_a_job_claimed_ahead_given_back_counts_nothing_and_never_looks_started(
+    job_store: JobStore,
+) -> None:
+    job_store.create("back", REQUEST)
+    job_store.claim_queued("back", "w1/m1/aaaa", "w1", lease_s=60, prepared=True)
+    job_store.give_back("back", "w1/m1/aaaa")
+    record = job_store.get("back")
+    assert record is not None
+    assert (record.status, record.attempts, record.interruptions) == (JobStatus.QUEUED, 0, 0)
+    assert record.prepared_at is None and record.attempt_ids == frozenset()
+    # The next claim knows the job never ran: no checkpoint to look for.
+    _, ran_before = job_store.claim_queued("back", "w2/m1/bbbb", "w2", lease_s=60)
+    assert not ran_before
+
+
+def test_mark_started_counts_the_attempt_and_only_for_the_holder(job_store: JobStore) -> None:
+    job_store.create("start", REQUEST)
+    job_store.claim_queued("start", "w1/m1/aaaa", "w1", lease_s=60, prepared=True)
+    with pytest.raises(TransitionRefused):
+        job_store.mark_started("start", "w9/m1/zzzz")
+    job_store.mark_started("start", "w1/m1/aaaa")
+    record = job_store.get("start")
+    assert record is not None and not record.prepared and record.started_at is not None
+    assert record.attempt_ids == frozenset({"aaaa"})
+    job_store.release("start", "w1/m1/aaaa", ERROR)
+    _, ran_before = job_store.claim_queued("start", "w2/m2/bbbb", "w2", lease_s=60, prepared=True)
+    assert ran_before, "it started once: it may have left a checkpoint"
+
+
+def test_a_takeover_drops_the_old_holders_claim_ahead_mark(job_store: JobStore) -> None:
+    job_store.create("over", REQUEST)
+    job_store.claim_queued("over", "w1/m1/aaaa", "w1", lease_s=-1, prepared=True)
+    taken = job_store.claim("over", "w2/m1/bbbb", "w2", expect_owner="w1/m1/aaaa", lease_s=-1)
+    assert not taken.prepared and taken.started_at is not None
+    assert taken.attempt_ids == frozenset({"bbbb"})
+    ahead = job_store.claim(
+        "over", "w3/m1/cccc", "w3", expect_owner="w2/m1/bbbb", lease_s=-1, prepared=True
+    )
+    assert ahead.prepared and ahead.attempt_ids == frozenset({"bbbb"})

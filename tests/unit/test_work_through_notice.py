@@ -14,9 +14,13 @@ import pytest
 
 from devstack.cfn import Stack
 from devstack.motoserver import wait_until
+from gpu_worker.attempt import Attempt
+from gpu_worker.claim import Claim
 from gpu_worker.config import WorkerConfig
 from gpu_worker.consumer import Worker
+from gpu_worker.decisions import ClaimVerdict
 from gpu_worker.interruption import Interruption, InterruptionAction, signal_interruption
+from gpu_worker.preparer import Prepared
 from gpu_worker.stop_policy import EXIT_RESERVE_S, Notice, StopControl, react
 from gpu_worker.supervisor import RunningJob
 from spotline.contract import JobMessage, JobStatus
@@ -272,3 +276,23 @@ def test_a_decline_never_walks_a_message_into_the_redrive(stack: Stack, noticed:
     fresh = receive_one(stack)
     assert json.loads(fresh.body)["job_id"] == job_id
     assert fresh.receive_count == 1
+
+
+def test_a_job_prepared_ahead_that_does_not_fit_goes_back_uncounted_and_declined(
+    stack: Stack, noticed: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handled: list[str] = []
+    monkeypatch.setattr(noticed, "handle", lambda message, **_: handled.append(message.body))
+    long = enqueue(stack, {"analyzer": "sleep", "input": None})  # the stack's cap: an hour
+    attempt = Attempt(receive_one(stack))
+    assert noticed.claimer.claim(attempt, prepared=True).verdict is ClaimVerdict.RUN
+    store = JobStore(boto3.client("dynamodb"), stack.ref("JobsTable"))
+    assert store.get(long).prepared
+    prepared = [Prepared(attempt, Claim(ClaimVerdict.RUN))]
+    monkeypatch.setattr(noticed.intake, "take", lambda: prepared.pop() if prepared else None)
+    noticed.poll_once()
+    assert handled == [], "it would not end before the cutoff: not started"
+    record = store.get(long)
+    assert (record.status, record.attempts, record.prepared_at) == (JobStatus.QUEUED, 0, None)
+    message = receive_one(stack)
+    assert json.loads(message.body)["job_id"] == long, "declined: visible again at once"
