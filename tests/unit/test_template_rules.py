@@ -67,9 +67,12 @@ def test_iam_auth_needs_no_jwt_settings() -> None:
 @pytest.mark.parametrize(
     ("parameter", "value", "allowed"),
     [
-        ("NoticePublicKey", PUBLIC_KEY, True),
+        # Fresh keys get fixed ids: every pytest-xdist worker must collect the same test names.
+        pytest.param("NoticePublicKey", PUBLIC_KEY, True, id="NoticePublicKey-public-key"),
         ("NoticePublicKey", "", True),  # the pattern lets the Rule say what is missing
-        ("NoticePublicKey", generate_key_pair()[0], False),  # the secret key, by mistake
+        pytest.param(  # the secret key, by mistake
+            "NoticePublicKey", generate_key_pair()[0], False, id="NoticePublicKey-secret-key"
+        ),
         ("NoticePublicKey", "whpk_c2hvcnQ=", False),
         ("JwtIssuer", "https://issuer.example.com", True),
         ("JwtIssuer", "http://issuer.example.com", False),
