@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -94,6 +95,32 @@ def stack_worker_config(stack: Stack, **settings: Any) -> Any:
         bucket=stack.ref("DataBucket"),
         **{"enable_drills": True, **settings},
     )
+
+
+@contextlib.contextmanager
+def stack_workers(stack: Stack, **defaults: Any) -> Iterator[Callable[..., Any]]:
+    """Makes in-process Workers on the provisioned stack (``defaults``, then each call's own
+    settings, over ``stack_worker_config``); closes every one's analysis child on exit."""
+    from gpu_worker.consumer import Worker
+
+    made: list[Worker] = []
+
+    def make(**settings: Any) -> Worker:
+        config = stack_worker_config(stack, **{**defaults, **settings})
+        worker = Worker(
+            config,
+            sqs=boto3.client("sqs"),
+            dynamodb=boto3.client("dynamodb"),
+            s3=boto3.client("s3"),
+        )
+        made.append(worker)
+        return worker
+
+    try:
+        yield make
+    finally:
+        for worker in made:
+            worker.supervisor.close()
 
 
 def emitted_metrics(output: str) -> list[dict[str, Any]]:

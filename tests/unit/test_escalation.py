@@ -20,7 +20,7 @@ from spotline.contract import ErrorKind, JobMessage, JobStatus, new_job_id
 from spotline.jobstore import JobError, JobStore
 from spotline.queue import JobQueue
 from spotline.tiers import LARGEST_TIER_NEED, ON_DEMAND_TIER, largest_tier_reason
-from tests.unit.conftest import stack_worker_config
+from tests.unit.conftest import stack_workers
 
 GIB = 1024**3
 DEFAULT = TierSettings(
@@ -202,35 +202,18 @@ def tier_queues(stack: Any) -> dict[str, JobQueue]:
 
 @pytest.fixture
 def tiered_worker(stack: Any, tier_queues: dict[str, JobQueue]) -> Iterator[Callable[..., Worker]]:
-    made: list[Worker] = []
-
-    def make(**settings: Any) -> Worker:
-        config = stack_worker_config(
-            stack,
-            **{
-                "worker_id": "unit-tiers",
-                "wait_s": 0,
-                "visibility_window_s": 30,
-                "metrics_sink": "off",
-                "tier": "default",
-                "escalation_tier": "large",
-                "escalation_queue_url": tier_queues["large"].url,
-                "on_demand_queue_url": tier_queues["lane"].url,
-                **settings,
-            },
-        )
-        worker = Worker(
-            config,
-            sqs=boto3.client("sqs"),
-            dynamodb=boto3.client("dynamodb"),
-            s3=boto3.client("s3"),
-        )
-        made.append(worker)
-        return worker
-
-    yield make
-    for worker in made:
-        worker.supervisor.close()
+    with stack_workers(
+        stack,
+        worker_id="unit-tiers",
+        wait_s=0,
+        visibility_window_s=30,
+        metrics_sink="off",
+        tier="default",
+        escalation_tier="large",
+        escalation_queue_url=tier_queues["large"].url,
+        on_demand_queue_url=tier_queues["lane"].url,
+    ) as make:
+        yield make
 
 
 def ending(worker: Worker, error: JobError) -> None:

@@ -35,7 +35,7 @@ from spotline.jobstore import (
     TransitionRefused,
 )
 from spotline.queue import JobQueue
-from tests.unit.conftest import stack_worker_config
+from tests.unit.conftest import stack_workers
 
 
 def client_error(code: str, status: int = 400) -> ClientError:
@@ -158,32 +158,15 @@ def test_redrive_forgets_the_dead_letterings_dlq_send(job_store: JobStore) -> No
 
 @pytest.fixture
 def make_worker(stack: Stack) -> Iterator[Callable[..., Worker]]:
-    made: list[Worker] = []
-
-    def make(**settings: Any) -> Worker:
-        config = stack_worker_config(
-            stack,
-            **{
-                "worker_id": "unit-boundary",
-                "wait_s": 0,
-                "visibility_window_s": 30,
-                "metrics_sink": "off",
-                "backoff_base_s": 7,
-                **settings,
-            },
-        )
-        worker = Worker(
-            config,
-            sqs=boto3.client("sqs"),
-            dynamodb=boto3.client("dynamodb"),
-            s3=boto3.client("s3"),
-        )
-        made.append(worker)
-        return worker
-
-    yield make
-    for worker in made:
-        worker.supervisor.close()
+    with stack_workers(
+        stack,
+        worker_id="unit-boundary",
+        wait_s=0,
+        visibility_window_s=30,
+        metrics_sink="off",
+        backoff_base_s=7,
+    ) as make:
+        yield make
 
 
 def queue_job(job_store: JobStore, queue: JobQueue, request: dict[str, Any]) -> str:
