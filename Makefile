@@ -105,17 +105,19 @@ chaos: $(STAMP)
 	$(BIN)/python -m devstack chaos $(if $(SEED),--seed $(SEED)) $(if $(PLOT),--plot $(PLOT))
 
 # One pytest worker per core (pytest-xdist): every test keeps its own servers, ports and
-# folders, so they run side by side; TEST_WORKERS=0 runs them in one process.
+# folders, so they run side by side; the end-to-end tests keep to one worker, one at a time
+# (tests/e2e/conftest.py), as their timing checks need. TEST_WORKERS=0 runs all in one process.
 TEST_WORKERS ?= auto
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
 
 test: $(STAMP) cfn-lint doctor
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests/unit
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) tests/unit
 
 test-e2e: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests/e2e
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) tests/e2e
 
 # The unit tests on the other Pythons spotline runs on: 3.12 (the worker image) and 3.13 (the
 # Lambda runtime), each in a venv of its own (.venv-py3.12, .venv-py3.13) from the same lock.

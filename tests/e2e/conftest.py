@@ -19,6 +19,18 @@ from devstack.stack import Devstack
 from spotline_ops import cli
 
 _stack_numbers = itertools.count(1)
+E2E_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test``, ``--dist loadgroup``) the end-to-end tests run one
+    after another on one worker, beside the unit tests on the others: their timing checks (a
+    takeover within one visibility window, a notice while a job runs) hold for one such test at
+    a time, and two of them side by side on 2 cores missed by seconds."""
+    group = pytest.mark.xdist_group("e2e")
+    for item in items:
+        if item.path.is_relative_to(E2E_DIR):
+            item.add_marker(group)
 
 
 @pytest.fixture(scope="session")
