@@ -92,7 +92,7 @@ class Settings:
             max_message_bytes=env_int("MAX_MESSAGE_BYTES", 262144),
             drills_enabled=env_bool("ENABLE_DRILL_ANALYZERS", False),
             max_runtime_s=max_runtime_s,
-            tiers=_tiers(os.environ.get("JOB_TIERS", "")),
+            tiers=job_tiers_from_env(),
         )
 
     def request_policy(self) -> RequestPolicy:
@@ -104,6 +104,11 @@ class Settings:
             # Read at cold start, once: a request only looks its analyzer up.
             catalog=load_catalog(),
         )
+
+
+def job_tiers_from_env() -> tuple[Tier, ...]:
+    """JOB_TIERS (enqueue, sweep): the tiers' queues, smallest first; empty without tiers."""
+    return _tiers(os.environ.get("JOB_TIERS", ""))
 
 
 def _tiers(text: str) -> tuple[Tier, ...]:

@@ -33,6 +33,18 @@ def job_queue() -> JobQueue:
     return JobQueue(boto3.client("sqs"), settings.jobs.jobs_queue_url)
 
 
+@functools.cache
+def tier_queues() -> dict[str, JobQueue]:
+    """Each tier's queue (JOB_TIERS); the default tier's is the jobs queue's own client."""
+    sqs = boto3.client("sqs")
+    return {
+        tier.name: job_queue()
+        if tier.queue_url == settings.jobs.jobs_queue_url
+        else JobQueue(sqs, tier.queue_url)
+        for tier in settings.tiers
+    }
+
+
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
@@ -44,6 +56,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         now=datetime.now(UTC),
         stranded_after_s=settings.stranded_after_s,
         logger=logger,
+        tier_queues=tier_queues(),
     )
     metrics.add_metric(
         name=FunctionMetric.STRANDED_JOBS_SENT, unit=MetricUnit.Count, value=len(result.sent)

@@ -206,8 +206,60 @@ def test_the_sweep_may_query_the_index_update_jobs_and_send_to_the_jobs_queue_on
         policies
     )
     statements = [s for p in policies if "Statement" in p for s in p["Statement"]]
-    granted = {(s["Action"], json.dumps(s["Resource"], sort_keys=True)) for s in statements}
+    granted = {
+        (s["Action"], json.dumps(s["Resource"], sort_keys=True))
+        for s in statements
+        if "Fn::If" not in s
+    }
     assert granted == {
         ("dynamodb:Query", json.dumps({"Fn::Sub": "${JobsTable.Arn}/index/UnsentIndex"})),
         ("dynamodb:UpdateItem", json.dumps({"Fn::GetAtt": ["JobsTable", "Arn"]})),
     }
+    # With a larger tier only: its queue, and a read of the tier a stranded job was stored for.
+    tiered = {
+        (s["Fn::If"][1]["Action"], json.dumps(s["Fn::If"][1]["Resource"], sort_keys=True))
+        for s in statements
+        if "Fn::If" in s
+    }
+    assert all(s["Fn::If"][0] == "UseLargeTier" for s in statements if "Fn::If" in s)
+    assert tiered == {
+        ("sqs:SendMessage", json.dumps({"Fn::GetAtt": ["LargeTierQueue", "Arn"]})),
+        ("dynamodb:GetItem", json.dumps({"Fn::GetAtt": ["JobsTable", "Arn"]})),
+    }
+
+
+# -- capacity tiers: a stranded job goes where enqueue would have sent it ----------------------
+
+
+def test_a_job_stored_for_a_tier_is_sent_to_that_tiers_queue(
+    job_store: JobStore, queue: JobQueue
+) -> None:
+    sqs = boto3.client("sqs")
+    large = JobQueue(sqs, sqs.create_queue(QueueName="unit-sweep-large")["QueueUrl"])
+    job_store.create("big", REQUEST, fields={"tier": "large"})
+    job_store.create("small", REQUEST, fields={"tier": "default"})
+    job_store.create("plain", REQUEST)
+    result = run(job_store, queue, later(121), tier_queues={"default": queue, "large": large})
+    assert sorted(result.sent) == ["big", "plain", "small"] and result.failed == {}
+    assert sent_ids(large) == ["big"]
+    assert sorted(sent_ids(queue)) == ["plain", "small"]
+
+
+def test_a_tier_with_no_queue_here_falls_back_to_the_jobs_queue(
+    job_store: JobStore, queue: JobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_store.create("orphan", REQUEST, fields={"tier": "large"})
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        result = run(job_store, queue, later(121), tier_queues={"default": queue})
+    assert result.sent == ["orphan"]
+    assert sent_ids(queue) == ["orphan"]  # never left unsent
+    assert "tier has no queue here" in caplog.text
+
+
+def test_the_template_gives_the_sweep_the_tiers_and_their_queue() -> None:
+    sweep = TEMPLATE["Resources"]["SweepFunction"]["Properties"]
+    enqueue = TEMPLATE["Resources"]["EnqueueFunction"]["Properties"]
+    assert (
+        sweep["Environment"]["Variables"]["JOB_TIERS"]
+        == enqueue["Environment"]["Variables"]["JOB_TIERS"]
+    )
