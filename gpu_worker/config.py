@@ -81,6 +81,10 @@ class WorkerConfig:
     escalation_queue_url: str = ""
     on_demand_queue_url: str = ""
     preemptions_before_on_demand: int = 2
+    # A queue taken from after this worker's own (gpu_worker/queues.py): the standby with the
+    # on-demand lane covers the jobs queue too.
+    cover_queue_url: str = ""
+    cover_dlq_url: str = ""
 
     @property
     def policy(self) -> RequestPolicy:

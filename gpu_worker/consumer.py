@@ -35,6 +35,7 @@ from gpu_worker.heartbeat import Heartbeat
 from gpu_worker.intake import Intake
 from gpu_worker.interruption import Interruption, InterruptionWatch, monitors_for
 from gpu_worker.preparer import Prepared
+from gpu_worker.queues import worker_queues
 from gpu_worker.registry import load_plugins
 from gpu_worker.report import job_finished
 from gpu_worker.services import WorkerServices
@@ -46,7 +47,7 @@ from spotline.catalog import Catalog
 from spotline.contract import ErrorKind, InvalidJob, JobMessage, job_id_from_body
 from spotline.jobstore import JobError, JobRecord, JobStore
 from spotline.log_lines import JOB_STARTED
-from spotline.queue import JobQueue, QueueError, ReceivedMessage
+from spotline.queue import QueueError, ReceivedMessage
 
 logger = Logger(service="spotline-worker")
 
@@ -93,8 +94,10 @@ class Worker:
         self.config = config
         # The analyzers installed here (gpu_worker/registry.py): jobs are checked against them.
         self.catalog = catalog if catalog is not None else load_plugins(config)
-        self.queue = JobQueue(sqs, config.queue_url)
-        self.dlq = JobQueue(sqs, config.dlq_url)
+        # Its own queue, then the one it covers (WORKER_COVER_QUEUE_URL): each message is
+        # settled, re-sent and dead-lettered on the queue it came from (gpu_worker/queues.py).
+        self.queue = worker_queues(sqs, config)
+        self.dlq = self.queue.routes[0].dlq
         self.store = JobStore(dynamodb, config.table_name)
         self.results = ResultStore(s3, config.bucket)
         self.checkpoints: CheckpointStore | FileCheckpointStore = (

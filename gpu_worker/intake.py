@@ -19,6 +19,7 @@ from gpu_worker.claim import Claimer
 from gpu_worker.config import WorkerConfig
 from gpu_worker.prefetch import Acker, Finisher, Prefetcher
 from gpu_worker.preparer import Prepared, PrepareJob, Preparer, give_back
+from gpu_worker.queues import home_of
 from spotline.jobstore import JobStore, JobStoreError
 from spotline.queue import JobQueue, QueueError, ReceivedMessage
 
@@ -158,7 +159,7 @@ class Intake:
         dead-letter a job."""
         if message.receive_count >= max_receive_count - 1:
             try:
-                self.queue.send_body(message.body)
+                home_of(self.queue, message.receipt_handle).send_body(message.body)
                 self.queue.delete(message.receipt_handle)
                 return
             except QueueError:  # fall back to releasing this copy

@@ -34,6 +34,7 @@ from gpu_worker.escalation import Escalator
 from gpu_worker.faults import FaultTracker, describe, is_infra_fault
 from gpu_worker.intake import Intake
 from gpu_worker.metrics import WorkerMetrics
+from gpu_worker.queues import dead_letters_of, home_of
 from spotline.contract import ErrorKind, JobStatus, MessageAttribute, job_id_from_body
 from spotline.jobstore import JobError, JobRecord, JobStore, TransitionRefused, attempt_id, utc_now
 from spotline.queue import JobQueue, ReceivedMessage
@@ -241,7 +242,8 @@ class Settler:
         assert attempt.record is not None and attempt.token is not None
         assert attempt.job_message is not None
         updated = self.store.release(attempt.record.job_id, attempt.token, error, interrupted=True)
-        self.queue.send(attempt.job_message.with_interruptions(updated.interruptions))
+        home = home_of(self.queue, attempt.message.receipt_handle)
+        home.send(attempt.job_message.with_interruptions(updated.interruptions))
         self.queue.delete(attempt.message.receipt_handle)
 
     # -- dead letters ----------------------------------------------------------------------------
@@ -290,7 +292,7 @@ class Settler:
         sent = sent_for == occurrence or (sent_for is None and record.extra.get("dlq_sent") is True)
         if not sent:
             error = record.last_error or JobError(ErrorKind.UNKNOWN, "dead-lettered")
-            self.dlq.send_body(
+            self._dead_letters(message).send_body(
                 message.body,
                 attributes={
                     MessageAttribute.JOB_ID: record.job_id,
@@ -309,9 +311,13 @@ class Settler:
             extra={"error_kind": str(record.last_error.kind) if record.last_error else None},
         )
 
+    def _dead_letters(self, message: ReceivedMessage) -> JobQueue:
+        """The DLQ of the queue the message came from (gpu_worker/queues.py)."""
+        return dead_letters_of(self.queue, self.dlq, message.receipt_handle)
+
     def dead_letter_message(self, message: ReceivedMessage, reason: str) -> None:
         """A message that is not a job we know: to the DLQ as INVALID_INPUT, then delete."""
-        self.dlq.send_body(
+        self._dead_letters(message).send_body(
             message.body,
             attributes={
                 MessageAttribute.JOB_ID: job_id_from_body(message.body),
@@ -356,7 +362,9 @@ class Settler:
             # One more receive and SQS's redrive would dead-letter the job for AWS's fault: a
             # fresh copy (receive count 0) replaces this one. A duplicate is harmless (lease).
             try:
-                self.queue.send_body(message.body, delay_s=int(decision.backoff_s))
+                home_of(self.queue, message.receipt_handle).send_body(
+                    message.body, delay_s=int(decision.backoff_s)
+                )
                 self.queue.delete(message.receipt_handle)
                 return decision
             except Exception:  # fall back to releasing this copy

@@ -266,6 +266,19 @@ VARIABLES: tuple[Variable, ...] = (
         "the on-demand lane's queue (empty: no lane)",
     ),
     Variable(
+        "WORKER_COVER_QUEUE_URL",
+        "cover_queue_url",
+        read_string,
+        "a queue also taken from, after this worker's own (the standby with the lane: the jobs"
+        " queue, so spot gaps stay covered; empty: none)",
+    ),
+    Variable(
+        "WORKER_COVER_DLQ_URL",
+        "cover_dlq_url",
+        read_string,
+        "that queue's dead-letter queue (required with WORKER_COVER_QUEUE_URL)",
+    ),
+    Variable(
         "WORKER_PREEMPTIONS_BEFORE_ON_DEMAND",
         "preemptions_before_on_demand",
         read_int,

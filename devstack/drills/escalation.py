@@ -11,7 +11,9 @@ where to escalate as the launch template's user data tells a deployed one:
 - lane-spot-1 and lane-spot-2 (default tier, each with its own IMDS mock) get a spot notice
   each while the job runs; after the second the job goes to the on-demand lane's queue, where
   the lane's worker (the standby, started when the lane has work, as reconcile does) finishes
-  it from its checkpoint.
+  it from its checkpoint. The standby covers the spot queue too (WORKER_COVER_QUEUE_URL, as the
+  template's user data sets it): once lane-spot-2 is gone, a job sent to the spot queue is run
+  by the standby, after the lane's job.
 """
 
 from __future__ import annotations
@@ -153,6 +155,9 @@ class LaneEscalation(Drill):
         self.spot_q: JobQueue | None = None
         self.problem = ""
         self.lane_started_after_s: float | None = None
+        # Sent to the spot queue with no spot worker left: the standby covers it.
+        self.cover_job_id: str | None = None
+        self.finished = False
 
     def setup(self, dev: Devstack) -> None:
         for mock in self.imds:
@@ -219,12 +224,35 @@ class LaneEscalation(Drill):
         escalated_at = time.monotonic()
         # The lane has work: the standby starts (reconcile reads the lane's depth).
         wait_until(lambda: sum(lane_q.approximate_counts()) > 0, timeout=30, what="the lane")
-        assert self.lane_q is not None
-        self.lane = dev.start_worker("lane-standby", **_tier_env(ON_DEMAND_TIER, self.lane_q))
+        assert self.lane_q is not None and self.spot_q is not None
+        self.lane = dev.start_worker(
+            "lane-standby",
+            **_tier_env(
+                ON_DEMAND_TIER,
+                self.lane_q,
+                WORKER_COVER_QUEUE_URL=self.spot_q.url,
+                WORKER_COVER_DLQ_URL=dev.require_stack.ref("JobsDeadLetterQueue"),
+            ),
+        )
         self.lane_started_after_s = time.monotonic() - escalated_at
+        # A spot gap: the spot queue's last worker is gone, and a job arrives there.
+        wait_until(lambda: not self.spot[1].alive(), timeout=30, what="lane-spot-2 to exit")
+        request = {"analyzer": "sleep", "input": {"label": "spot gap"}, "params": {"seconds": 1}}
+        cover_id = new_job_id()
+        view.store.create(cover_id, request)
+        _thread_queue(dev, self.spot_q.url).send(JobMessage(cover_id, request))
+        view.store.mark_sent(cover_id)
+        self.cover_job_id = cover_id
+
+        def covered() -> bool:
+            record = view.store.get(cover_id)
+            return record is not None and record.status == JobStatus.SUCCEEDED
+
+        wait_until(covered, timeout=60, what="the standby to run the spot queue's job")
+        self.finished = True
 
     def done(self, dev: Devstack) -> bool:
-        return self.job_id is None or self.lane is not None or bool(self.problem)
+        return self.job_id is None or self.finished or bool(self.problem)
 
     def submit(self, dev: Devstack) -> list[Expectation]:
         if self.job_id is None:
@@ -250,13 +278,24 @@ class LaneEscalation(Drill):
             return [Check("preemption budget: two notices delivered", False, self.problem)]
         record = records.get(self.job_id or "")
         done = record is not None and record.status == JobStatus.SUCCEEDED
+        cover = records.get(self.cover_job_id or "") or (
+            dev.store.get(self.cover_job_id) if self.cover_job_id else None
+        )
         return [
             Check(
                 "preempted twice -> finished on the on-demand lane",
                 done and record is not None and record.worker == "lane-standby",
                 f"interruptions={record.interruptions if record else '-'}; lane worker started "
                 f"{self.lane_started_after_s or 0:.1f}s after the second release",
-            )
+            ),
+            Check(
+                "the lane's standby covers the spot queue's gap",
+                cover is not None
+                and cover.status == JobStatus.SUCCEEDED
+                and cover.worker == "lane-standby",
+                f"spot-queue job {cover.status if cover else 'not sent'} on "
+                f"{cover.worker if cover else '-'}",
+            ),
         ]
 
     def teardown(self, dev: Devstack) -> None:

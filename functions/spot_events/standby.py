@@ -17,9 +17,10 @@ jobs), it costs no extra read (every decision already describes the instances), 
 with the instances, and the IAM policy can confine the write to this one tag key on this
 stack's instances.
 
-With the on-demand lane (OnDemandLane), the standby's worker takes the lane's queue, where the
-worker re-sends a job preempted too often (gpu_worker/escalation.py): reconcile starts the
-standby while that queue holds jobs, and no stop happens until it is empty.
+With the on-demand lane (OnDemandLane), the standby's worker takes the lane's queue first, where
+the worker re-sends a job preempted too often (gpu_worker/escalation.py), and covers the jobs
+queue after it (gpu_worker/queues.py), so its spot-gap role stays: reconcile starts the standby
+while the lane holds jobs, and no stop happens until it is empty.
 
 Length note: about 440 lines, one decision per EC2 event kind plus the reconcile that
 converges them; they re-read the same instance view and must agree, so they stay side by side.

@@ -89,11 +89,14 @@ def stack_worker_config(stack: Stack, **settings: Any) -> Any:
     from gpu_worker.config import WorkerConfig
 
     return WorkerConfig(
-        queue_url=stack.ref("JobsQueue"),
-        dlq_url=stack.ref("JobsDeadLetterQueue"),
-        table_name=stack.ref("JobsTable"),
-        bucket=stack.ref("DataBucket"),
-        **{"enable_drills": True, **settings},
+        **{
+            "queue_url": stack.ref("JobsQueue"),
+            "dlq_url": stack.ref("JobsDeadLetterQueue"),
+            "table_name": stack.ref("JobsTable"),
+            "bucket": stack.ref("DataBucket"),
+            "enable_drills": True,
+            **settings,
+        }
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -80,3 +81,15 @@ def test_a_tier_queue_without_dlq_or_alarms_is_found(template: dict[str, Any]) -
 def test_a_scaling_alarm_needs_no_ok_actions(template: dict[str, Any]) -> None:
     view = View(template, ON)
     assert not [f for f in diagnose(view) if f.resource == "LargeTierWaitingOnZeroAlarm"]
+
+
+def test_a_lane_whose_standby_no_longer_covers_the_jobs_queue_is_a_warning(
+    template: dict[str, Any],
+) -> None:
+    data = template["Resources"]["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    text = json.dumps(data["UserData"]).replace("COVER_QUEUE_URL='${JobsQueue}'", "")
+    data["UserData"] = json.loads(text)
+    (finding,) = tier_findings(template)
+    assert finding.level == "warning" and finding.resource == "WorkerLaunchTemplate"
+    assert "does not cover JobsQueue" in finding.message
+    assert tier_findings(template, OnDemandLane="false") == [], "no lane: nothing to cover"

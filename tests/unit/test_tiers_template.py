@@ -228,3 +228,35 @@ def test_enqueue_knows_the_tiers_smallest_first() -> None:
     )
     sends = [s for p in enqueue["Policies"] if "Statement" in p for s in p["Statement"]]
     assert any(s.get("Resource") == {"Fn::GetAtt": ["LargeTierQueue", "Arn"]} for s in sends)
+
+
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        ("on-demand", "https://q/jobs|https://q/jobs-dlq"),
+        ("large", "|"),
+        ("", "|"),
+    ],
+)
+def test_only_the_lanes_worker_covers_the_jobs_queue(tag: str, expected: str) -> None:
+    """The standby takes the lane's jobs first, then the jobs queue's (gpu_worker/queues.py):
+    with the lane on it still covers spot gaps; no spot tier takes another tier's queue."""
+    fake_curl = f'curl() {{ [ -n "{tag}" ] && echo "{tag}" || return 22; }}\n'
+    out = subprocess.run(
+        [
+            "bash",
+            "-c",
+            "set -euo pipefail\nTOKEN=t\n"
+            + fake_curl
+            + _select_script(ON)
+            + 'echo "$COVER_QUEUE_URL|$COVER_DLQ_URL"\n',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    )
+    assert out.stdout.strip() == expected
+    env, _ = user_data(stack_with(ON))[1]["TierEnv"]["Fn::Sub"]
+    assert "WORKER_COVER_QUEUE_URL=$COVER_QUEUE_URL\n" in env
+    assert "WORKER_COVER_DLQ_URL=$COVER_DLQ_URL\n" in env

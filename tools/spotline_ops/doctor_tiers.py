@@ -119,10 +119,46 @@ def check_tiers(view: View) -> list[Finding]:
             findings.append(_no_worker("LargeTierQueue", "large"))
     if lane and not _tagged(view, "on-demand"):
         findings.append(_no_worker("OnDemandQueue", "on-demand"))
+    if lane and "WorkerLaunchTemplate" in view.resources and not _lane_covers_jobs(view):
+        findings.append(
+            Finding(
+                "tiers",
+                "warning",
+                "WorkerLaunchTemplate",
+                "the lane's worker (the standby) does not cover JobsQueue: spot gaps on the "
+                "default tier go unserved while the lane is on",
+                "in the user data's on-demand case set COVER_QUEUE_URL='${JobsQueue}' and "
+                "COVER_DLQ_URL='${JobsDeadLetterQueue}' (WORKER_COVER_QUEUE_URL)",
+            )
+        )
     for queue_id, on in (("LargeTierQueue", large), ("OnDemandQueue", lane)):
         if on and queue_id in view.resources:
             findings += _queue_findings(view, queue_id)
     return findings
+
+
+def _lane_covers_jobs(view: View) -> bool:
+    """The user data's on-demand case gives the standby the jobs queue as its cover, and the
+    worker's environment carries it (gpu_worker/queues.py)."""
+    props = view.resources["WorkerLaunchTemplate"].get("Properties", {})
+    lines = [
+        line
+        for text in _strings(props.get("LaunchTemplateData", {}).get("UserData"))
+        for line in text.splitlines()
+    ]
+    return any(
+        "on-demand)" in line and "COVER_QUEUE_URL='${JobsQueue}'" in line for line in lines
+    ) and any("WORKER_COVER_QUEUE_URL=$COVER_QUEUE_URL" in line for line in lines)
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        node = list(node.values())
+    if isinstance(node, list):
+        return [text for item in node for text in _strings(item)]
+    return []
 
 
 def _list(value: Any) -> list[str]:
