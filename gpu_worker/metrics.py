@@ -72,6 +72,7 @@ OUTCOME_METRICS = {
     "RETRIED": WorkerMetric.JOBS_RETRIED,
     "REQUEUED": WorkerMetric.JOBS_INTERRUPTED,
     "DEAD_LETTERED": WorkerMetric.JOBS_DEAD_LETTERED,
+    "ESCALATED": WorkerMetric.JOBS_ESCALATED,
 }
 
 # One data point set: (metric name, unit, the metric's own dimensions as sorted tuples).

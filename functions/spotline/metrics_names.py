@@ -38,6 +38,10 @@ class WorkerMetric(enum.StrEnum):
     JOBS_DEAD_LETTERED = "JobsDeadLettered"
     JOBS_RETRIED = "JobsRetried"
     JOBS_INTERRUPTED = "JobsInterrupted"
+    # Count: the outcome was to escalate (an OOM to the next larger tier, a job preempted too
+    # often to the on-demand lane; gpu_worker/escalation.py). Counted when decided: a copy that
+    # could not be sent falls back to the ordinary path and still counts here.
+    JOBS_ESCALATED = "JobsEscalated"
     # Seconds from claim to outcome, one sample per job (dashboards use p50/p95).
     JOB_DURATION_SECONDS = "JobDurationSeconds"
     # Count: an AWS call failed (throttling, network, 5xx) while handling a job; the message

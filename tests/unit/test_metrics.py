@@ -10,6 +10,8 @@ import boto3
 import pytest
 
 from devstack.motoserver import wait_until
+from gpu_worker.consumer import OUTCOME_LABELS
+from gpu_worker.decisions import Action
 from gpu_worker.metrics import (
     CloudWatchSink,
     EmfSink,
@@ -17,6 +19,7 @@ from gpu_worker.metrics import (
     WorkerMetrics,
     metric_dimensions,
 )
+from spotline.metrics_names import WorkerMetric
 
 BASE = {"Service": "spotline-worker"}
 
@@ -94,6 +97,17 @@ def test_emf_documents_carry_namespace_dimensions_and_values() -> None:
     written = stream.getvalue()
     assert collector.flush()  # nothing new: nothing written
     assert stream.getvalue() == written
+
+
+def test_an_escalation_is_counted_under_the_name_the_dashboard_graphs() -> None:
+    stream = io.StringIO()
+    collector = metrics(EmfSink(stream))
+    collector.record_job(
+        OUTCOME_LABELS[Action.ESCALATE], error_kind="OOM", duration_s=1, peak_memory_pct=99
+    )
+    assert collector.flush()
+    base = next(d for d in documents(stream) if "ErrorKind" not in d)
+    assert base[WorkerMetric.JOBS_ESCALATED] == 1.0
 
 
 def test_extra_dimensions_add_a_second_dimension_set() -> None:

@@ -41,7 +41,7 @@ from spotline_ops.doctor_inputs import (
     parameter_overrides,
     read_template,
 )
-from spotline_ops.doctor_tiers import check_tiers, tiers_deployed
+from spotline_ops.doctor_tiers import check_tiers, condition, tiers_deployed
 
 CATALOG_IN_TREE = "functions/spotline/catalog.json"
 
@@ -760,7 +760,41 @@ def dashboard_metrics(body: str) -> list[tuple[str, str, dict[str, str]]]:
     return metrics
 
 
-def _dashboard_body(props: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+def _shown_text(view: View, node: Any) -> str | None:
+    """The text a Sub variable renders to under the view's conditions (an undecidable
+    condition: as if it held), its own variables written in; None for a reference."""
+    if isinstance(node, str):
+        return node
+    if isinstance(node, dict) and set(node) == {"Fn::If"}:
+        name, yes, no = node["Fn::If"]
+        return _shown_text(
+            view, no if condition(view.template, view.parameters, name) is False else yes
+        )
+    if isinstance(node, dict) and set(node) == {"Fn::Sub"}:
+        sub = node["Fn::Sub"]
+        if isinstance(sub, str):
+            return sub
+        return _with_fragments(view, str(sub[0]), dict(sub[1]))[0]
+    return None
+
+
+def _with_fragments(view: View, text: str, variables: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``text`` with its optional widgets and metric lines written in: a variable whose text
+    starts with the comma that joins it on (or is empty: not deployed here) is a fragment of
+    the body's JSON, not a value; the other variables stay ``${...}`` and are returned."""
+    kept: dict[str, Any] = {}
+    for name, node in variables.items():
+        shown = _shown_text(view, node)
+        if shown is not None and (shown == "" or shown.lstrip().startswith(",")):
+            text = text.replace("${" + name + "}", shown)
+        else:
+            kept[name] = node
+    return text, kept
+
+
+def dashboard_body(view: View, props: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """A dashboard's body as this stack shows it (the capacity tiers' widgets only where the
+    tiers are deployed), with ``${...}`` of values left as text, and the Sub variables of those."""
     body = props.get("DashboardBody")
     if isinstance(body, str):
         return body, {}
@@ -768,7 +802,7 @@ def _dashboard_body(props: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | No
         sub = body["Fn::Sub"]
         if isinstance(sub, str):
             return sub, {}
-        return str(sub[0]), dict(sub[1])
+        return _with_fragments(view, str(sub[0]), dict(sub[1]))
     return None
 
 
@@ -778,7 +812,7 @@ def check_dashboards(view: View) -> list[Finding]:
     functions = {lid for lid, _ in view.of_type(*FUNCTION_TYPES)}
     ours = WORKER_METRICS | FUNCTION_METRICS
     for dashboard_id, props in view.of_type("AWS::CloudWatch::Dashboard"):
-        found = _dashboard_body(props)
+        found = dashboard_body(view, props)
         if found is None:
             continue
         body, variables = found
