@@ -14,7 +14,8 @@ is read up to a small cap, never whole: the status code is what matters.
 """
 
 # The deadline every outbound call honours is three layers: the time budget (deadlines.py),
-# sockets shut at the deadline and the retrying client (here), read together.
+# sockets shut at the deadline and the retrying client (here, with the requests adapter in
+# deadline_adapter.py, imported on the first delivery), read together.
 
 from __future__ import annotations
 
