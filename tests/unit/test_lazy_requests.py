@@ -1,6 +1,6 @@
 """The functions that may send a webhook do not pay for ``requests`` at cold start (20-30 ms of
 their import): importing their handlers leaves it unloaded, making a client does too, and the
-first delivery loads it and is delivered as before.
+first delivery loads it and is delivered as before. A client still makes one session, once.
 
 Each check runs in a fresh interpreter, where nothing else has imported ``requests`` yet.
 """
@@ -11,11 +11,16 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
 from devstack.cfn import REPO_ROOT, Stack, function_environment
 from devstack.sink import WebhookSink
+from spotline.webhooks import WebhookClient
 
 
 def run_fresh(code: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
@@ -87,3 +92,24 @@ def test_the_first_user_notice_loads_requests_and_is_delivered() -> None:
         (received,) = sink.on("/cb")
         assert json.loads(received.body) == {"job_id": "j-1"}
         assert "webhook-signature" in {name.lower() for name in received.headers}
+
+
+def test_a_client_makes_its_session_once_however_many_threads_send_first() -> None:
+    made: list[object] = []
+    started = threading.Barrier(8)
+
+    def slow_factory() -> Any:
+        time.sleep(0.05)  # a first import of requests takes this long
+        made.append(object())
+        return made[-1]
+
+    client = WebhookClient(session_factory=slow_factory)
+
+    def first_use() -> object:
+        started.wait()
+        return client.session
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        sessions = list(pool.map(lambda _: first_use(), range(8)))
+    assert len(made) == 1
+    assert all(session is made[0] for session in sessions)
