@@ -25,16 +25,17 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
-
-import requests
 
 from spotline.alerts import resolve_secret
 from spotline.contract import ErrorKind, JobStatus
 from spotline.deadlines import Deadline, DeadlineExceeded, run_within
 from spotline.standard_webhooks import NoticeKeyError, NoticeSigner
-from spotline.webhooks import DEADLINE_EXCEEDED, DeadlineAdapter, Delivery, WebhookClient
+from spotline.webhooks import DEADLINE_EXCEEDED, Delivery, WebhookClient
+
+if TYPE_CHECKING:
+    import requests
 
 # Deprecated (LegacyNoticeSignature): the shared-key HMAC headers of the release before.
 SIGNATURE_HEADER = "X-Spotline-Signature"
@@ -206,26 +207,15 @@ def check_callback_url(
     return Target(pinned_url, host_header, str(pinned))
 
 
-class PinnedHostAdapter(DeadlineAdapter):
-    """Connects to the address in the URL while SNI and certificate checks use the Host header's
-    name: the connection goes where the SSRF check looked, and TLS still proves who answers.
-    Its connections are shut down at their delivery's deadline, like every outbound one."""
-
-    def build_connection_pool_key_attributes(
-        self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
-            request, verify, cert
-        )
-        host = request.headers.get("Host", "")
-        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        if host_params.get("scheme") == "https" and name:
-            pool_kwargs["server_hostname"] = name
-            pool_kwargs["assert_hostname"] = name
-        return host_params, pool_kwargs
-
-
 def pinned_session() -> requests.Session:
+    """A session whose https connections go to the checked address (PinnedHostAdapter)."""
+    # requests (20-30 ms) loads here, when the client makes its session for the first notice,
+    # not at the dead-letter function's cold start.
+    import requests
+
+    from dead_letter.pinned_adapter import PinnedHostAdapter
+    from spotline.deadline_adapter import DeadlineAdapter
+
     session = requests.Session()
     session.trust_env = False  # a proxy from the environment would undo the address pinning
     session.mount("https://", PinnedHostAdapter())
@@ -253,7 +243,7 @@ class CallbackSender:
         self.legacy_secret_ref = legacy_secret_ref
         # Short timeouts: a user's slow endpoint must not hold the dead-letter batch.
         self.client = client or WebhookClient(
-            session=pinned_session(),
+            session_factory=pinned_session,
             connect_timeout_s=2.0,
             read_timeout_s=3.0,
             max_attempts=2,

@@ -14,7 +14,8 @@ is read up to a small cap, never whole: the status code is what matters.
 """
 
 # The deadline every outbound call honours is three layers: the time budget (deadlines.py),
-# sockets shut at the deadline and the retrying client (here), read together.
+# sockets shut at the deadline and the retrying client (here, with the requests adapter in
+# deadline_adapter.py, imported on the first delivery), read together.
 
 from __future__ import annotations
 
@@ -27,15 +28,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from spotline.deadlines import Deadline, DeadlineExceeded, run_within
+
+if TYPE_CHECKING:
+    import requests
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 # Enough for any chat service's or receiver's answer ("ok", a short JSON error); the rest of a
@@ -159,26 +161,22 @@ class _WatchedHTTPSConnection(_WatchedSockets, HTTPSConnection):
     pass
 
 
-class _WatchedHTTPPool(HTTPConnectionPool):
+class WatchedHTTPPool(HTTPConnectionPool):
     ConnectionCls = _WatchedHTTPConnection
 
 
-class _WatchedHTTPSPool(HTTPSConnectionPool):
+class WatchedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection  # type: ignore[assignment]
 
 
-class DeadlineAdapter(HTTPAdapter):
-    """An adapter whose connections are shut down at their attempt's deadline."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _WatchedHTTPPool,
-            "https": _WatchedHTTPSPool,
-        }
-
-
 def deadline_session() -> requests.Session:
+    """A session whose connections are shut down at their attempt's deadline."""
+    # requests (20-30 ms) loads here, when a client makes its session on its first delivery,
+    # not when a function that may deliver imports this module at cold start.
+    import requests
+
+    from spotline.deadline_adapter import DeadlineAdapter
+
     session = requests.Session()
     session.mount("http://", DeadlineAdapter())
     session.mount("https://", DeadlineAdapter())
@@ -253,6 +251,7 @@ class WebhookClient:
         self,
         *,
         session: requests.Session | None = None,
+        session_factory: Callable[[], requests.Session] = deadline_session,
         connect_timeout_s: float = 3.0,
         read_timeout_s: float = 5.0,
         max_attempts: int = 3,
@@ -264,7 +263,9 @@ class WebhookClient:
     ) -> None:
         # A session without DeadlineAdapter still returns at the deadline, but its attempt's
         # thread lingers until the peer lets go.
-        self.session = session or deadline_session()
+        self._session = session
+        self._session_factory = session_factory
+        self._session_lock = threading.Lock()  # channels are sent to from parallel threads
         self.timeout = (connect_timeout_s, read_timeout_s)
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
@@ -272,6 +273,15 @@ class WebhookClient:
         self.max_response_bytes = max_response_bytes
         self.allow_redirects = allow_redirects
         self._sleep = sleep
+
+    @property
+    def session(self) -> requests.Session:
+        """The client's one session, made by ``session_factory`` when it is first needed: an
+        invocation that sends nothing does not pay for importing ``requests``."""
+        with self._session_lock:
+            if self._session is None:
+                self._session = self._session_factory()
+            return self._session
 
     def deadline(self, deadline: Deadline | None = None) -> Deadline:
         """``deadline``, or this client's own total (``max_total_s`` from now) if sooner."""
@@ -304,6 +314,8 @@ class WebhookClient:
         deadline: Deadline | None = None,
     ) -> Delivery:
         """POST ``body``; done (delivered or not) by ``deadline`` and within ``max_total_s``."""
+        import requests  # loaded by the session's first use; here for the exceptions it raises
+
         deadline = self.deadline(deadline)
         status: int | None = None
         error: str | None = None
@@ -335,6 +347,7 @@ class WebhookClient:
     def _attempt(
         self, url: str, body: bytes, headers: dict[str, str], deadline: Deadline
     ) -> _Answer:
+        session = self.session  # the first delivery makes it: here, not in the helper thread
         remaining_s = deadline.remaining_s()
         if remaining_s <= 0:
             raise DeadlineExceeded("no time left for another attempt")
@@ -347,7 +360,7 @@ class WebhookClient:
         def exchange() -> None:
             _current_attempt.watch = watch
             try:
-                response = self.session.post(
+                response = session.post(
                     url,
                     data=body,
                     headers=headers,

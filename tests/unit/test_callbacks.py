@@ -25,7 +25,6 @@ from dead_letter.callbacks import (
     TIMESTAMP_HEADER,
     CallbackRefused,
     CallbackSender,
-    PinnedHostAdapter,
     address_refusal,
     build_notice,
     check_callback_url,
@@ -35,6 +34,7 @@ from dead_letter.callbacks import (
     sign,
     verify,
 )
+from dead_letter.pinned_adapter import PinnedHostAdapter
 from devstack.cfn import REPO_ROOT
 from devstack.sink import Received, WebhookSink
 from spotline import standard_webhooks
