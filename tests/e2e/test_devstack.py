@@ -64,4 +64,8 @@ def test_demo_moves_a_job_preempted_twice_to_the_on_demand_lane(demo_run: DemoRu
     assert moved["target_tier"] == "on-demand" and "preempted 2 times" in moved["reason"]
     lane = _events(demo_run.workdir / "lane-standby.log")
     finished = [e for e in lane if e.get("message") == "job finished"]
-    assert [(e["action"], e["job_id"]) for e in finished] == [("ACK", moved["job_id"])]
+    # The lane's job first, then the spot queue's job it covers once no spot worker is left.
+    lane_job, covered = [(e["action"], e["job_id"]) for e in finished]
+    assert lane_job == ("ACK", moved["job_id"])
+    assert covered[0] == "ACK" and covered[1] != moved["job_id"]
+    assert any("the lane's standby covers the spot queue's gap" in r and " ok " in r for r in rows)
