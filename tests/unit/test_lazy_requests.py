@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -96,20 +95,25 @@ def test_the_first_user_notice_loads_requests_and_is_delivered() -> None:
 
 def test_a_client_makes_its_session_once_however_many_threads_send_first() -> None:
     made: list[object] = []
-    started = threading.Barrier(8)
+    asking = threading.Semaphore(0)  # one release per thread that has asked for the session
+    release = threading.Event()  # the factory holds until every thread has asked
 
-    def slow_factory() -> Any:
-        time.sleep(0.05)  # a first import of requests takes this long
+    def held_factory() -> Any:
+        assert release.wait(timeout=10), "the threads never all asked"
         made.append(object())
         return made[-1]
 
-    client = WebhookClient(session_factory=slow_factory)
+    client = WebhookClient(session_factory=held_factory)
 
     def first_use() -> object:
-        started.wait()
+        asking.release()
         return client.session
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        sessions = list(pool.map(lambda _: first_use(), range(8)))
+        futures = [pool.submit(first_use) for _ in range(8)]
+        for _ in range(8):  # all eight are asking while the first one is still making it
+            assert asking.acquire(timeout=10), "a thread never asked"
+        release.set()
+        sessions = [future.result(timeout=10) for future in futures]
     assert len(made) == 1
     assert all(session is made[0] for session in sessions)
